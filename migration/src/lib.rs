@@ -1,0 +1,19 @@
+//! Schema migrations, run on start and by `realtime migrate`.
+//!
+//! The DDL is written out per backend so that PostgreSQL gets InsForge's
+//! exact `realtime` schema (`text[]`, `jsonb`, check constraints, descending
+//! indexes) and SQLite gets its closest equivalent.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20250101_000001_create_realtime_schema;
+
+/// Every migration of the project, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20250101_000001_create_realtime_schema::Migration)]
+    }
+}

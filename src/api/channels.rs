@@ -1,0 +1,259 @@
+//! `/api/realtime/channels`: list, create, get, update, delete.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use entity::channels;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::auth::Admin;
+use super::error::ApiError;
+use crate::pattern::validate_pattern;
+use crate::persistence::{self, channels::ChannelChanges, channels::NewChannel, PersistenceError};
+use crate::server::AppState;
+
+/// Most webhook URLs one channel may have.
+const MAX_WEBHOOK_URLS: usize = 20;
+/// Longest description and webhook URL accepted, in bytes.
+const MAX_TEXT_LEN: usize = 2048;
+
+/// A channel as the API shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    id: Uuid,
+    pattern: String,
+    description: Option<String>,
+    webhook_urls: Option<Vec<String>>,
+    enabled: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<channels::Model> for ChannelView {
+    fn from(model: channels::Model) -> Self {
+        ChannelView {
+            id: model.id,
+            pattern: model.pattern,
+            description: model.description,
+            webhook_urls: model.webhook_urls.map(|urls| urls.0),
+            enabled: model.enabled,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        }
+    }
+}
+
+/// Registers the routes under `/api/realtime`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/channels")
+            .get(list)
+            .post(create)
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        web::resource("/channels/{id}")
+            .get(get)
+            .put(update)
+            .delete(delete)
+            .default_service(web::to(super::method_not_allowed)),
+    );
+}
+
+async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rows = persistence::channels::list(&state.db).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(ChannelView::from).collect::<Vec<_>>()))
+}
+
+async fn create(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let fields = ChannelFields::parse(&body)?;
+    let pattern = fields
+        .pattern
+        .ok_or_else(|| ApiError::invalid_channel_request("pattern: Channel pattern is required"))?;
+    let new = NewChannel {
+        pattern,
+        description: fields.description.flatten(),
+        webhook_urls: fields.webhook_urls.flatten(),
+        enabled: fields.enabled.unwrap_or(true),
+    };
+    let created = persistence::channels::create(&state.db, new)
+        .await
+        .map_err(channel_error)?;
+    tracing::info!(pattern = %created.pattern, id = %created.id, "channel created");
+    Ok(HttpResponse::Created().json(ChannelView::from(created)))
+}
+
+async fn get(_admin: Admin, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let channel = persistence::channels::get(&state.db, id).await.map_err(channel_error)?;
+    Ok(HttpResponse::Ok().json(ChannelView::from(channel)))
+}
+
+async fn update(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let fields = ChannelFields::parse(&body)?;
+    let changes = ChannelChanges {
+        pattern: fields.pattern,
+        description: fields.description,
+        webhook_urls: fields.webhook_urls,
+        enabled: fields.enabled,
+    };
+    let updated = persistence::channels::update(&state.db, id, changes)
+        .await
+        .map_err(channel_error)?;
+    tracing::info!(pattern = %updated.pattern, id = %updated.id, enabled = updated.enabled, "channel updated");
+    Ok(HttpResponse::Ok().json(ChannelView::from(updated)))
+}
+
+async fn delete(_admin: Admin, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    persistence::channels::delete(&state.db, id).await.map_err(channel_error)?;
+    tracing::info!(%id, "channel deleted");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Channel deleted" })))
+}
+
+/// A malformed id cannot name a channel: it is "not found", as InsForge says.
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::channel_not_found())
+}
+
+fn channel_error(err: PersistenceError) -> ApiError {
+    match err {
+        PersistenceError::NotFound => ApiError::channel_not_found(),
+        PersistenceError::Duplicate => ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "ALREADY_EXISTS",
+            "a channel with this pattern already exists",
+        ),
+        other => other.into(),
+    }
+}
+
+/// The fields of a create or update body. For each: `None` when absent,
+/// `Some(None)` when explicitly null (nullable fields only).
+#[derive(Debug, Default)]
+struct ChannelFields {
+    pattern: Option<String>,
+    description: Option<Option<String>>,
+    webhook_urls: Option<Option<Vec<String>>>,
+    enabled: Option<bool>,
+}
+
+impl ChannelFields {
+    /// Checks every known field; unknown fields are ignored, as InsForge does.
+    fn parse(body: &Value) -> Result<Self, ApiError> {
+        let Some(object) = body.as_object() else {
+            return Err(ApiError::invalid_channel_request("request body must be a JSON object"));
+        };
+        Ok(ChannelFields {
+            pattern: parse_pattern(object)?,
+            description: parse_description(object)?,
+            webhook_urls: parse_webhook_urls(object)?,
+            enabled: match object.get("enabled") {
+                None => None,
+                Some(Value::Bool(enabled)) => Some(*enabled),
+                Some(_) => return Err(ApiError::invalid_channel_request("enabled: Expected boolean")),
+            },
+        })
+    }
+}
+
+fn parse_pattern(object: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match object.get("pattern") {
+        None => Ok(None),
+        Some(Value::String(pattern)) => {
+            validate_pattern(pattern).map_err(|err| ApiError::invalid_channel_pattern(format!("pattern: {err}")))?;
+            Ok(Some(pattern.clone()))
+        }
+        Some(_) => Err(ApiError::invalid_channel_request("pattern: Expected string")),
+    }
+}
+
+fn parse_description(object: &Map<String, Value>) -> Result<Option<Option<String>>, ApiError> {
+    match object.get("description") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(text)) if text.len() > MAX_TEXT_LEN => Err(ApiError::invalid_channel_request(format!(
+            "description: must be at most {MAX_TEXT_LEN} characters"
+        ))),
+        Some(Value::String(text)) => Ok(Some(Some(text.clone()))),
+        Some(_) => Err(ApiError::invalid_channel_request("description: Expected string")),
+    }
+}
+
+fn parse_webhook_urls(object: &Map<String, Value>) -> Result<Option<Option<Vec<String>>>, ApiError> {
+    let items = match object.get("webhookUrls") {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(None)),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid_channel_request("webhookUrls: Expected array")),
+    };
+    if items.len() > MAX_WEBHOOK_URLS {
+        return Err(ApiError::invalid_channel_request(format!(
+            "webhookUrls: at most {MAX_WEBHOOK_URLS} URLs"
+        )));
+    }
+    let mut urls = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let Value::String(text) = item else {
+            return Err(ApiError::invalid_channel_request(format!("webhookUrls.{index}: Expected string")));
+        };
+        if !is_http_url(text) {
+            return Err(ApiError::invalid_channel_request(format!(
+                "webhookUrls.{index}: Invalid url (must be http or https)"
+            )));
+        }
+        urls.push(text.clone());
+    }
+    Ok(Some(Some(urls)))
+}
+
+fn is_http_url(text: &str) -> bool {
+    text.len() <= MAX_TEXT_LEN
+        && url::Url::parse(text)
+            .map(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn http_urls_only() {
+        assert!(is_http_url("https://example.com/hook"));
+        assert!(is_http_url("http://127.0.0.1:8080/x?y=1"));
+        assert!(!is_http_url("ftp://example.com"));
+        assert!(!is_http_url("example.com/hook"));
+        assert!(!is_http_url("http://"));
+    }
+
+    #[test]
+    fn explicit_null_clears_nullable_fields() {
+        let fields = ChannelFields::parse(&json!({"description": null, "webhookUrls": null})).unwrap();
+        assert_eq!(fields.description, Some(None));
+        assert_eq!(fields.webhook_urls, Some(None));
+        assert_eq!(fields.pattern, None);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = ChannelFields::parse(&json!({"enabled": "yes"})).unwrap_err();
+        assert_eq!(err.code, "REALTIME_INVALID_CHANNEL_REQUEST");
+        assert_eq!(err.message, "enabled: Expected boolean");
+        let err = ChannelFields::parse(&json!({"webhookUrls": ["https://a.b", 3]})).unwrap_err();
+        assert_eq!(err.message, "webhookUrls.1: Expected string");
+    }
+}

@@ -1,0 +1,272 @@
+//! Settings: `config/default.toml` (built into the binary), overlaid by an
+//! optional TOML file, overlaid by `REALTIME__SECTION__KEY` environment
+//! variables. Every value is checked at start; a bad one stops the server
+//! with one line naming its key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything the server can be configured with.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listening socket and HTTP limits.
+    pub server: ServerSettings,
+    /// Where history and channels are stored.
+    pub database: DatabaseSettings,
+    /// Secrets and keys that admit clients.
+    pub auth: AuthSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// The `[server]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on. Defaults to `0.0.0.0`.
+    pub host: String,
+    /// TCP port. Defaults to 7130.
+    pub port: u16,
+    /// HTTP worker threads, 0 for one per core. Defaults to 0.
+    pub workers: usize,
+    /// Grace period of a graceful shutdown. Defaults to 10000 ms.
+    pub shutdown_grace_ms: u64,
+    /// Largest REST request body. Defaults to 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+/// The `[database]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://…`. Defaults to `sqlite://data/realtime.db`.
+    pub url: String,
+    /// Connections in the pool. Defaults to 10.
+    pub pool_size: u32,
+    /// Wait for a pooled connection. Defaults to 5000 ms.
+    pub acquire_timeout_ms: u64,
+}
+
+/// The `[auth]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret for JWTs. Defaults to a development-only value.
+    pub jwt_secret: String,
+    /// Admin API keys (`ik_…`). Defaults to one development-only key.
+    pub api_keys: Vec<String>,
+    /// Anonymous client keys (`anon_…`). Defaults to one development-only key.
+    pub anon_keys: Vec<String>,
+}
+
+/// The `[log]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// EnvFilter directives. Defaults to `info,sqlx=warn,sea_orm=warn`.
+    pub level: String,
+    /// `text` or `json`. Defaults to `text`.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration value that cannot be used, with the key it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted key, for example `server.port`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The development secrets shipped in `config/default.toml`.
+const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-change-me";
+
+impl Settings {
+    /// Loads the defaults, then `overlay` if given, then the environment.
+    ///
+    /// # Errors
+    /// A missing overlay file, a value of the wrong type, an unknown key or a
+    /// value that fails [`Settings::validate`].
+    pub fn load(overlay: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = overlay {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("REALTIME__").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Loads the defaults overlaid by a TOML string, ignoring the environment.
+    /// Tests use this to get settings that no stray variable can change.
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn from_toml_overlay(overlay: &str) -> Result<Settings, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(overlay)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|meta| format!(" (from {})", meta.name))
+                .unwrap_or_default();
+            ConfigError::new(
+                if key.is_empty() { "config".into() } else { key },
+                format!("{}{source}", err.kind),
+            )
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values that types alone cannot.
+    ///
+    /// # Errors
+    /// The first value that is out of range, with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.host.trim().is_empty() {
+            return Err(ConfigError::new("server.host", "must not be empty"));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::new("database.pool_size", "must be at least 1"));
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return Err(ConfigError::new("database.acquire_timeout_ms", "must be at least 1"));
+        }
+        if self.auth.jwt_secret.len() < 32 {
+            return Err(ConfigError::new("auth.jwt_secret", "must be at least 32 characters"));
+        }
+        check_keys("auth.api_keys", &self.auth.api_keys, "ik_")?;
+        check_keys("auth.anon_keys", &self.auth.anon_keys, "anon_")?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| ConfigError::new("log.level", err.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether the shipped development secret is still in use.
+    pub fn uses_development_secrets(&self) -> bool {
+        self.auth.jwt_secret == DEV_JWT_SECRET
+            || self.auth.api_keys.iter().any(|key| key.contains("dev_only_insecure"))
+    }
+
+    /// The grace period of a graceful shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_grace_ms)
+    }
+}
+
+fn check_keys(key: &str, keys: &[String], prefix: &str) -> Result<(), ConfigError> {
+    for (index, value) in keys.iter().enumerate() {
+        if !value.starts_with(prefix) || value.len() < prefix.len() + 8 {
+            return Err(ConfigError::new(
+                format!("{key}[{index}]"),
+                format!("must start with \"{prefix}\" followed by at least 8 characters"),
+            ));
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(format!("{key}[{index}]"), "must not contain white space"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::from_toml_overlay("").unwrap();
+        assert_eq!(settings.server.port, 7130);
+        assert_eq!(settings.database.url, "sqlite://data/realtime.db");
+        assert!(settings.uses_development_secrets());
+    }
+
+    #[test]
+    fn overlay_replaces_only_its_keys() {
+        let settings = Settings::from_toml_overlay("[server]\nport = 9000").unwrap();
+        assert_eq!(settings.server.port, 9000);
+        assert_eq!(settings.server.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Settings::from_toml_overlay("[server]\nport = \"abc\"").unwrap_err();
+        assert_eq!(err.key, "server.port");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Settings::from_toml_overlay("[server]\nprot = 1").unwrap_err();
+        assert!(err.reason.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn bad_api_key_names_its_index() {
+        let err = Settings::from_toml_overlay("[auth]\napi_keys = [\"ik_goodgoodgood\", \"nope\"]").unwrap_err();
+        assert_eq!(err.key, "auth.api_keys[1]");
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        let err = Settings::from_toml_overlay("[auth]\njwt_secret = \"short\"").unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: auth.jwt_secret: must be at least 32 characters"
+        );
+    }
+
+    #[test]
+    fn unsupported_database_is_refused() {
+        let err = Settings::from_toml_overlay("[database]\nurl = \"mysql://x\"").unwrap_err();
+        assert_eq!(err.key, "database.url");
+    }
+}

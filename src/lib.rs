@@ -1,0 +1,16 @@
+//! A self-hosted, drop-in compatible server for the InsForge Realtime API.
+//!
+//! # Layout
+//! - [`config`]: settings from TOML and the environment.
+//! - [`auth`]: API keys, anon keys and JWTs.
+//! - [`pattern`]: channel pattern validation and name resolution.
+//! - [`persistence`]: every database query.
+//! - [`api`]: the REST admin surface.
+//! - [`server`]: wiring: database, state, HTTP server.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod pattern;
+pub mod persistence;
+pub mod server;

@@ -1,0 +1,152 @@
+//! The `realtime` command: `serve` (the default), `migrate`, `token`, `keys`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use realtime::auth::{self, Authenticator, Role};
+use realtime::config::{LogFormat, Settings};
+use realtime::persistence;
+use realtime::server::{self, AppState};
+use tracing_subscriber::EnvFilter;
+
+/// A self-hosted server for the InsForge Realtime API.
+#[derive(Parser)]
+#[command(name = "realtime", version, about)]
+struct Cli {
+    /// A TOML file overlaid on the defaults.
+    #[arg(long, global = true, env = "REALTIME_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST and realtime API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a signed development JWT.
+    Token {
+        /// The role claim.
+        #[arg(long, value_enum, default_value = "authenticated")]
+        role: TokenRole,
+        /// The subject (user id); a random uuid when omitted.
+        #[arg(long)]
+        sub: Option<String>,
+        /// An e-mail claim.
+        #[arg(long)]
+        email: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Print a new random key to put in the configuration.
+    Keys {
+        /// `api` for an admin key (ik_…), `anon` for an anon key (anon_…).
+        #[arg(long, value_enum, default_value = "api")]
+        kind: KeyKind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TokenRole {
+    Authenticated,
+    Anon,
+    ProjectAdmin,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyKind {
+    Api,
+    Anon,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Keys { kind }) = cli.command {
+        println!("{}", auth::generate_key(match kind {
+            KeyKind::Api => "ik_",
+            KeyKind::Anon => "anon_",
+        }));
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("realtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token { role, sub, email, ttl } => {
+            let role = match role {
+                TokenRole::Authenticated => Role::Authenticated,
+                TokenRole::Anon => Role::Anon,
+                TokenRole::ProjectAdmin => Role::ProjectAdmin,
+            };
+            let sub = sub.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let token = Authenticator::new(&settings.auth).mint(role, &sub, email.as_deref(), ttl);
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => run_async(migrate(settings)),
+        Command::Serve | Command::Keys { .. } => run_async(serve(settings)),
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match actix_web::rt::System::new().block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("realtime: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    init_tracing(&settings);
+    let db = persistence::connect(&settings.database).await?;
+    persistence::migrate(&db).await?;
+    tracing::info!(database = %redact(&settings.database.url), "migrations applied");
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_tracing(&settings);
+    if settings.uses_development_secrets() {
+        tracing::warn!("running with the development jwt_secret or API key from config/default.toml; set your own before exposing this server");
+    }
+    let address = format!("{}:{}", settings.server.host, settings.server.port);
+    let database = redact(&settings.database.url);
+    let state = AppState::open(settings).await?;
+    let listener = TcpListener::bind(&address).map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    tracing::info!(%address, %database, "realtime server listening");
+    server::serve(listener, state)?.await?;
+    tracing::info!("realtime server stopped");
+    Ok(())
+}
+
+/// The database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,182 @@
+//! Message history: batched inserts and count updates for the pipeline,
+//! listing, clearing and statistics for the REST API.
+
+use chrono::{DateTime, Utc};
+use entity::messages::{self, Column, Entity as Messages};
+use sea_orm::sea_query::{Alias, CaseStatement, Expr, Order};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Select,
+};
+use uuid::Uuid;
+
+use super::PersistenceError;
+
+/// Filters shared by listing and statistics.
+#[derive(Clone, Debug, Default)]
+pub struct MessageFilter {
+    /// Only messages of this channel.
+    pub channel_id: Option<Uuid>,
+    /// Only messages of this event.
+    pub event_name: Option<String>,
+    /// Only messages created at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl MessageFilter {
+    fn apply(&self, mut select: Select<Messages>) -> Select<Messages> {
+        if let Some(channel_id) = self.channel_id {
+            select = select.filter(Column::ChannelId.eq(channel_id));
+        }
+        if let Some(event_name) = &self.event_name {
+            select = select.filter(Column::EventName.eq(event_name.as_str()));
+        }
+        if let Some(since) = self.since {
+            select = select.filter(Column::CreatedAt.gte(since));
+        }
+        select
+    }
+}
+
+/// Aggregates over the history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageStats {
+    /// Messages matching the filter.
+    pub total_messages: i64,
+    /// Webhook deliveries that succeeded over those attempted; 0 when none
+    /// were attempted.
+    pub wh_delivery_rate: f64,
+    /// The ten most frequent events with their counts, most frequent first,
+    /// ties by name.
+    pub top_events: Vec<(String, i64)>,
+}
+
+/// Inserts messages in one statement. Rows keep the ids and timestamps the
+/// caller gave them, so a retried batch cannot create a second copy: a
+/// repeated id is refused by the primary key.
+///
+/// # Errors
+/// Database failures; [`PersistenceError::Duplicate`] if an id exists.
+pub async fn insert_batch(db: &DatabaseConnection, batch: Vec<messages::Model>) -> Result<(), PersistenceError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let rows = batch.into_iter().map(|message| messages::ActiveModel {
+        id: Set(message.id),
+        event_name: Set(message.event_name),
+        channel_id: Set(message.channel_id),
+        channel_name: Set(message.channel_name),
+        payload: Set(message.payload),
+        sender_type: Set(message.sender_type),
+        sender_id: Set(message.sender_id),
+        ws_audience_count: Set(message.ws_audience_count),
+        wh_audience_count: Set(message.wh_audience_count),
+        wh_delivered_count: Set(message.wh_delivered_count),
+        created_at: Set(message.created_at),
+    });
+    Messages::insert_many(rows)
+        .exec_without_returning(db)
+        .await
+        .map_err(PersistenceError::from_write)?;
+    Ok(())
+}
+
+/// Sets one integer column of many messages in one `UPDATE … CASE id …`
+/// statement. Returns how many rows changed.
+///
+/// # Errors
+/// Database failures.
+pub async fn set_counts(
+    db: &DatabaseConnection,
+    column: Column,
+    counts: &[(Uuid, i32)],
+) -> Result<u64, PersistenceError> {
+    if counts.is_empty() {
+        return Ok(0);
+    }
+    let mut case = CaseStatement::new();
+    for (id, count) in counts {
+        case = case.case(Column::Id.eq(*id), Expr::value(*count));
+    }
+    let case = case.finally(Expr::col(column));
+    let ids = counts.iter().map(|(id, _)| *id);
+    let result = Messages::update_many()
+        .col_expr(column, case.into())
+        .filter(Column::Id.is_in(ids))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Messages matching `filter`, newest first.
+///
+/// # Errors
+/// Database failures.
+pub async fn list(
+    db: &DatabaseConnection,
+    filter: &MessageFilter,
+    limit: u64,
+    offset: u64,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    Ok(filter
+        .apply(Messages::find())
+        .order_by_desc(Column::CreatedAt)
+        .order_by_desc(Column::Id)
+        .limit(limit)
+        .offset(offset)
+        .all(db)
+        .await?)
+}
+
+/// Deletes every message and returns how many there were.
+///
+/// # Errors
+/// Database failures.
+pub async fn clear(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
+    Ok(Messages::delete_many().exec(db).await?.rows_affected)
+}
+
+/// Totals, webhook delivery rate and top events of the messages matching
+/// `filter` (its `event_name` is ignored: the top events span all events).
+///
+/// # Errors
+/// Database failures.
+pub async fn stats(db: &DatabaseConnection, filter: &MessageFilter) -> Result<MessageStats, PersistenceError> {
+    let filter = MessageFilter {
+        event_name: None,
+        ..filter.clone()
+    };
+    let totals: Option<(i64, Option<i64>, Option<i64>)> = filter
+        .apply(Messages::find())
+        .select_only()
+        .column_as(Expr::col(Column::Id).count(), "total")
+        .column_as(Expr::col(Column::WhAudienceCount).sum(), "audience")
+        .column_as(Expr::col(Column::WhDeliveredCount).sum(), "delivered")
+        .into_tuple()
+        .one(db)
+        .await?;
+    let (total_messages, audience, delivered) = totals.unwrap_or_default();
+    let (audience, delivered) = (audience.unwrap_or(0), delivered.unwrap_or(0));
+    let wh_delivery_rate = if audience > 0 {
+        delivered as f64 / audience as f64
+    } else {
+        0.0
+    };
+    let top_events: Vec<(String, i64)> = filter
+        .apply(Messages::find())
+        .select_only()
+        .column(Column::EventName)
+        .column_as(Expr::col(Column::Id).count(), "n")
+        .group_by(Column::EventName)
+        .order_by(Expr::col(Alias::new("n")), Order::Desc)
+        .order_by_asc(Column::EventName)
+        .limit(10)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(MessageStats {
+        total_messages,
+        wh_delivery_rate,
+        top_events,
+    })
+}

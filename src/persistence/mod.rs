@@ -1,0 +1,121 @@
+//! Everything that touches the database: connecting, migrating, and the
+//! queries of the REST API. Outside `entity`, no other module uses sea-orm.
+//!
+//! # Layout
+//! - [`channels`]: channel definitions.
+//! - [`messages`]: history listing, clearing and statistics.
+//! - [`permissions`]: the row-level-security policies of realtime.
+//! - [`retention`]: the `config` singleton row.
+
+pub mod channels;
+pub mod messages;
+pub mod permissions;
+pub mod retention;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbErr, SqlErr, SqlxPostgresConnector, SqlxSqliteConnector,
+};
+
+use crate::config::DatabaseSettings;
+
+/// A database operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique column already holds the value.
+    #[error("already exists")]
+    Duplicate,
+    /// Anything else the database said.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+}
+
+impl PersistenceError {
+    /// Turns unique-constraint violations into [`PersistenceError::Duplicate`].
+    fn from_write(err: DbErr) -> Self {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => PersistenceError::Duplicate,
+            _ => PersistenceError::Database(err),
+        }
+    }
+}
+
+/// Opens the pool for `settings.url`. SQLite files (and their folder) are
+/// created if missing and run in WAL mode; PostgreSQL connections get
+/// `search_path = realtime, public` so the schema-less entities find
+/// InsForge's tables.
+///
+/// # Errors
+/// A malformed URL or a database that cannot be reached.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
+    let url = settings.url.as_str();
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| DbErr::Custom(format!("database.url: {err}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(acquire_timeout);
+        if let Some(folder) = options.get_filename().parent() {
+            create_folder(folder)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.pool_size)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|err| DbErr::Custom(format!("cannot open {url}: {err}")))?;
+        Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+    } else {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| DbErr::Custom(format!("database.url: {err}")))?
+            .options([("search_path", "realtime, public")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.pool_size)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|err| DbErr::Custom(format!("cannot connect to postgres: {err}")))?;
+        Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+    }
+}
+
+fn create_folder(folder: &Path) -> Result<(), DbErr> {
+    if folder.as_os_str().is_empty() || folder.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(folder)
+        .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", folder.display())))
+}
+
+/// Applies every pending migration.
+///
+/// On PostgreSQL the `realtime` schema is created first, so that sea-orm's
+/// own bookkeeping table lands in it rather than in `public`.
+///
+/// # Errors
+/// Whatever the database refuses.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        db.execute_unprepared("CREATE SCHEMA IF NOT EXISTS realtime").await?;
+    }
+    Migrator::up(db, None).await
+}
+
+/// The current time as stored: whole microseconds, the precision both
+/// databases keep, so a value read back equals the value written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

@@ -154,20 +154,30 @@ impl Authenticator {
                 Err(AuthError::InvalidApiKey)
             };
         }
-        let data = jsonwebtoken::decode::<serde_json::Value>(credential, &self.decoding_key, &self.validation)
-            .map_err(|err| AuthError::InvalidToken(err.to_string().to_lowercase()))?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            credential,
+            &self.decoding_key,
+            &self.validation,
+        )
+        .map_err(|err| AuthError::InvalidToken(err.to_string().to_lowercase()))?;
         let claims = data.claims;
         let sub = claims
             .get("sub")
             .and_then(|sub| sub.as_str())
             .filter(|sub| !sub.is_empty())
-            .ok_or_else(|| AuthError::InvalidToken("sub claim must be a non-empty string".into()))?;
+            .ok_or_else(|| {
+                AuthError::InvalidToken("sub claim must be a non-empty string".into())
+            })?;
         let role = claims
             .get("role")
             .and_then(|role| role.as_str())
             .ok_or_else(|| AuthError::InvalidToken("missing role claim".into()))?;
-        let role = Role::parse(role).ok_or_else(|| AuthError::InvalidToken(format!("unknown role {role:?}")))?;
-        let email = claims.get("email").and_then(|email| email.as_str()).map(str::to_owned);
+        let role = Role::parse(role)
+            .ok_or_else(|| AuthError::InvalidToken(format!("unknown role {role:?}")))?;
+        let email = claims
+            .get("email")
+            .and_then(|email| email.as_str())
+            .map(str::to_owned);
         Ok(Principal::Jwt {
             sub: sub.to_owned(),
             role,
@@ -243,7 +253,9 @@ mod tests {
         let auth = authenticator();
         let claims = serde_json::json!({"sub": "u", "role": "authenticated", "exp": 1});
         let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding_key).unwrap();
-        assert!(matches!(auth.verify(&token), Err(AuthError::InvalidToken(reason)) if reason.contains("expired")));
+        assert!(
+            matches!(auth.verify(&token), Err(AuthError::InvalidToken(reason)) if reason.contains("expired"))
+        );
     }
 
     #[test]
@@ -251,7 +263,10 @@ mod tests {
         let auth = authenticator();
         let claims = serde_json::json!({"sub": "u", "exp": u64::MAX / 2});
         let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding_key).unwrap();
-        assert_eq!(auth.verify(&token), Err(AuthError::InvalidToken("missing role claim".into())));
+        assert_eq!(
+            auth.verify(&token),
+            Err(AuthError::InvalidToken("missing role claim".into()))
+        );
     }
 
     #[test]
@@ -262,7 +277,10 @@ mod tests {
             anon_keys: vec![],
         });
         let token = other.mint(Role::ProjectAdmin, "admin", None, 60);
-        assert!(matches!(authenticator().verify(&token), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            authenticator().verify(&token),
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 
     #[test]

@@ -142,11 +142,16 @@ impl Settings {
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let settings: Settings = figment.extract().map_err(|err| {
             let key = err.path.join(".");
-            let source = err
-                .metadata
-                .as_ref()
-                .map(|meta| format!(" (from {})", meta.name))
-                .unwrap_or_default();
+            let source = match err.metadata.as_ref() {
+                Some(meta) if meta.name.contains("environment") => {
+                    format!(
+                        " (from environment variable REALTIME__{})",
+                        err.path.join("__").to_uppercase()
+                    )
+                }
+                Some(meta) => format!(" (from {})", meta.name),
+                None => String::new(),
+            };
             ConfigError::new(
                 if key.is_empty() { "config".into() } else { key },
                 format!("{}{source}", err.kind),
@@ -165,10 +170,16 @@ impl Settings {
             return Err(ConfigError::new("server.host", "must not be empty"));
         }
         if self.server.max_body_bytes < 1024 {
-            return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
         }
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(ConfigError::new(
                 "database.url",
                 "must start with sqlite:, postgres:// or postgresql://",
@@ -178,10 +189,16 @@ impl Settings {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }
         if self.database.acquire_timeout_ms == 0 {
-            return Err(ConfigError::new("database.acquire_timeout_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "database.acquire_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if self.auth.jwt_secret.len() < 32 {
-            return Err(ConfigError::new("auth.jwt_secret", "must be at least 32 characters"));
+            return Err(ConfigError::new(
+                "auth.jwt_secret",
+                "must be at least 32 characters",
+            ));
         }
         check_keys("auth.api_keys", &self.auth.api_keys, "ik_")?;
         check_keys("auth.anon_keys", &self.auth.anon_keys, "anon_")?;
@@ -193,7 +210,11 @@ impl Settings {
     /// Whether the shipped development secret is still in use.
     pub fn uses_development_secrets(&self) -> bool {
         self.auth.jwt_secret == DEV_JWT_SECRET
-            || self.auth.api_keys.iter().any(|key| key.contains("dev_only_insecure"))
+            || self
+                .auth
+                .api_keys
+                .iter()
+                .any(|key| key.contains("dev_only_insecure"))
     }
 
     /// The grace period of a graceful shutdown.
@@ -211,7 +232,10 @@ fn check_keys(key: &str, keys: &[String], prefix: &str) -> Result<(), ConfigErro
             ));
         }
         if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ConfigError::new(format!("{key}[{index}]"), "must not contain white space"));
+            return Err(ConfigError::new(
+                format!("{key}[{index}]"),
+                "must not contain white space",
+            ));
         }
     }
     Ok(())
@@ -250,7 +274,8 @@ mod tests {
 
     #[test]
     fn bad_api_key_names_its_index() {
-        let err = Settings::from_toml_overlay("[auth]\napi_keys = [\"ik_goodgoodgood\", \"nope\"]").unwrap_err();
+        let err = Settings::from_toml_overlay("[auth]\napi_keys = [\"ik_goodgoodgood\", \"nope\"]")
+            .unwrap_err();
         assert_eq!(err.key, "auth.api_keys[1]");
     }
 

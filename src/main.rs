@@ -67,10 +67,13 @@ enum KeyKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keys { kind }) = cli.command {
-        println!("{}", auth::generate_key(match kind {
-            KeyKind::Api => "ik_",
-            KeyKind::Anon => "anon_",
-        }));
+        println!(
+            "{}",
+            auth::generate_key(match kind {
+                KeyKind::Api => "ik_",
+                KeyKind::Anon => "anon_",
+            })
+        );
         return ExitCode::SUCCESS;
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -81,7 +84,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Token { role, sub, email, ttl } => {
+        Command::Token {
+            role,
+            sub,
+            email,
+            ttl,
+        } => {
             let role = match role {
                 TokenRole::Authenticated => Role::Authenticated,
                 TokenRole::Anon => Role::Anon,
@@ -109,7 +117,8 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> E
 }
 
 fn init_tracing(settings: &Settings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
@@ -133,7 +142,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = format!("{}:{}", settings.server.host, settings.server.port);
     let database = redact(&settings.database.url);
     let state = AppState::open(settings).await?;
-    let listener = TcpListener::bind(&address).map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    let listener = TcpListener::bind(&address)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     tracing::info!(%address, %database, "realtime server listening");
     server::serve(listener, state)?.await?;
     tracing::info!("realtime server stopped");

@@ -174,7 +174,10 @@ impl<T> PatternIndex<T> {
         let mut index = PatternIndex::default();
         for (pattern, value) in entries {
             if pattern.contains('%') {
-                let bucket = index.wildcards.entry(first_segment(&pattern).to_owned()).or_default();
+                let bucket = index
+                    .wildcards
+                    .entry(first_segment(&pattern).to_owned())
+                    .or_default();
                 bucket.retain(|(existing, _)| *existing != pattern);
                 bucket.push((pattern, value));
             } else {
@@ -220,7 +223,14 @@ mod tests {
 
     #[test]
     fn valid_patterns() {
-        for pattern in ["order", "order:%", "order:%:items", "chat:room-1", "a:b%c:%", "A-1:%%"] {
+        for pattern in [
+            "order",
+            "order:%",
+            "order:%:items",
+            "chat:room-1",
+            "a:b%c:%",
+            "A-1:%%",
+        ] {
             check_pattern(pattern, Ok(()));
         }
     }
@@ -254,13 +264,19 @@ mod tests {
     fn like_semantics() {
         assert!(like_matches("order:%", "order:123"));
         assert!(like_matches("order:%", "order:"));
-        assert!(like_matches("order:%", "order:1:2"), "% crosses segments, as LIKE does");
+        assert!(
+            like_matches("order:%", "order:1:2"),
+            "% crosses segments, as LIKE does"
+        );
         assert!(like_matches("order:%:items", "order:7:items"));
         assert!(!like_matches("order:%:items", "order:7:item"));
         assert!(like_matches("a:%b%c", "a:xxbyyc"));
         assert!(like_matches("a:%%", "a:"));
         assert!(!like_matches("order:%", "orders:1"));
-        assert!(!like_matches("order:%", "Order:1"), "matching is case-sensitive");
+        assert!(
+            !like_matches("order:%", "Order:1"),
+            "matching is case-sensitive"
+        );
         assert!(like_matches("chat", "chat"));
         assert!(!like_matches("chat", "chats"));
     }
@@ -314,7 +330,10 @@ mod tests {
     #[test]
     fn resolves_among_ten_thousand_patterns() {
         let index = PatternIndex::new((0..10_000).map(|i| (format!("tenant-{i}:%"), i)));
-        assert_eq!(index.resolve("tenant-9999:orders"), Some(("tenant-9999:%", &9999)));
+        assert_eq!(
+            index.resolve("tenant-9999:orders"),
+            Some(("tenant-9999:%", &9999))
+        );
         assert_eq!(index.resolve("tenant-10000:orders"), None);
     }
 }

@@ -46,7 +46,9 @@ impl TryGetable for WebhookUrls {
             Err(TryGetError::DbErr(_)) => {
                 let text = String::try_get_by(res, idx)?;
                 serde_json::from_str(&text).map_err(|err| {
-                    TryGetError::DbErr(DbErr::Type(format!("webhook_urls is not a JSON array: {err}")))
+                    TryGetError::DbErr(DbErr::Type(format!(
+                        "webhook_urls is not a JSON array: {err}"
+                    )))
                 })
             }
         }

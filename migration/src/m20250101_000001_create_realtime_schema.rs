@@ -117,7 +117,9 @@ impl MigrationTrait for Migration {
         match manager.get_database_backend() {
             DbBackend::Postgres => run_all(manager, POSTGRES_UP).await,
             DbBackend::Sqlite => run_all(manager, SQLITE_UP).await,
-            other => Err(DbErr::Migration(format!("unsupported database backend {other:?}"))),
+            other => Err(DbErr::Migration(format!(
+                "unsupported database backend {other:?}"
+            ))),
         }
     }
 

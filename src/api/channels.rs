@@ -89,9 +89,15 @@ async fn create(
     Ok(HttpResponse::Created().json(ChannelView::from(created)))
 }
 
-async fn get(_admin: Admin, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let channel = persistence::channels::get(&state.db, id).await.map_err(channel_error)?;
+    let channel = persistence::channels::get(&state.db, id)
+        .await
+        .map_err(channel_error)?;
     Ok(HttpResponse::Ok().json(ChannelView::from(channel)))
 }
 
@@ -116,9 +122,15 @@ async fn update(
     Ok(HttpResponse::Ok().json(ChannelView::from(updated)))
 }
 
-async fn delete(_admin: Admin, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    persistence::channels::delete(&state.db, id).await.map_err(channel_error)?;
+    persistence::channels::delete(&state.db, id)
+        .await
+        .map_err(channel_error)?;
     tracing::info!(%id, "channel deleted");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Channel deleted" })))
 }
@@ -154,7 +166,9 @@ impl ChannelFields {
     /// Checks every known field; unknown fields are ignored, as InsForge does.
     fn parse(body: &Value) -> Result<Self, ApiError> {
         let Some(object) = body.as_object() else {
-            return Err(ApiError::invalid_channel_request("request body must be a JSON object"));
+            return Err(ApiError::invalid_channel_request(
+                "request body must be a JSON object",
+            ));
         };
         Ok(ChannelFields {
             pattern: parse_pattern(object)?,
@@ -163,7 +177,11 @@ impl ChannelFields {
             enabled: match object.get("enabled") {
                 None => None,
                 Some(Value::Bool(enabled)) => Some(*enabled),
-                Some(_) => return Err(ApiError::invalid_channel_request("enabled: Expected boolean")),
+                Some(_) => {
+                    return Err(ApiError::invalid_channel_request(
+                        "enabled: Expected boolean",
+                    ))
+                }
             },
         })
     }
@@ -173,10 +191,13 @@ fn parse_pattern(object: &Map<String, Value>) -> Result<Option<String>, ApiError
     match object.get("pattern") {
         None => Ok(None),
         Some(Value::String(pattern)) => {
-            validate_pattern(pattern).map_err(|err| ApiError::invalid_channel_pattern(format!("pattern: {err}")))?;
+            validate_pattern(pattern)
+                .map_err(|err| ApiError::invalid_channel_pattern(format!("pattern: {err}")))?;
             Ok(Some(pattern.clone()))
         }
-        Some(_) => Err(ApiError::invalid_channel_request("pattern: Expected string")),
+        Some(_) => Err(ApiError::invalid_channel_request(
+            "pattern: Expected string",
+        )),
     }
 }
 
@@ -184,20 +205,30 @@ fn parse_description(object: &Map<String, Value>) -> Result<Option<Option<String
     match object.get("description") {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
-        Some(Value::String(text)) if text.len() > MAX_TEXT_LEN => Err(ApiError::invalid_channel_request(format!(
-            "description: must be at most {MAX_TEXT_LEN} characters"
-        ))),
+        Some(Value::String(text)) if text.len() > MAX_TEXT_LEN => {
+            Err(ApiError::invalid_channel_request(format!(
+                "description: must be at most {MAX_TEXT_LEN} characters"
+            )))
+        }
         Some(Value::String(text)) => Ok(Some(Some(text.clone()))),
-        Some(_) => Err(ApiError::invalid_channel_request("description: Expected string")),
+        Some(_) => Err(ApiError::invalid_channel_request(
+            "description: Expected string",
+        )),
     }
 }
 
-fn parse_webhook_urls(object: &Map<String, Value>) -> Result<Option<Option<Vec<String>>>, ApiError> {
+fn parse_webhook_urls(
+    object: &Map<String, Value>,
+) -> Result<Option<Option<Vec<String>>>, ApiError> {
     let items = match object.get("webhookUrls") {
         None => return Ok(None),
         Some(Value::Null) => return Ok(Some(None)),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(ApiError::invalid_channel_request("webhookUrls: Expected array")),
+        Some(_) => {
+            return Err(ApiError::invalid_channel_request(
+                "webhookUrls: Expected array",
+            ))
+        }
     };
     if items.len() > MAX_WEBHOOK_URLS {
         return Err(ApiError::invalid_channel_request(format!(
@@ -207,7 +238,9 @@ fn parse_webhook_urls(object: &Map<String, Value>) -> Result<Option<Option<Vec<S
     let mut urls = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let Value::String(text) = item else {
-            return Err(ApiError::invalid_channel_request(format!("webhookUrls.{index}: Expected string")));
+            return Err(ApiError::invalid_channel_request(format!(
+                "webhookUrls.{index}: Expected string"
+            )));
         };
         if !is_http_url(text) {
             return Err(ApiError::invalid_channel_request(format!(
@@ -242,7 +275,8 @@ mod tests {
 
     #[test]
     fn explicit_null_clears_nullable_fields() {
-        let fields = ChannelFields::parse(&json!({"description": null, "webhookUrls": null})).unwrap();
+        let fields =
+            ChannelFields::parse(&json!({"description": null, "webhookUrls": null})).unwrap();
         assert_eq!(fields.description, Some(None));
         assert_eq!(fields.webhook_urls, Some(None));
         assert_eq!(fields.pattern, None);

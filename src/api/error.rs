@@ -55,7 +55,11 @@ impl ApiError {
 
     /// 400 `REALTIME_INVALID_CHANNEL_REQUEST`: a channel body with wrong fields.
     pub fn invalid_channel_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "REALTIME_INVALID_CHANNEL_REQUEST", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "REALTIME_INVALID_CHANNEL_REQUEST",
+            message,
+        )
     }
 
     /// 400 `REALTIME_INVALID_CHANNEL_PATTERN`.
@@ -67,12 +71,20 @@ impl ApiError {
 
     /// 404 `REALTIME_CHANNEL_NOT_FOUND`.
     pub fn channel_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "REALTIME_CHANNEL_NOT_FOUND", "Channel not found")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "REALTIME_CHANNEL_NOT_FOUND",
+            "Channel not found",
+        )
     }
 
     /// 404 `NOT_FOUND` for a path no route serves.
     pub fn route_not_found(method: &str, path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no route for {method} {path}"),
+        )
     }
 
     /// 405 `METHOD_NOT_ALLOWED` for a known path with another method.
@@ -95,7 +107,11 @@ impl ApiError {
 
     /// 500 `INTERNAL_ERROR`; the details go to the log, not to the caller.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal server error",
+        )
     }
 }
 
@@ -117,8 +133,12 @@ impl ResponseError for ApiError {
 impl From<PersistenceError> for ApiError {
     fn from(err: PersistenceError) -> Self {
         match err {
-            PersistenceError::NotFound => Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not found"),
-            PersistenceError::Duplicate => Self::new(StatusCode::CONFLICT, "ALREADY_EXISTS", "already exists"),
+            PersistenceError::NotFound => {
+                Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not found")
+            }
+            PersistenceError::Duplicate => {
+                Self::new(StatusCode::CONFLICT, "ALREADY_EXISTS", "already exists")
+            }
             PersistenceError::Database(err) => {
                 tracing::error!(error = %err, "database failure");
                 Self::internal()

@@ -48,13 +48,16 @@ fn json_config(limit: usize) -> web::JsonConfig {
         .limit(limit)
         .error_handler(move |err, _req| {
             let api_error = match &err {
-                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
                     ApiError::payload_too_large(limit)
                 }
-                JsonPayloadError::ContentType => {
-                    ApiError::invalid_input("request body must be JSON (Content-Type: application/json)")
+                JsonPayloadError::ContentType => ApiError::invalid_input(
+                    "request body must be JSON (Content-Type: application/json)",
+                ),
+                JsonPayloadError::Deserialize(err) => {
+                    ApiError::invalid_input(format!("invalid JSON body: {err}"))
                 }
-                JsonPayloadError::Deserialize(err) => ApiError::invalid_input(format!("invalid JSON body: {err}")),
                 other => ApiError::invalid_input(format!("invalid request body: {other}")),
             };
             api_error.into()
@@ -83,7 +86,8 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok", "database": "ok" })),
         Err(err) => {
             tracing::warn!(error = %err, "health check: database unreachable");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "database": "unreachable" }))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "unavailable", "database": "unreachable" }))
         }
     }
 }

@@ -16,7 +16,10 @@ impl QueryParams {
     pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
         self.0
             .get(name)
-            .map(|value| Uuid::parse_str(value).map_err(|_| ApiError::invalid_input(format!("{name}: Invalid uuid"))))
+            .map(|value| {
+                Uuid::parse_str(value)
+                    .map_err(|_| ApiError::invalid_input(format!("{name}: Invalid uuid")))
+            })
             .transpose()
     }
 
@@ -34,7 +37,9 @@ impl QueryParams {
             .parse::<u64>()
             .ok()
             .filter(|number| (min..=max).contains(number))
-            .ok_or_else(|| ApiError::invalid_input(format!("{name}: must be an integer from {min} to {max}")))
+            .ok_or_else(|| {
+                ApiError::invalid_input(format!("{name}: must be an integer from {min} to {max}"))
+            })
     }
 
     /// An RFC 3339 date-time parameter, if present.
@@ -55,12 +60,22 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> QueryParams {
-        QueryParams(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        QueryParams(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
     fn integer_bounds_and_default() {
-        let query = params(&[("limit", "1000"), ("bad", "0"), ("big", "1001"), ("neg", "-1")]);
+        let query = params(&[
+            ("limit", "1000"),
+            ("bad", "0"),
+            ("big", "1001"),
+            ("neg", "-1"),
+        ]);
         assert_eq!(query.integer("limit", 1, 1000, 100), Ok(1000));
         assert_eq!(query.integer("missing", 1, 1000, 100), Ok(100));
         assert!(query.integer("bad", 1, 1000, 100).is_err());
@@ -75,6 +90,9 @@ mod tests {
             query.datetime("since").unwrap().unwrap().to_rfc3339(),
             "2024-01-01T00:00:00+00:00"
         );
-        assert_eq!(query.datetime("bad").unwrap_err().message, "bad: Invalid datetime");
+        assert_eq!(
+            query.datetime("bad").unwrap_err().message,
+            "bad: Invalid datetime"
+        );
     }
 }

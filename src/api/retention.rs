@@ -23,7 +23,11 @@ async fn get(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, 
     Ok(HttpResponse::Ok().json(json!({ "retentionDays": retention_days })))
 }
 
-async fn update(_admin: Admin, state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn update(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let days = parse_retention_days(&body)?;
     persistence::retention::set_retention_days(&state.db, days).await?;
     tracing::info!(retention_days = ?days, "retention updated");
@@ -33,19 +37,28 @@ async fn update(_admin: Admin, state: web::Data<AppState>, body: web::Json<Value
 /// `{"retentionDays": null | positive integer}`; the key is required.
 fn parse_retention_days(body: &Value) -> Result<Option<i32>, ApiError> {
     let Some(object) = body.as_object() else {
-        return Err(ApiError::invalid_input("request body must be a JSON object"));
+        return Err(ApiError::invalid_input(
+            "request body must be a JSON object",
+        ));
     };
     match object.get("retentionDays") {
         None => Err(ApiError::invalid_input("retentionDays: Required")),
         Some(Value::Null) => Ok(None),
         Some(Value::Number(number)) => match number.as_i64() {
-            Some(days) if days < 1 => Err(ApiError::invalid_input("retentionDays: Number must be greater than 0")),
-            Some(days) => i32::try_from(days)
-                .map(Some)
-                .map_err(|_| ApiError::invalid_input(format!("retentionDays: Number must be at most {}", i32::MAX))),
+            Some(days) if days < 1 => Err(ApiError::invalid_input(
+                "retentionDays: Number must be greater than 0",
+            )),
+            Some(days) => i32::try_from(days).map(Some).map_err(|_| {
+                ApiError::invalid_input(format!(
+                    "retentionDays: Number must be at most {}",
+                    i32::MAX
+                ))
+            }),
             None => Err(ApiError::invalid_input("retentionDays: Expected integer")),
         },
-        Some(_) => Err(ApiError::invalid_input("retentionDays: Expected integer or null")),
+        Some(_) => Err(ApiError::invalid_input(
+            "retentionDays: Expected integer or null",
+        )),
     }
 }
 
@@ -55,8 +68,14 @@ mod tests {
 
     #[test]
     fn retention_values() {
-        assert_eq!(parse_retention_days(&json!({"retentionDays": 90})), Ok(Some(90)));
-        assert_eq!(parse_retention_days(&json!({"retentionDays": null})), Ok(None));
+        assert_eq!(
+            parse_retention_days(&json!({"retentionDays": 90})),
+            Ok(Some(90))
+        );
+        assert_eq!(
+            parse_retention_days(&json!({"retentionDays": null})),
+            Ok(None)
+        );
         assert!(parse_retention_days(&json!({"retentionDays": 0})).is_err());
         assert!(parse_retention_days(&json!({"retentionDays": 1.5})).is_err());
         assert!(parse_retention_days(&json!({"retentionDays": "7"})).is_err());

@@ -3,7 +3,9 @@
 use entity::channels::{self, Column, Entity as Channels};
 use entity::webhook_urls::WebhookUrls;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+};
 use uuid::Uuid;
 
 use super::{now, PersistenceError};
@@ -52,14 +54,20 @@ pub async fn list(db: &DatabaseConnection) -> Result<Vec<channels::Model>, Persi
 /// # Errors
 /// [`PersistenceError::NotFound`] for an unknown id.
 pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<channels::Model, PersistenceError> {
-    Channels::find_by_id(id).one(db).await?.ok_or(PersistenceError::NotFound)
+    Channels::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(PersistenceError::NotFound)
 }
 
 /// Creates a channel and returns it as stored.
 ///
 /// # Errors
 /// [`PersistenceError::Duplicate`] when the pattern exists already.
-pub async fn create(db: &DatabaseConnection, new: NewChannel) -> Result<channels::Model, PersistenceError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    new: NewChannel,
+) -> Result<channels::Model, PersistenceError> {
     let created_at = now();
     let model = channels::Model {
         id: Uuid::new_v4(),
@@ -123,12 +131,18 @@ pub async fn update(
     }
     if let Some(urls) = changes.webhook_urls {
         let urls = urls.map(WebhookUrls);
-        update = update.col_expr(Column::WebhookUrls, Expr::value(WebhookUrls::to_value(urls.as_ref(), backend)));
+        update = update.col_expr(
+            Column::WebhookUrls,
+            Expr::value(WebhookUrls::to_value(urls.as_ref(), backend)),
+        );
     }
     if let Some(enabled) = changes.enabled {
         update = update.col_expr(Column::Enabled, Expr::value(enabled));
     }
-    let result = update.exec(db).await.map_err(PersistenceError::from_write)?;
+    let result = update
+        .exec(db)
+        .await
+        .map_err(PersistenceError::from_write)?;
     if result.rows_affected == 0 {
         return Err(PersistenceError::NotFound);
     }
@@ -147,4 +161,3 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<(), Persistence
     }
     Ok(())
 }
-

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use entity::messages::{self, Column, Entity as Messages};
 use sea_orm::sea_query::{Alias, CaseStatement, Expr, Order};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Select,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
 };
 use uuid::Uuid;
 
@@ -57,7 +57,10 @@ pub struct MessageStats {
 ///
 /// # Errors
 /// Database failures; [`PersistenceError::Duplicate`] if an id exists.
-pub async fn insert_batch(db: &DatabaseConnection, batch: Vec<messages::Model>) -> Result<(), PersistenceError> {
+pub async fn insert_batch(
+    db: &DatabaseConnection,
+    batch: Vec<messages::Model>,
+) -> Result<(), PersistenceError> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -141,7 +144,10 @@ pub async fn clear(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
 ///
 /// # Errors
 /// Database failures.
-pub async fn stats(db: &DatabaseConnection, filter: &MessageFilter) -> Result<MessageStats, PersistenceError> {
+pub async fn stats(
+    db: &DatabaseConnection,
+    filter: &MessageFilter,
+) -> Result<MessageStats, PersistenceError> {
     let filter = MessageFilter {
         event_name: None,
         ..filter.clone()

@@ -19,7 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, SqlErr, SqlxPostgresConnector, SqlxSqliteConnector,
 };
@@ -81,7 +83,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     } else {
         let options = PgConnectOptions::from_str(url)
             .map_err(|err| DbErr::Custom(format!("database.url: {err}")))?
-            .options([("search_path", "realtime, public")]);
+            .options([("search_path", "realtime,public")]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
             .acquire_timeout(acquire_timeout)
@@ -109,7 +111,8 @@ fn create_folder(folder: &Path) -> Result<(), DbErr> {
 /// Whatever the database refuses.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        db.execute_unprepared("CREATE SCHEMA IF NOT EXISTS realtime").await?;
+        db.execute_unprepared("CREATE SCHEMA IF NOT EXISTS realtime")
+            .await?;
     }
     Migrator::up(db, None).await
 }

@@ -32,7 +32,8 @@ pub struct RealtimePolicies {
     pub publish: Vec<Policy>,
 }
 
-const POLICIES_SQL: &str = "SELECT policyname::text AS policy_name, tablename::text AS table_name, \
+const POLICIES_SQL: &str =
+    "SELECT policyname::text AS policy_name, tablename::text AS table_name, \
      cmd::text AS command, roles::text[] AS roles, qual AS using_expr, with_check \
      FROM pg_policies \
      WHERE schemaname = 'realtime' \
@@ -44,12 +45,16 @@ const POLICIES_SQL: &str = "SELECT policyname::text AS policy_name, tablename::t
 ///
 /// # Errors
 /// Database failures.
-pub async fn realtime_policies(db: &DatabaseConnection) -> Result<RealtimePolicies, PersistenceError> {
+pub async fn realtime_policies(
+    db: &DatabaseConnection,
+) -> Result<RealtimePolicies, PersistenceError> {
     let backend = db.get_database_backend();
     if backend != DbBackend::Postgres {
         return Ok(RealtimePolicies::default());
     }
-    let rows = db.query_all(Statement::from_string(backend, POLICIES_SQL)).await?;
+    let rows = db
+        .query_all(Statement::from_string(backend, POLICIES_SQL))
+        .await?;
     let mut policies = RealtimePolicies::default();
     for row in rows {
         let policy = Policy {

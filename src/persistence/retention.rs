@@ -14,7 +14,10 @@ const ROW_ID: i32 = 1;
 /// # Errors
 /// Database failures, or a missing row (the migration creates it).
 pub async fn retention_days(db: &DatabaseConnection) -> Result<Option<i32>, PersistenceError> {
-    let row = Config::find_by_id(ROW_ID).one(db).await?.ok_or(PersistenceError::NotFound)?;
+    let row = Config::find_by_id(ROW_ID)
+        .one(db)
+        .await?
+        .ok_or(PersistenceError::NotFound)?;
     Ok(row.retention_days)
 }
 
@@ -22,7 +25,10 @@ pub async fn retention_days(db: &DatabaseConnection) -> Result<Option<i32>, Pers
 ///
 /// # Errors
 /// Database failures, or a missing row.
-pub async fn set_retention_days(db: &DatabaseConnection, days: Option<i32>) -> Result<(), PersistenceError> {
+pub async fn set_retention_days(
+    db: &DatabaseConnection,
+    days: Option<i32>,
+) -> Result<(), PersistenceError> {
     let result = Config::update_many()
         .col_expr(Column::RetentionDays, Expr::value(days))
         .col_expr(Column::UpdatedAt, Expr::value(now()))

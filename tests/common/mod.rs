@@ -1,0 +1,222 @@
+//! Test helpers: start the real server on a real database (a SQLite file or
+//! a fresh PostgreSQL database) on `127.0.0.1:0`, and talk to it over HTTP.
+#![allow(dead_code, missing_docs)]
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use realtime::auth::Role;
+use realtime::config::Settings;
+use realtime::server::{self, AppState};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::Value;
+
+/// The admin key every test server accepts.
+pub const API_KEY: &str = "ik_test_admin_key_0001";
+/// The anon key every test server accepts.
+pub const ANON_KEY: &str = "anon_test_anon_key_0001";
+/// The JWT secret of every test server.
+pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-characters";
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test body once per backend, each as its own test:
+/// `backend_tests!(channel_crud, other_test);` makes `sqlite::channel_crud`
+/// and `postgres::channel_crud`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[actix_rt::test] async fn $name() { super::$name(super::common::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[actix_rt::test] async fn $name() {
+                if super::common::postgres_skipped() { return; }
+                super::$name(super::common::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+/// PostgreSQL tests are required. They may only be skipped on purpose, by
+/// setting `REALTIME_TEST_SKIP_POSTGRES=1`; CI never does.
+pub fn postgres_skipped() -> bool {
+    if std::env::var_os("REALTIME_TEST_POSTGRES_URL").is_some() {
+        return false;
+    }
+    if std::env::var("REALTIME_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("skipping a PostgreSQL test: REALTIME_TEST_SKIP_POSTGRES=1");
+        return true;
+    }
+    panic!(
+        "REALTIME_TEST_POSTGRES_URL is not set: run the tests with scripts/test \
+         (which starts a throwaway PostgreSQL), or set REALTIME_TEST_SKIP_POSTGRES=1 to skip them"
+    );
+}
+
+/// A fresh, empty database URL for `backend`; the folder keeps a SQLite
+/// file alive for the test's duration.
+pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("realtime.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => {
+            let admin_url = std::env::var("REALTIME_TEST_POSTGRES_URL").unwrap();
+            let name = format!("rt_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(&admin_url).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            let (base, _) = admin_url.rsplit_once('/').unwrap();
+            (format!("{base}/{name}"), None)
+        }
+    }
+}
+
+/// Settings for a test server on `database_url`, with fixed keys.
+pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
+    let overlay = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\nworkers = 1\nmax_body_bytes = 65536\n\
+         [database]\nurl = \"{database_url}\"\npool_size = 4\n\
+         [auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\nanon_keys = [\"{ANON_KEY}\"]\n\
+         {extra_toml}"
+    );
+    Settings::from_toml_overlay(&overlay).unwrap()
+}
+
+/// A running server and a client for it.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The same database the server uses, for arranging and checking rows.
+    pub db: DatabaseConnection,
+    pub backend: Backend,
+    handle: ServerHandle,
+    client: awc::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts the real app on a fresh database of `backend`.
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, "").await
+    }
+
+    /// Starts the real app with extra TOML settings.
+    pub async fn start_with(backend: Backend, extra_toml: &str) -> TestServer {
+        let (url, dir) = fresh_database(backend).await;
+        let settings = test_settings(&url, extra_toml);
+        let state = AppState::open(settings).await.unwrap();
+        let db = state.db.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let server = server::serve(listener, state).unwrap();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        TestServer {
+            base_url,
+            db,
+            backend,
+            handle,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// A JWT signed with the test secret.
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        let settings = test_settings("sqlite://unused.db", "");
+        realtime::auth::Authenticator::new(&settings.auth).mint(role, sub, None, 600)
+    }
+
+    /// Sends a request with the admin key and returns status and JSON body.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.send(method, path, &[("x-api-key", API_KEY)], body)
+            .await
+    }
+
+    /// Sends a request with the given headers; `body` goes as JSON.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|value| value.to_string());
+        let content_type = body.as_ref().map(|_| "application/json");
+        self.send_raw(
+            method,
+            path,
+            headers,
+            content_type,
+            body.unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// Sends raw bytes, for malformed-input tests.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        content_type: Option<&str>,
+        body: String,
+    ) -> (u16, Value) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base_url));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        if let Some(content_type) = content_type {
+            request = request.insert_header(("content-type", content_type));
+        }
+        let mut response = request.send_body(body).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.body().limit(16 * 1024 * 1024).await.unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, json)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        actix_rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+/// Asserts an error response: status, code, and the `statusCode` field.
+#[track_caller]
+pub fn assert_error(response: &(u16, Value), status: u16, code: &str) {
+    let (actual_status, body) = response;
+    assert_eq!(*actual_status, status, "status of {body}");
+    assert_eq!(body["error"], code, "code of {body}");
+    assert_eq!(body["statusCode"], status, "statusCode of {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message of {body}"
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`pattern`]: channel pattern validation and name resolution.
 //! - [`persistence`]: every database query.
 //! - [`api`]: the REST admin surface.
+//! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
 //! - [`server`]: wiring: database, state, HTTP server.
 
 pub mod api;
@@ -13,4 +14,5 @@ pub mod auth;
 pub mod config;
 pub mod pattern;
 pub mod persistence;
+pub mod protocol;
 pub mod server;

@@ -7,12 +7,18 @@
 //! - [`persistence`]: every database query.
 //! - [`api`]: the REST admin surface.
 //! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
+//! - [`engineio`]: the Engine.IO server: session actors and transports.
+//! - [`socketio`]: the Socket.IO layer over Engine.IO sessions.
 //! - [`server`]: wiring: database, state, HTTP server.
+//! - [`conformance`]: the protocol conformance server on the same layers.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conformance;
+pub mod engineio;
 pub mod pattern;
 pub mod persistence;
 pub mod protocol;
 pub mod server;
+pub mod socketio;

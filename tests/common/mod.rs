@@ -12,6 +12,8 @@ use realtime::server::{self, AppState};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::Value;
 
+pub mod wire;
+
 /// The admin key every test server accepts.
 pub const API_KEY: &str = "ik_test_admin_key_0001";
 /// The anon key every test server accepts.

@@ -1,0 +1,294 @@
+//! The Engine.IO v4 server: sessions over HTTP long-polling and WebSocket,
+//! the upgrade between them, and the heartbeat.
+//!
+//! What rides on a session is up to an [`EngineHandler`]: the Socket.IO
+//! layer (`crate::socketio`) in the product, a plain echo in the
+//! conformance server.
+//!
+//! # Layout
+//! - [`session`]: the `Session` actor, one per client connection.
+//! - [`transport`]: the actix-web handlers for polling and WebSocket
+//!   requests, and the WebSocket reader and writer tasks.
+
+pub mod session;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, AsyncContext, Context, SpawnHandle};
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::protocol::engineio::Frame;
+use session::{Core, Session};
+
+/// A session id: 20 random URL-safe characters, as engine.io makes them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sid(Arc<str>);
+
+impl Sid {
+    /// A fresh random id.
+    pub fn random() -> Sid {
+        use base64::Engine as _;
+        let bytes: [u8; 15] = rand::random();
+        Sid(base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(bytes)
+            .into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({})", self.0)
+    }
+}
+
+/// The settings of one Engine.IO endpoint.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How often the server pings. Advertised as `pingInterval`.
+    pub ping_interval: Duration,
+    /// How long a pong may take. Advertised as `pingTimeout`.
+    pub ping_timeout: Duration,
+    /// Largest message or polling body accepted, in bytes.
+    pub max_payload: usize,
+    /// Most packets queued for one client; a client that falls further
+    /// behind is disconnected.
+    pub max_buffered_packets: usize,
+    /// Origins allowed for browsers (CORS); `*` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+impl EngineConfig {
+    /// When the next ping goes out after the last one was answered (or the
+    /// handshake). Pings leave a little early, up to 20 ms, so that a
+    /// missing pong closes the session strictly before interval + timeout
+    /// even when timers fire late; clients accept early pings.
+    pub fn ping_delay(&self) -> Duration {
+        let margin = (self.ping_interval / 10).min(Duration::from_millis(20));
+        self.ping_interval - margin
+    }
+
+    /// Whether `origin` may make cross-origin requests.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed == origin)
+    }
+}
+
+/// A message that reached the session: text or binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// The data of a `4…` packet.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close packet.
+    ClientClose,
+    /// The connection dropped, or a pending poll was abandoned.
+    TransportClose,
+    /// No pong within the ping timeout.
+    PingTimeout,
+    /// The client broke the protocol.
+    ProtocolError,
+    /// The client did not read fast enough and its queue overflowed.
+    SlowClient,
+    /// The server (or its handler) closed the session.
+    ServerClose,
+}
+
+impl CloseReason {
+    /// A short lowercase description for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client close",
+            CloseReason::TransportClose => "transport close",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::SlowClient => "slow client",
+            CloseReason::ServerClose => "server close",
+        }
+    }
+}
+
+/// The application side of a session. It runs inside the session actor,
+/// so its methods are called one at a time and need no locks.
+pub trait EngineHandler: Sized + Unpin + 'static {
+    /// Messages other actors send to this handler through the session's
+    /// address (see [`SessionEvent`]).
+    type Event: Send + 'static;
+
+    /// The handshake is done and the open packet is queued.
+    fn on_open(&mut self, link: &mut Link<'_, Self>);
+
+    /// A message arrived from the client.
+    fn on_message(&mut self, link: &mut Link<'_, Self>, message: Message);
+
+    /// Something sent the session a [`SessionEvent`].
+    fn on_event(&mut self, link: &mut Link<'_, Self>, event: Self::Event);
+
+    /// The session ended; nothing more can be sent.
+    fn on_close(&mut self, link: &mut Link<'_, Self>, reason: CloseReason);
+}
+
+/// Wraps an application message for a session's handler.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct SessionEvent<E>(pub E);
+
+/// What a handler can do with its session while one of its methods runs.
+pub struct Link<'a, H: EngineHandler> {
+    pub(crate) core: &'a mut Core,
+    pub(crate) ctx: &'a mut Context<Session<H>>,
+}
+
+impl<H: EngineHandler> Link<'_, H> {
+    /// The session id.
+    pub fn sid(&self) -> &Sid {
+        &self.core.sid
+    }
+
+    /// Queues a frame for the client. Returns false if the session is
+    /// closed, or closes it because the client's queue is full.
+    pub fn send(&mut self, frame: Frame) -> bool {
+        self.core.send(frame, self.ctx)
+    }
+
+    /// Closes the session; the client sees its transport close.
+    pub fn close(&mut self, reason: CloseReason) {
+        self.core.begin_close(reason, self.ctx);
+    }
+
+    /// Whether the session is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// The session's address, for other actors to send events to.
+    pub fn address(&self) -> Addr<Session<H>> {
+        self.ctx.address()
+    }
+
+    /// The transport in use: `polling` or `websocket`.
+    pub fn transport_name(&self) -> &'static str {
+        self.core.transport_name()
+    }
+
+    /// Runs `callback` on the handler after `delay`, unless cancelled.
+    pub fn run_later(
+        &mut self,
+        delay: Duration,
+        callback: impl FnOnce(&mut H, &mut Link<'_, H>) + 'static,
+    ) -> SpawnHandle {
+        self.ctx.run_later(delay, move |session, ctx| {
+            session.with_handler(ctx, callback);
+        })
+    }
+
+    /// Cancels a callback from [`Link::run_later`].
+    pub fn cancel(&mut self, handle: SpawnHandle) {
+        self.ctx.cancel_future(handle);
+    }
+}
+
+/// Every open session of one endpoint by id, shared by all HTTP workers.
+/// Polling requests and upgrades find their session here.
+pub struct Registry<H: EngineHandler> {
+    sessions: RwLock<HashMap<Sid, Addr<Session<H>>>>,
+}
+
+impl<H: EngineHandler> Default for Registry<H> {
+    fn default() -> Self {
+        Registry {
+            sessions: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<H: EngineHandler> Registry<H> {
+    /// The session with this id, if it is open.
+    pub fn get(&self, sid: &str) -> Option<Addr<Session<H>>> {
+        self.sessions.read().get(sid).cloned()
+    }
+
+    pub(crate) fn insert(&self, sid: Sid, addr: Addr<Session<H>>) {
+        self.sessions.write().insert(sid, addr);
+    }
+
+    pub(crate) fn remove(&self, sid: &Sid) {
+        self.sessions.write().remove(sid);
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.sessions.read().len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::borrow::Borrow<str> for Sid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Makes the handler of each new session from its handshake request.
+pub type HandlerFactory<H> = Arc<dyn Fn(&actix_web::HttpRequest) -> H + Send + Sync>;
+
+/// One Engine.IO endpoint: its settings, its sessions and how to make
+/// handlers. Cloned into every HTTP worker.
+pub struct EngineServer<H: EngineHandler> {
+    /// The endpoint's settings.
+    pub config: Arc<EngineConfig>,
+    /// The open sessions.
+    pub registry: Arc<Registry<H>>,
+    pub(crate) factory: HandlerFactory<H>,
+}
+
+impl<H: EngineHandler> Clone for EngineServer<H> {
+    fn clone(&self) -> Self {
+        EngineServer {
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+            factory: self.factory.clone(),
+        }
+    }
+}
+
+impl<H: EngineHandler> EngineServer<H> {
+    /// An endpoint with `config` whose sessions get handlers from `factory`.
+    pub fn new(
+        config: EngineConfig,
+        factory: impl Fn(&actix_web::HttpRequest) -> H + Send + Sync + 'static,
+    ) -> Self {
+        EngineServer {
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+            factory: Arc::new(factory),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The `Session` actor: one Engine.IO connection, whatever its transport.
+//!
+//! It owns the transport state (a polling queue with its waiting GET, a
+//! WebSocket writer, or both during an upgrade), the heartbeat timers, and
+//! the handler that gives the messages meaning. HTTP handlers and the
+//! WebSocket reader talk to it only through messages.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, SpawnHandle};
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CloseReason, EngineConfig, EngineHandler, Link, Message, Registry, SessionEvent, Sid};
+use crate::protocol::engineio::{self, Frame, Packet};
+
+/// A command for the task that writes one WebSocket.
+#[derive(Debug)]
+pub enum WsCommand {
+    /// Send this frame.
+    Frame(Frame),
+    /// Answer a WebSocket-level ping.
+    Pong(Bytes),
+    /// Close the WebSocket.
+    Close,
+}
+
+/// The session's end of one WebSocket: a bounded queue to its writer task.
+#[derive(Debug)]
+pub struct WsLink {
+    /// Tells this WebSocket's messages apart from those of another one
+    /// (a refused second upgrade, say).
+    pub id: u64,
+    tx: mpsc::Sender<WsCommand>,
+}
+
+impl WsLink {
+    /// A link with a fresh id over `tx`.
+    pub fn new(tx: mpsc::Sender<WsCommand>) -> WsLink {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        WsLink {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            tx,
+        }
+    }
+
+    /// Asks the writer to close the WebSocket.
+    pub fn close(&self) {
+        let _ = self.tx.try_send(WsCommand::Close);
+    }
+}
+
+/// The polling side: packets waiting for a GET, and the GET waiting for
+/// packets.
+#[derive(Default)]
+struct Polling {
+    queue: VecDeque<Frame>,
+    waiting: Option<oneshot::Sender<String>>,
+}
+
+impl Polling {
+    /// Answers the waiting GET with everything queued, if both exist.
+    fn flush(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        if let Some(waiting) = self.waiting.take() {
+            let payload = engineio::encode_payload(self.queue.iter());
+            self.queue.clear();
+            let _ = waiting.send(payload);
+        }
+    }
+
+    /// Answers the waiting GET with one packet, leaving the queue alone.
+    fn release(&mut self, packet: &str) {
+        if let Some(waiting) = self.waiting.take() {
+            let _ = waiting.send(packet.to_owned());
+        }
+    }
+}
+
+enum Transport {
+    Polling(Polling),
+    WebSocket(WsLink),
+    /// A WebSocket joined a polling session; `probed` once it answered
+    /// `2probe`. Packets queue on the polling side until the upgrade ends.
+    Upgrading {
+        polling: Polling,
+        ws: WsLink,
+        probed: bool,
+    },
+}
+
+/// The transport and heartbeat state of a session, apart from its handler
+/// so both can be borrowed at once.
+pub struct Core {
+    /// The session id.
+    pub(crate) sid: Sid,
+    /// Endpoint settings.
+    config: Arc<EngineConfig>,
+    /// Where packets go; changes on upgrade.
+    transport: Transport,
+    /// Set once the session starts closing; nothing is sent after.
+    closing: Option<CloseReason>,
+    /// The next ping, while no pong is awaited.
+    ping_timer: Option<SpawnHandle>,
+    /// The close that a pong would cancel.
+    pong_deadline: Option<SpawnHandle>,
+}
+
+const PING: &str = "2";
+const CLOSE: &str = "1";
+const NOOP: &str = "6";
+
+impl Core {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    pub(crate) fn transport_name(&self) -> &'static str {
+        match self.transport {
+            Transport::WebSocket(_) => "websocket",
+            _ => "polling",
+        }
+    }
+
+    /// Queues `frame` on the current transport.
+    pub(crate) fn send<A>(&mut self, frame: Frame, ctx: &mut Context<A>) -> bool
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        if self.closing.is_some() {
+            return false;
+        }
+        let overflow = match &mut self.transport {
+            Transport::WebSocket(ws) => match ws.tx.try_send(WsCommand::Frame(frame)) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.begin_close(CloseReason::TransportClose, ctx);
+                    return false;
+                }
+            },
+            Transport::Polling(polling) | Transport::Upgrading { polling, .. } => {
+                if polling.queue.len() >= self.config.max_buffered_packets {
+                    true
+                } else {
+                    polling.queue.push_back(frame);
+                    false
+                }
+            }
+        };
+        if let Transport::Polling(polling) = &mut self.transport {
+            polling.flush();
+        }
+        if overflow {
+            tracing::warn!(sid = %self.sid, "client queue full; closing session");
+            self.begin_close(CloseReason::SlowClient, ctx);
+            return false;
+        }
+        true
+    }
+
+    /// Starts closing: releases a waiting GET, closes a WebSocket, stops
+    /// the timers and the actor. The handler hears of it in `stopped`.
+    pub(crate) fn begin_close<A>(&mut self, reason: CloseReason, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(reason);
+        // A client that asked to close gets a noop for its waiting GET; any
+        // other close tells the client with a close packet.
+        let answer = if reason == CloseReason::ClientClose {
+            NOOP
+        } else {
+            CLOSE
+        };
+        match &mut self.transport {
+            Transport::Polling(polling) => polling.release(answer),
+            Transport::WebSocket(ws) => ws.close(),
+            Transport::Upgrading { polling, ws, .. } => {
+                polling.release(answer);
+                ws.close();
+            }
+        }
+        for timer in [self.ping_timer.take(), self.pong_deadline.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(timer);
+        }
+        ctx.stop();
+    }
+}
+
+/// One Engine.IO session and its handler.
+pub struct Session<H: EngineHandler> {
+    core: Core,
+    handler: H,
+    /// Where the session is listed; it removes itself when it stops.
+    registry: Arc<Registry<H>>,
+}
+
+impl<H: EngineHandler> Session<H> {
+    /// Starts a session that began with a polling handshake.
+    pub(crate) fn start_polling(
+        sid: Sid,
+        config: Arc<EngineConfig>,
+        registry: Arc<Registry<H>>,
+        handler: H,
+    ) -> actix::Addr<Self> {
+        Self::start(
+            sid,
+            config,
+            registry,
+            handler,
+            Transport::Polling(Polling::default()),
+        )
+    }
+
+    /// Starts a session that began on a WebSocket; the open packet is its
+    /// first frame.
+    pub(crate) fn start_websocket(
+        sid: Sid,
+        config: Arc<EngineConfig>,
+        registry: Arc<Registry<H>>,
+        handler: H,
+        ws: WsLink,
+    ) -> actix::Addr<Self> {
+        Self::start(sid, config, registry, handler, Transport::WebSocket(ws))
+    }
+
+    fn start(
+        sid: Sid,
+        config: Arc<EngineConfig>,
+        registry: Arc<Registry<H>>,
+        handler: H,
+        transport: Transport,
+    ) -> actix::Addr<Self> {
+        let session = Session {
+            core: Core {
+                sid: sid.clone(),
+                config,
+                transport,
+                closing: None,
+                ping_timer: None,
+                pong_deadline: None,
+            },
+            handler,
+            registry: registry.clone(),
+        };
+        let addr = session.start();
+        registry.insert(sid, addr.clone());
+        addr
+    }
+
+    /// The open packet of this session.
+    pub(crate) fn open_packet(sid: &Sid, config: &EngineConfig, upgrades: &[&str]) -> String {
+        let json = engineio::handshake_json(
+            sid.as_str(),
+            upgrades,
+            config.ping_interval.as_millis() as u64,
+            config.ping_timeout.as_millis() as u64,
+            config.max_payload,
+        );
+        Packet::Open(json).encode_text()
+    }
+
+    pub(crate) fn with_handler<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut H, &mut Link<'_, H>) -> R,
+    ) -> R {
+        let mut link = Link {
+            core: &mut self.core,
+            ctx,
+        };
+        f(&mut self.handler, &mut link)
+    }
+
+    fn schedule_ping(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.core.config.ping_delay();
+        self.core.ping_timer = Some(ctx.run_later(delay, |session, ctx| {
+            session.core.ping_timer = None;
+            let timeout = session.core.config.ping_timeout;
+            session
+                .core
+                .send(Frame::Text(ByteString::from_static(PING)), ctx);
+            session.core.pong_deadline = Some(ctx.run_later(timeout, |session, ctx| {
+                session.core.pong_deadline = None;
+                session.core.begin_close(CloseReason::PingTimeout, ctx);
+            }));
+        }));
+    }
+
+    fn on_pong(&mut self, ctx: &mut Context<Self>) {
+        if let Some(deadline) = self.core.pong_deadline.take() {
+            ctx.cancel_future(deadline);
+            self.schedule_ping(ctx);
+        }
+    }
+
+    /// Handles one packet from the client, whichever transport brought it.
+    fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+        if self.core.is_closed() {
+            return;
+        }
+        match packet {
+            Packet::Pong(_) => self.on_pong(ctx),
+            Packet::Ping(data) => {
+                let pong = Packet::Pong(data).encode();
+                self.core.send(pong, ctx);
+            }
+            Packet::Message(text) => self.with_handler(ctx, |handler, link| {
+                handler.on_message(link, Message::Text(text))
+            }),
+            Packet::Binary(bytes) => self.with_handler(ctx, |handler, link| {
+                handler.on_message(link, Message::Binary(bytes))
+            }),
+            Packet::Close => self.core.begin_close(CloseReason::ClientClose, ctx),
+            Packet::Noop => {}
+            Packet::Open(_) | Packet::Upgrade => {
+                self.core.begin_close(CloseReason::ProtocolError, ctx)
+            }
+        }
+    }
+
+    /// A packet that arrived on the WebSocket of an upgrade in progress.
+    fn on_upgrade_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+        let Transport::Upgrading {
+            polling,
+            ws,
+            probed,
+        } = &mut self.core.transport
+        else {
+            return;
+        };
+        match packet {
+            Packet::Ping(data) if data == "probe" => {
+                let _ = ws
+                    .tx
+                    .try_send(WsCommand::Frame(Packet::Pong(data).encode()));
+                *probed = true;
+                // Release the client's long poll so it can pause polling.
+                polling.release(NOOP);
+            }
+            Packet::Upgrade if *probed => {
+                let Transport::Upgrading {
+                    mut polling, ws, ..
+                } = std::mem::replace(
+                    &mut self.core.transport,
+                    Transport::Polling(Polling::default()),
+                )
+                else {
+                    return;
+                };
+                polling.release(NOOP);
+                let queued = std::mem::take(&mut polling.queue);
+                self.core.transport = Transport::WebSocket(ws);
+                for frame in queued {
+                    self.core.send(frame, ctx);
+                }
+                tracing::debug!(sid = %self.core.sid, "upgraded to websocket");
+            }
+            _ => self.core.begin_close(CloseReason::ProtocolError, ctx),
+        }
+    }
+}
+
+impl<H: EngineHandler> Actor for Session<H> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.core.transport, Transport::WebSocket(_)) {
+            let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
+            self.core.send(Frame::Text(open.into()), ctx);
+        }
+        self.schedule_ping(ctx);
+        self.with_handler(ctx, |handler, link| handler.on_open(link));
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.registry.remove(&self.core.sid);
+        let reason = self.core.closing.unwrap_or(CloseReason::ServerClose);
+        tracing::debug!(sid = %self.core.sid, reason = reason.as_str(), "session closed");
+        self.with_handler(ctx, |handler, link| handler.on_close(link, reason));
+    }
+}
+
+/// An error that a polling or upgrade request gets as HTTP 400
+/// `{"code": n, "message": …}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Code 1: no open session has this id.
+    UnknownSid,
+    /// Code 3: the request does not fit the session's state.
+    BadRequest,
+}
+
+/// What a long-polling GET gets.
+#[derive(Debug)]
+pub enum PollAnswer {
+    /// Packets were queued: here they are.
+    Ready(String),
+    /// Nothing queued: wait on this for the next packets.
+    Wait(oneshot::Receiver<String>),
+}
+
+/// A long-polling GET.
+#[derive(actix::Message)]
+#[rtype(result = "Result<PollAnswer, RequestError>")]
+pub struct PollGet;
+
+impl<H: EngineHandler> Handler<PollGet> for Session<H> {
+    type Result = Result<PollAnswer, RequestError>;
+
+    fn handle(&mut self, _: PollGet, ctx: &mut Context<Self>) -> Self::Result {
+        if self.core.is_closed() {
+            return Err(RequestError::UnknownSid);
+        }
+        let polling = match &mut self.core.transport {
+            Transport::Polling(polling) => polling,
+            Transport::Upgrading { probed: true, .. } => {
+                // Polling is on its way out: release the client at once.
+                return Ok(PollAnswer::Ready(NOOP.to_owned()));
+            }
+            Transport::Upgrading { polling, .. } => polling,
+            Transport::WebSocket(_) => return Err(RequestError::BadRequest),
+        };
+        if polling.waiting.is_some() {
+            // Two GETs at once break the protocol: the first gets a close
+            // packet, this one a 400, and the session ends.
+            self.core.begin_close(CloseReason::ProtocolError, ctx);
+            return Err(RequestError::BadRequest);
+        }
+        if !polling.queue.is_empty() {
+            let payload = engineio::encode_payload(polling.queue.iter());
+            polling.queue.clear();
+            return Ok(PollAnswer::Ready(payload));
+        }
+        let (tx, rx) = oneshot::channel();
+        polling.waiting = Some(tx);
+        Ok(PollAnswer::Wait(rx))
+    }
+}
+
+/// The client went away while its GET was waiting.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct PollAbandoned;
+
+impl<H: EngineHandler> Handler<PollAbandoned> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: PollAbandoned, ctx: &mut Context<Self>) {
+        if matches!(self.core.transport, Transport::Polling(_)) {
+            self.core.begin_close(CloseReason::TransportClose, ctx);
+        }
+    }
+}
+
+/// A long-polling POST body.
+#[derive(actix::Message)]
+#[rtype(result = "Result<(), RequestError>")]
+pub struct PollPost(pub Bytes);
+
+impl<H: EngineHandler> Handler<PollPost> for Session<H> {
+    type Result = Result<(), RequestError>;
+
+    fn handle(&mut self, PollPost(body): PollPost, ctx: &mut Context<Self>) -> Self::Result {
+        if self.core.is_closed() {
+            return Err(RequestError::UnknownSid);
+        }
+        if matches!(self.core.transport, Transport::WebSocket(_)) {
+            return Err(RequestError::BadRequest);
+        }
+        match engineio::decode_payload(&body) {
+            Ok(packets) => {
+                for packet in packets {
+                    self.on_packet(packet, ctx);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                tracing::debug!(sid = %self.core.sid, error = %err, "malformed polling payload");
+                self.core.begin_close(CloseReason::ProtocolError, ctx);
+                Err(RequestError::BadRequest)
+            }
+        }
+    }
+}
+
+/// The POST body was larger than `max_payload`.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct PollOversize;
+
+impl<H: EngineHandler> Handler<PollOversize> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: PollOversize, ctx: &mut Context<Self>) {
+        self.core.begin_close(CloseReason::ProtocolError, ctx);
+    }
+}
+
+/// A WebSocket asks to take over a polling session.
+#[derive(actix::Message)]
+#[rtype(result = "Result<(), RequestError>")]
+pub struct WsAttach(pub WsLink);
+
+impl<H: EngineHandler> Handler<WsAttach> for Session<H> {
+    type Result = Result<(), RequestError>;
+
+    fn handle(&mut self, WsAttach(ws): WsAttach, _: &mut Context<Self>) -> Self::Result {
+        if self.core.is_closed() {
+            ws.close();
+            return Err(RequestError::UnknownSid);
+        }
+        match std::mem::replace(
+            &mut self.core.transport,
+            Transport::Polling(Polling::default()),
+        ) {
+            Transport::Polling(polling) => {
+                self.core.transport = Transport::Upgrading {
+                    polling,
+                    ws,
+                    probed: false,
+                };
+                Ok(())
+            }
+            other => {
+                // Already on a WebSocket, or upgrading: refuse the newcomer.
+                self.core.transport = other;
+                ws.close();
+                Err(RequestError::BadRequest)
+            }
+        }
+    }
+}
+
+/// A message read from one of the session's WebSockets.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct WsIncoming {
+    /// Which WebSocket it came from.
+    pub link_id: u64,
+    /// The message.
+    pub message: actix_ws::AggregatedMessage,
+}
+
+impl<H: EngineHandler> Handler<WsIncoming> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, incoming: WsIncoming, ctx: &mut Context<Self>) {
+        use actix_ws::AggregatedMessage as Ws;
+        let (is_active, is_upgrading) = match &self.core.transport {
+            Transport::WebSocket(ws) => (ws.id == incoming.link_id, false),
+            Transport::Upgrading { ws, .. } => (false, ws.id == incoming.link_id),
+            Transport::Polling(_) => (false, false),
+        };
+        if !is_active && !is_upgrading {
+            return;
+        }
+        let packet = match incoming.message {
+            Ws::Text(text) => match Packet::decode(&text) {
+                Ok(packet) => packet,
+                Err(err) => {
+                    tracing::debug!(sid = %self.core.sid, error = %err, "malformed websocket packet");
+                    self.core.begin_close(CloseReason::ProtocolError, ctx);
+                    return;
+                }
+            },
+            Ws::Binary(bytes) => Packet::Binary(bytes),
+            Ws::Ping(bytes) => {
+                let tx = match &self.core.transport {
+                    Transport::WebSocket(ws) | Transport::Upgrading { ws, .. } => &ws.tx,
+                    Transport::Polling(_) => return,
+                };
+                let _ = tx.try_send(WsCommand::Pong(bytes));
+                return;
+            }
+            Ws::Pong(_) => return,
+            Ws::Close(_) => {
+                self.handle(
+                    WsGone {
+                        link_id: incoming.link_id,
+                    },
+                    ctx,
+                );
+                return;
+            }
+        };
+        if is_active {
+            self.on_packet(packet, ctx);
+        } else {
+            self.on_upgrade_packet(packet, ctx);
+        }
+    }
+}
+
+/// One of the session's WebSockets ended (closed, failed, or broke the
+/// framing rules).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct WsGone {
+    /// Which WebSocket.
+    pub link_id: u64,
+}
+
+impl<H: EngineHandler> Handler<WsGone> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, gone: WsGone, ctx: &mut Context<Self>) {
+        match &self.core.transport {
+            Transport::WebSocket(ws) if ws.id == gone.link_id => {
+                self.core.begin_close(CloseReason::TransportClose, ctx);
+            }
+            Transport::Upgrading { ws, .. } if ws.id == gone.link_id => {
+                // The upgrade failed: stay on polling.
+                if let Transport::Upgrading { polling, .. } = std::mem::replace(
+                    &mut self.core.transport,
+                    Transport::Polling(Polling::default()),
+                ) {
+                    self.core.transport = Transport::Polling(polling);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Queues an already encoded frame: the fan-out path, where one encoded
+/// packet is shared by every recipient.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Push(pub Frame);
+
+impl<H: EngineHandler> Handler<Push> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, Push(frame): Push, ctx: &mut Context<Self>) {
+        self.core.send(frame, ctx);
+    }
+}
+
+/// Closes the session from outside (an admin, or server shutdown).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Close(pub CloseReason);
+
+impl<H: EngineHandler> Handler<Close> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, Close(reason): Close, ctx: &mut Context<Self>) {
+        self.core.begin_close(reason, ctx);
+    }
+}
+
+impl<H: EngineHandler> Handler<SessionEvent<H::Event>> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, SessionEvent(event): SessionEvent<H::Event>, ctx: &mut Context<Self>) {
+        if self.core.is_closed() {
+            return;
+        }
+        self.with_handler(ctx, |handler, link| handler.on_event(link, event));
+    }
+}

@@ -23,6 +23,12 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Secrets and keys that admit clients.
     pub auth: AuthSettings,
+    /// The Engine.IO / Socket.IO endpoint.
+    pub engineio: EngineIoSettings,
+    /// The message pipeline.
+    pub pipeline: PipelineSettings,
+    /// Per-socket limits.
+    pub limits: LimitSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -53,6 +59,26 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// Wait for a pooled connection. Defaults to 5000 ms.
     pub acquire_timeout_ms: u64,
+    /// Most messages per group-commit INSERT. Defaults to 512.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill. Defaults to 2 ms.
+    pub batch_window_ms: u64,
+}
+
+/// The `[pipeline]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Threads for channel actors, 0 for one per core. Defaults to 0.
+    pub channel_threads: usize,
+}
+
+/// The `[limits]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Channels one socket may subscribe to. Defaults to 100.
+    pub max_channels_per_socket: usize,
 }
 
 /// The `[auth]` section.
@@ -65,6 +91,44 @@ pub struct AuthSettings {
     pub api_keys: Vec<String>,
     /// Anonymous client keys (`anon_…`). Defaults to one development-only key.
     pub anon_keys: Vec<String>,
+}
+
+/// The `[engineio]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineIoSettings {
+    /// Ping period. Defaults to 25000 ms.
+    pub ping_interval_ms: u64,
+    /// Pong deadline after a ping. Defaults to 20000 ms.
+    pub ping_timeout_ms: u64,
+    /// Largest message or polling body. Defaults to 1000000 bytes.
+    pub max_payload: usize,
+    /// Time allowed before the Socket.IO CONNECT. Defaults to 45000 ms.
+    pub connect_timeout_ms: u64,
+    /// Per-client outgoing queue bound. Defaults to 4096 packets.
+    pub max_buffered_packets: usize,
+    /// Allowed browser origins. Defaults to `["*"]`.
+    pub cors_origins: Vec<String>,
+}
+
+impl EngineIoSettings {
+    /// The Engine.IO endpoint settings.
+    pub fn engine_config(&self) -> crate::engineio::EngineConfig {
+        crate::engineio::EngineConfig {
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+            max_payload: self.max_payload,
+            max_buffered_packets: self.max_buffered_packets,
+            cors_origins: self.cors_origins.clone(),
+        }
+    }
+
+    /// The Socket.IO layer settings.
+    pub fn socketio_config(&self) -> crate::socketio::SocketIoConfig {
+        crate::socketio::SocketIoConfig {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+        }
+    }
 }
 
 /// The `[log]` section.
@@ -194,6 +258,18 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=1000).contains(&self.database.batch_size) {
+            return Err(ConfigError::new(
+                "database.batch_size",
+                "must be from 1 to 1000",
+            ));
+        }
+        if self.limits.max_channels_per_socket == 0 {
+            return Err(ConfigError::new(
+                "limits.max_channels_per_socket",
+                "must be at least 1",
+            ));
+        }
         if self.auth.jwt_secret.len() < 32 {
             return Err(ConfigError::new(
                 "auth.jwt_secret",
@@ -201,6 +277,28 @@ impl Settings {
             ));
         }
         check_keys("auth.api_keys", &self.auth.api_keys, "ik_")?;
+        let engineio = &self.engineio;
+        for (key, value) in [
+            ("engineio.ping_interval_ms", engineio.ping_interval_ms),
+            ("engineio.ping_timeout_ms", engineio.ping_timeout_ms),
+            ("engineio.connect_timeout_ms", engineio.connect_timeout_ms),
+        ] {
+            if value < 10 {
+                return Err(ConfigError::new(key, "must be at least 10"));
+            }
+        }
+        if engineio.max_payload < 1024 {
+            return Err(ConfigError::new(
+                "engineio.max_payload",
+                "must be at least 1024",
+            ));
+        }
+        if engineio.max_buffered_packets < 16 {
+            return Err(ConfigError::new(
+                "engineio.max_buffered_packets",
+                "must be at least 16",
+            ));
+        }
         check_keys("auth.anon_keys", &self.auth.anon_keys, "anon_")?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| ConfigError::new("log.level", err.to_string()))?;

@@ -4,7 +4,11 @@
 //! - [`config`]: settings from TOML and the environment.
 //! - [`auth`]: API keys, anon keys and JWTs.
 //! - [`pattern`]: channel pattern validation and name resolution.
-//! - [`persistence`]: every database query.
+//! - [`persistence`]: every database query, and the group-commit writer.
+//! - [`channel`]: channel actors, their registry and the channel catalog.
+//! - [`client`]: the realtime Socket.IO handler of one connection.
+//! - [`realtime`]: the hub the handlers share, and system publishing.
+//! - [`permissions`]: the subscribe/publish permission hook.
 //! - [`api`]: the REST admin surface.
 //! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
 //! - [`engineio`]: the Engine.IO server: session actors and transports.
@@ -14,11 +18,15 @@
 
 pub mod api;
 pub mod auth;
+pub mod channel;
+pub mod client;
 pub mod config;
 pub mod conformance;
 pub mod engineio;
 pub mod pattern;
+pub mod permissions;
 pub mod persistence;
 pub mod protocol;
+pub mod realtime;
 pub mod server;
 pub mod socketio;

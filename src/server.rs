@@ -9,7 +9,11 @@ use actix_web::{middleware, web, App, HttpServer};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Authenticator;
+use crate::client::Client;
 use crate::config::Settings;
+use crate::engineio::{self, EngineServer};
+use crate::realtime::Realtime;
+use crate::socketio::SocketIo;
 use crate::{api, persistence};
 
 /// What every request handler can reach. Built once, shared by all workers.
@@ -20,20 +24,26 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The settings the server started with.
     pub settings: Arc<Settings>,
+    /// The realtime pipeline.
+    pub realtime: Arc<Realtime>,
 }
 
 impl AppState {
-    /// Connects to the database and applies pending migrations.
+    /// Connects to the database, applies pending migrations and starts the
+    /// realtime pipeline's actors. Must run inside an actix system.
     ///
     /// # Errors
     /// The database cannot be opened or migrated.
     pub async fn open(settings: Settings) -> anyhow::Result<AppState> {
         let db = persistence::connect(&settings.database).await?;
         persistence::migrate(&db).await?;
+        let auth = Arc::new(Authenticator::new(&settings.auth));
+        let realtime = Arc::new(Realtime::start(&db, &settings, auth.clone()).await?);
         Ok(AppState {
             db,
-            auth: Arc::new(Authenticator::new(&settings.auth)),
+            auth,
             settings: Arc::new(settings),
+            realtime,
         })
     }
 }
@@ -47,11 +57,20 @@ impl AppState {
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let settings = state.settings.clone();
     let max_body_bytes = settings.server.max_body_bytes;
+    let hub = state.realtime.clone();
+    let socketio_config = settings.engineio.socketio_config();
+    let sockets = EngineServer::new(settings.engineio.engine_config(), move |_| {
+        SocketIo::new(Client::new(hub.clone()), socketio_config.clone())
+    });
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+            .configure(engineio::transport::configure(
+                "/socket.io/",
+                sockets.clone(),
+            ))
             .configure(api::configure(max_body_bytes))
             .default_service(web::to(api::not_found))
     })

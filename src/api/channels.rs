@@ -85,6 +85,7 @@ async fn create(
     let created = persistence::channels::create(&state.db, new)
         .await
         .map_err(channel_error)?;
+    refresh_catalog(&state).await;
     tracing::info!(pattern = %created.pattern, id = %created.id, "channel created");
     Ok(HttpResponse::Created().json(ChannelView::from(created)))
 }
@@ -118,6 +119,7 @@ async fn update(
     let updated = persistence::channels::update(&state.db, id, changes)
         .await
         .map_err(channel_error)?;
+    refresh_catalog(&state).await;
     tracing::info!(pattern = %updated.pattern, id = %updated.id, enabled = updated.enabled, "channel updated");
     Ok(HttpResponse::Ok().json(ChannelView::from(updated)))
 }
@@ -131,8 +133,16 @@ async fn delete(
     persistence::channels::delete(&state.db, id)
         .await
         .map_err(channel_error)?;
+    refresh_catalog(&state).await;
     tracing::info!(%id, "channel deleted");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Channel deleted" })))
+}
+
+/// Makes a channel change apply to subscribes and publishes at once.
+async fn refresh_catalog(state: &AppState) {
+    if let Err(err) = state.realtime.catalog.reload(&state.db).await {
+        tracing::error!(error = %err, "could not reload the channel catalog");
+    }
 }
 
 /// A malformed id cannot name a channel: it is "not found", as InsForge says.

@@ -55,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/messages")
             .get(list)
+            .post(publish)
             .delete(clear)
             .default_service(web::to(super::method_not_allowed)),
     )
@@ -80,6 +81,44 @@ async fn list(
     let offset = query.integer("offset", 0, i64::MAX as u64, 0)?;
     let rows = persistence::messages::list(&state.db, &filter, limit, offset).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(MessageView::from).collect::<Vec<_>>()))
+}
+
+/// `POST /api/realtime/messages` `{channel, event, payload}`: publish as
+/// the system through the same pipeline as sockets. Answers 201 with the
+/// stored message once it is durable and delivered.
+async fn publish(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let invalid = |message: &str| ApiError::invalid_input(message.to_owned());
+    let Some(body) = body.as_object() else {
+        return Err(invalid("request body must be a JSON object"));
+    };
+    let channel = body
+        .get("channel")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| invalid("channel: Expected string"))?;
+    let event = body
+        .get("event")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| invalid("event: Expected string"))?;
+    let payload = match body.get("payload") {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(payload)) => payload.clone(),
+        Some(_) => return Err(invalid("payload: Expected object")),
+    };
+    match state.realtime.publish_system(channel, event, payload).await {
+        Ok(delivered) => Ok(HttpResponse::Created().json(MessageView::from(delivered.row))),
+        Err(err) => {
+            let status = match err.code {
+                "REALTIME_CHANNEL_NOT_FOUND" => actix_web::http::StatusCode::NOT_FOUND,
+                "INTERNAL_ERROR" => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                _ => actix_web::http::StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, err.code, err.message))
+        }
+    }
 }
 
 async fn clear(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -112,6 +112,8 @@ pub struct Core {
 }
 
 const PING: &str = "2";
+/// Messages (delivery batches, requests) a session may have waiting.
+const MAILBOX_CAPACITY: usize = 256;
 const CLOSE: &str = "1";
 const NOOP: &str = "6";
 
@@ -377,6 +379,8 @@ impl<H: EngineHandler> Actor for Session<H> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Fan-out uses try_send: a session this far behind is too slow.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         if matches!(self.core.transport, Transport::WebSocket(_)) {
             let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
             self.core.send(Frame::Text(open.into()), ctx);
@@ -646,6 +650,23 @@ impl<H: EngineHandler> Handler<Push> for Session<H> {
 
     fn handle(&mut self, Push(frame): Push, ctx: &mut Context<Self>) {
         self.core.send(frame, ctx);
+    }
+}
+
+/// Queues several encoded frames at once: a channel's delivery batch.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct PushMany(pub Arc<[Frame]>);
+
+impl<H: EngineHandler> Handler<PushMany> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, PushMany(frames): PushMany, ctx: &mut Context<Self>) {
+        for frame in frames.iter() {
+            if !self.core.send(frame.clone(), ctx) {
+                break;
+            }
+        }
     }
 }
 

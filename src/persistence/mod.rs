@@ -6,11 +6,13 @@
 //! - [`messages`]: history listing, clearing and statistics.
 //! - [`permissions`]: the row-level-security policies of realtime.
 //! - [`retention`]: the `config` singleton row.
+//! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
 pub mod messages;
 pub mod permissions;
 pub mod retention;
+pub mod writer;
 
 use std::path::Path;
 use std::str::FromStr;

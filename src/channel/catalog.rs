@@ -1,0 +1,68 @@
+//! The channel definitions in memory: which names resolve to which enabled
+//! channel. Read on every subscribe and publish, rebuilt from the database
+//! whenever the REST API changes a channel, so a change applies at once.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::pattern::PatternIndex;
+use crate::persistence::{self, PersistenceError};
+
+/// What the pipeline needs to know of a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelDef {
+    /// The channel's id, stored with each message.
+    pub id: Uuid,
+    /// Its pattern.
+    pub pattern: String,
+    /// Where its messages are posted.
+    pub webhook_urls: Vec<String>,
+}
+
+/// The enabled channels, indexed for resolution. Readers take a snapshot
+/// (an `Arc`) and never wait for a rebuild.
+#[derive(Default)]
+pub struct ChannelCatalog {
+    index: RwLock<Arc<PatternIndex<ChannelDef>>>,
+}
+
+impl ChannelCatalog {
+    /// Loads the enabled channels from the database.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn load(db: &DatabaseConnection) -> Result<ChannelCatalog, PersistenceError> {
+        let catalog = ChannelCatalog::default();
+        catalog.reload(db).await?;
+        Ok(catalog)
+    }
+
+    /// Rebuilds the index from the database.
+    ///
+    /// # Errors
+    /// Database failures; the previous index stays in place.
+    pub async fn reload(&self, db: &DatabaseConnection) -> Result<(), PersistenceError> {
+        let channels = persistence::channels::list(db).await?;
+        let index = PatternIndex::new(channels.into_iter().filter(|channel| channel.enabled).map(
+            |channel| {
+                let def = ChannelDef {
+                    id: channel.id,
+                    pattern: channel.pattern.clone(),
+                    webhook_urls: channel.webhook_urls.map(|urls| urls.0).unwrap_or_default(),
+                };
+                (channel.pattern, def)
+            },
+        ));
+        *self.index.write() = Arc::new(index);
+        Ok(())
+    }
+
+    /// The enabled channel that `name` resolves to.
+    pub fn resolve(&self, name: &str) -> Option<ChannelDef> {
+        let index = self.index.read().clone();
+        index.resolve(name).map(|(_, def)| def.clone())
+    }
+}

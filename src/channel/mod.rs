@@ -1,0 +1,486 @@
+//! Channels: one `Channel` actor per resolved channel name with at least
+//! one subscriber (`order:123`), found or created by the `ChannelRegistry`.
+//!
+//! A channel owns its subscribers, its presence table (one logical member
+//! per user, however many sockets) and the order of its messages: it
+//! stamps each message, hands it to the `MessageWriter`, and delivers it
+//! once durable, encoded once and shared by every subscriber.
+//!
+//! # Layout
+//! - [`catalog`]: channel definitions in memory, for name resolution.
+//! - [`registry`]: the `ChannelRegistry` actor.
+
+pub mod catalog;
+pub mod registry;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler};
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::messages;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::client::{ClientAddr, ClientEvent};
+use crate::engineio::session::{Close, PushMany};
+use crate::engineio::{CloseReason, SessionEvent};
+use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
+use crate::protocol::engineio::Frame;
+use registry::{ChannelRegistry, Idle};
+
+/// Who sent a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// `user` or `system`.
+    pub sender_type: &'static str,
+    /// The user's id, for authenticated users.
+    pub sender_id: Option<Uuid>,
+}
+
+/// A publish on its way to a channel.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The event name.
+    pub event: String,
+    /// The JSON object published.
+    pub payload: Map<String, Value>,
+    /// Who published it.
+    pub sender: Sender,
+    /// The channel definition the name resolved to at publish time.
+    pub channel_id: Uuid,
+}
+
+/// A message as delivered: what a REST publisher gets back.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// The stored row, with its audience count.
+    pub row: messages::Model,
+}
+
+/// Why a publish failed after it reached the channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// `INTERNAL_ERROR` and the like.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+/// Where the outcome of a publish goes.
+#[derive(Debug)]
+pub enum Reply {
+    /// Nobody asked.
+    None,
+    /// A socket that asked for an ack.
+    Socket {
+        /// The publishing session.
+        client: ClientAddr,
+        /// The Socket.IO ack id to answer.
+        ack_id: u64,
+    },
+    /// A REST request waiting for the result.
+    Http(oneshot::Sender<Result<Delivered, PublishFailure>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<&messages::Model, PublishFailure>) {
+        match self {
+            Reply::None => {}
+            Reply::Socket { client, ack_id } => {
+                client.do_send(SessionEvent(ClientEvent::Published {
+                    ack_id,
+                    result: result.map(|row| row.id),
+                }))
+            }
+            Reply::Http(tx) => {
+                let _ = tx.send(result.map(|row| Delivered { row: row.clone() }));
+            }
+        }
+    }
+}
+
+/// A presence member: `{"presenceId", "type", "joinedAt"}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    /// User id (`type: user`) or socket id (`type: anonymous`).
+    pub presence_id: String,
+    /// `user` or `anonymous`.
+    pub kind: &'static str,
+}
+
+/// A socket subscribing to a channel.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    /// Unique per socket for the life of the process.
+    pub id: u64,
+    /// The socket's session.
+    pub client: ClientAddr,
+    /// Who the socket counts as in presence.
+    pub member: Member,
+}
+
+/// Subscribe a socket; the answer goes to the socket as `Joined`.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Join(pub Subscriber);
+
+/// Unsubscribe a socket.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The subscriber's id.
+    pub subscriber_id: u64,
+}
+
+/// Publish a message through the channel.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// The message.
+    pub message: Outgoing,
+    /// Where its outcome goes.
+    pub reply: Reply,
+    /// Set by the registry when it forwarded this publish (it counts them).
+    pub via_registry: bool,
+}
+
+/// The registry retires an idle channel.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+struct Pending {
+    row: messages::Model,
+    frame: Frame,
+    reply: Reply,
+    /// `None` until the writer answers.
+    outcome: Option<Result<(), String>>,
+}
+
+struct PresenceEntry {
+    member: Value,
+    n_sockets: usize,
+}
+
+/// One channel name's live state.
+pub struct Channel {
+    /// The resolved name, for example `order:123`.
+    name: Arc<str>,
+    registry: Addr<ChannelRegistry>,
+    writer: Addr<MessageWriter>,
+    /// Subscribed sockets by subscriber id; changed by Join and Leave.
+    subscribers: HashMap<u64, Subscriber>,
+    /// Present members by presence id, with how many sockets hold each.
+    presence: HashMap<String, PresenceEntry>,
+    /// Accepted messages in channel order, until delivered or failed.
+    pending: VecDeque<Pending>,
+    /// Joins and publishes received through the registry; it compares
+    /// this with what it forwarded before retiring the channel.
+    n_received: u64,
+    /// Messages delivered since the channel started.
+    n_delivered: u64,
+    /// When something last happened here.
+    last_activity: Instant,
+}
+
+impl Channel {
+    /// A channel for `name` with no subscribers yet.
+    pub fn new(
+        name: Arc<str>,
+        registry: Addr<ChannelRegistry>,
+        writer: Addr<MessageWriter>,
+    ) -> Self {
+        Channel {
+            name,
+            registry,
+            writer,
+            subscribers: HashMap::new(),
+            presence: HashMap::new(),
+            pending: VecDeque::new(),
+            n_received: 0,
+            n_delivered: 0,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn meta(&self, message_id: Uuid, sender: &Sender, timestamp: DateTime<Utc>) -> Value {
+        let mut meta = Map::new();
+        meta.insert("channel".into(), Value::String(self.name.to_string()));
+        meta.insert("messageId".into(), Value::String(message_id.to_string()));
+        meta.insert(
+            "senderType".into(),
+            Value::String(sender.sender_type.into()),
+        );
+        if let Some(sender_id) = sender.sender_id {
+            meta.insert("senderId".into(), Value::String(sender_id.to_string()));
+        }
+        meta.insert(
+            "timestamp".into(),
+            Value::String(timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        );
+        Value::Object(meta)
+    }
+
+    /// Encodes an event once, as the Engine.IO message every subscriber gets.
+    fn encode(event: &str, body: &Value) -> Frame {
+        // `42[<event>,<body>]`: built directly rather than through a Packet
+        // to avoid copying the body.
+        let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+        let body = body.to_string();
+        let mut text = String::with_capacity(event.len() + body.len() + 5);
+        text.push_str("42[");
+        text.push_str(&event);
+        text.push(',');
+        text.push_str(&body);
+        text.push(']');
+        Frame::Text(text.into())
+    }
+
+    fn presence_frame(&self, event: &str, member: &Value) -> Frame {
+        let meta = self.meta(
+            Uuid::new_v4(),
+            &Sender {
+                sender_type: "system",
+                sender_id: None,
+            },
+            Utc::now(),
+        );
+        Self::encode(event, &json!({ "member": member, "meta": meta }))
+    }
+
+    /// Sends `frames` to every subscriber but `except`; returns how many
+    /// took them. A subscriber whose mailbox is full is too slow: its
+    /// session is closed, and it leaves.
+    fn broadcast(
+        &mut self,
+        frames: Arc<[Frame]>,
+        except: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) -> usize {
+        let mut n_sent = 0;
+        let mut too_slow = Vec::new();
+        let mut gone = Vec::new();
+        for (id, subscriber) in &self.subscribers {
+            if Some(*id) == except {
+                continue;
+            }
+            match subscriber.client.try_send(PushMany(frames.clone())) {
+                Ok(()) => n_sent += 1,
+                Err(actix::dev::SendError::Full(_)) => too_slow.push(*id),
+                Err(actix::dev::SendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in too_slow {
+            if let Some(subscriber) = self.subscribers.get(&id) {
+                tracing::warn!(channel = %self.name, "subscriber too slow; closing its session");
+                subscriber.client.do_send(Close(CloseReason::SlowClient));
+            }
+            self.remove_subscriber(id, ctx);
+        }
+        // Sessions that ended without their leave reaching us.
+        for id in gone {
+            self.remove_subscriber(id, ctx);
+        }
+        n_sent
+    }
+
+    fn remove_subscriber(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(subscriber) = self.subscribers.remove(&id) else {
+            return;
+        };
+        let presence_id = subscriber.member.presence_id;
+        let gone = match self.presence.get_mut(&presence_id) {
+            Some(entry) if entry.n_sockets > 1 => {
+                entry.n_sockets -= 1;
+                None
+            }
+            Some(_) => self.presence.remove(&presence_id).map(|entry| entry.member),
+            None => None,
+        };
+        if let Some(member) = gone {
+            let frame = self.presence_frame("presence:leave", &member);
+            self.broadcast(Arc::new([frame]), None, ctx);
+        }
+    }
+
+    /// Delivers the durable messages at the front of the queue, in order.
+    fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
+        let mut frames = Vec::new();
+        let mut delivered = Vec::new();
+        while let Some(front) = self.pending.front() {
+            match &front.outcome {
+                None => break,
+                Some(Ok(())) => {
+                    // unwrap: front() just returned Some.
+                    let pending = self.pending.pop_front().unwrap();
+                    frames.push(pending.frame);
+                    delivered.push((pending.row, pending.reply));
+                }
+                Some(Err(err)) => {
+                    let failure = PublishFailure {
+                        code: "INTERNAL_ERROR",
+                        message: format!("message could not be stored: {err}"),
+                    };
+                    // unwrap: front() just returned Some.
+                    self.pending.pop_front().unwrap().reply.send(Err(failure));
+                }
+            }
+        }
+        if !delivered.is_empty() {
+            let n_sent = self.broadcast(frames.into(), None, ctx) as i32;
+            self.n_delivered += delivered.len() as u64;
+            let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
+            self.writer.do_send(RecordAudience(counts));
+            for (mut row, reply) in delivered {
+                row.ws_audience_count = n_sent;
+                reply.send(Ok(&row));
+            }
+        }
+        self.report_if_idle();
+    }
+
+    fn report_if_idle(&self) {
+        if self.subscribers.is_empty() && self.pending.is_empty() {
+            self.registry.do_send(Idle {
+                name: self.name.clone(),
+                n_received: self.n_received,
+            });
+        }
+    }
+}
+
+impl Actor for Channel {
+    type Context = Context<Self>;
+}
+
+impl Handler<Join> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, Join(subscriber): Join, ctx: &mut Context<Self>) {
+        self.n_received += 1;
+        self.last_activity = Instant::now();
+        let id = subscriber.id;
+        if !subscriber.client.connected() {
+            // The socket closed while its join was on the way.
+            self.report_if_idle();
+            return;
+        }
+        if !self.subscribers.contains_key(&id) {
+            let presence_id = subscriber.member.presence_id.clone();
+            match self.presence.get_mut(&presence_id) {
+                Some(entry) => entry.n_sockets += 1,
+                None => {
+                    let member = json!({
+                        "presenceId": presence_id,
+                        "type": subscriber.member.kind,
+                        "joinedAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                    });
+                    let frame = self.presence_frame("presence:join", &member);
+                    self.broadcast(Arc::new([frame]), Some(id), ctx);
+                    self.presence.insert(
+                        presence_id,
+                        PresenceEntry {
+                            member,
+                            n_sockets: 1,
+                        },
+                    );
+                }
+            }
+            self.subscribers.insert(id, subscriber.clone());
+        }
+        let members = self
+            .presence
+            .values()
+            .map(|entry| entry.member.clone())
+            .collect();
+        subscriber.client.do_send(SessionEvent(ClientEvent::Joined {
+            name: self.name.clone(),
+            channel: ctx.address(),
+            members,
+        }));
+    }
+}
+
+impl Handler<Leave> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
+        self.last_activity = Instant::now();
+        self.remove_subscriber(leave.subscriber_id, ctx);
+        self.report_if_idle();
+    }
+}
+
+impl Handler<Publish> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, publish: Publish, ctx: &mut Context<Self>) {
+        if publish.via_registry {
+            self.n_received += 1;
+        }
+        self.last_activity = Instant::now();
+        let Publish { message, reply, .. } = publish;
+        let id = Uuid::now_v7();
+        let created_at = crate::persistence::now();
+        let mut body = message.payload.clone();
+        body.insert("meta".into(), self.meta(id, &message.sender, created_at));
+        let frame = Self::encode(&message.event, &Value::Object(body));
+        let row = messages::Model {
+            id,
+            event_name: message.event,
+            channel_id: Some(message.channel_id),
+            channel_name: self.name.to_string(),
+            payload: Value::Object(message.payload),
+            sender_type: message.sender.sender_type.to_owned(),
+            sender_id: message.sender.sender_id,
+            ws_audience_count: 0,
+            wh_audience_count: 0,
+            wh_delivered_count: 0,
+            created_at,
+        };
+        self.writer.do_send(Persist {
+            row: row.clone(),
+            notify: ctx.address().recipient(),
+        });
+        self.pending.push_back(Pending {
+            row,
+            frame,
+            reply,
+            outcome: None,
+        });
+    }
+}
+
+impl Handler<Persisted> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, persisted: Persisted, ctx: &mut Context<Self>) {
+        // The ids come in channel order, so one forward pass finds them all.
+        let mut index = self
+            .pending
+            .iter()
+            .position(|p| p.outcome.is_none())
+            .unwrap_or(0);
+        for id in &persisted.ids {
+            while index < self.pending.len() && self.pending[index].row.id != *id {
+                index += 1;
+            }
+            if let Some(pending) = self.pending.get_mut(index) {
+                pending.outcome = Some(persisted.result.clone());
+                index += 1;
+            }
+        }
+        self.deliver_ready(ctx);
+    }
+}
+
+impl Handler<Retire> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

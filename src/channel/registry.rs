@@ -1,0 +1,174 @@
+//! The `ChannelRegistry` actor: maps resolved channel names to their
+//! `Channel` actors, creating one on first use and retiring it once idle.
+//!
+//! Joins and REST publishes reach a channel through the registry, which
+//! counts what it forwarded. A channel that has gone idle reports how many
+//! messages it received; the registry retires it only if that equals what
+//! it forwarded, so a join already on its way is never lost. Sockets that
+//! joined publish to their channel directly.
+//!
+//! Channels run on a small pool of arbiters (threads), spread by name, so
+//! fan-out uses every core.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
+
+use super::{Channel, Join, Publish, Retire};
+use crate::persistence::writer::MessageWriter;
+
+struct Entry {
+    channel: Addr<Channel>,
+    /// Joins and publishes forwarded to the channel.
+    n_forwarded: u64,
+}
+
+/// The name → channel map.
+pub struct ChannelRegistry {
+    channels: HashMap<Arc<str>, Entry>,
+    writer: Addr<MessageWriter>,
+    /// Threads the channels run on; they live as long as the registry.
+    arbiters: Vec<Arbiter>,
+}
+
+impl ChannelRegistry {
+    /// A registry whose channels write through `writer` and run on
+    /// `n_threads` arbiters.
+    pub fn new(writer: Addr<MessageWriter>, n_threads: usize) -> Self {
+        ChannelRegistry {
+            channels: HashMap::new(),
+            writer,
+            arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
+        }
+    }
+
+    /// Starts the registry on an arbiter of its own.
+    pub fn start_on_own_thread(self) -> Addr<ChannelRegistry> {
+        // The arbiter thread runs until the system stops; dropping this
+        // handle to it does not stop it.
+        ChannelRegistry::start_in_arbiter(&Arbiter::new().handle(), |_| self)
+    }
+
+    fn arbiter_for(&self, name: &str) -> ArbiterHandle {
+        let mut hasher = DefaultHasher::new();
+        name.hash(&mut hasher);
+        self.arbiters[(hasher.finish() as usize) % self.arbiters.len()].handle()
+    }
+
+    fn entry(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut Entry {
+        if !self.channels.contains_key(name) {
+            let name: Arc<str> = name.into();
+            let registry = ctx.address();
+            let writer = self.writer.clone();
+            let channel_name = name.clone();
+            let channel = Channel::start_in_arbiter(&self.arbiter_for(&name), move |_| {
+                Channel::new(channel_name, registry, writer)
+            });
+            tracing::debug!(channel = %name, "channel started");
+            self.channels.insert(
+                name.clone(),
+                Entry {
+                    channel,
+                    n_forwarded: 0,
+                },
+            );
+        }
+        // unwrap: inserted above if it was missing.
+        self.channels.get_mut(name).unwrap()
+    }
+}
+
+impl Actor for ChannelRegistry {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+/// Subscribe a socket to the channel `name`.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct JoinChannel {
+    /// The resolved channel name.
+    pub name: String,
+    /// The join to forward.
+    pub join: Join,
+}
+
+impl Handler<JoinChannel> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: JoinChannel, ctx: &mut Context<Self>) {
+        let entry = self.entry(&message.name, ctx);
+        entry.n_forwarded += 1;
+        entry.channel.do_send(message.join);
+    }
+}
+
+/// Publish to the channel `name`, whether or not anyone listens.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct PublishTo {
+    /// The resolved channel name.
+    pub name: String,
+    /// The publish to forward.
+    pub publish: Publish,
+}
+
+impl Handler<PublishTo> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: PublishTo, ctx: &mut Context<Self>) {
+        let entry = self.entry(&message.name, ctx);
+        entry.n_forwarded += 1;
+        let mut publish = message.publish;
+        publish.via_registry = true;
+        entry.channel.do_send(publish);
+    }
+}
+
+/// A channel has no subscribers and nothing pending.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Idle {
+    /// The channel's name.
+    pub name: Arc<str>,
+    /// Joins and publishes it has received so far.
+    pub n_received: u64,
+}
+
+impl Handler<Idle> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, idle: Idle, _: &mut Context<Self>) {
+        let retire = self
+            .channels
+            .get(&idle.name)
+            .is_some_and(|entry| entry.n_forwarded == idle.n_received);
+        if retire {
+            if let Some(entry) = self.channels.remove(&idle.name) {
+                entry.channel.do_send(Retire);
+                tracing::debug!(channel = %idle.name, "channel retired");
+            }
+        }
+    }
+}
+
+/// How many channels are live.
+#[derive(actix::Message)]
+#[rtype(result = "usize")]
+pub struct CountChannels;
+
+impl Handler<CountChannels> for ChannelRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountChannels, _: &mut Context<Self>) -> usize {
+        self.channels.len()
+    }
+}

@@ -1,0 +1,231 @@
+//! The `MessageWriter` actor: group commit of the message history.
+//!
+//! Channels send it each accepted message; it inserts them in batches (one
+//! statement per batch, at most `batch_size` rows, at most `batch_window`
+//! after the first row waited) and tells each channel which of its
+//! messages are durable. Audience counts recorded after delivery go out in
+//! the same cycle, as one `UPDATE … CASE` statement. One flush runs at a
+//! time, so batches commit in the order their messages arrived.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture,
+};
+use entity::messages;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use super::{messages as queries, PersistenceError};
+
+/// Most rows in one INSERT, under SQLite's bound-parameter limit.
+const MAX_ROWS_PER_INSERT: usize = 1000;
+/// Retries of a failed batch before its messages are reported lost.
+const RETRY_DELAYS_MS: [u64; 3] = [50, 200, 1000];
+
+/// Persist one message, then tell `notify`.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Persist {
+    /// The row, with its id and timestamp already set.
+    pub row: messages::Model,
+    /// The channel that waits for it.
+    pub notify: Recipient<Persisted>,
+}
+
+/// Messages of one channel whose batch committed, or failed for good.
+#[derive(actix::Message, Debug)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    /// The messages, in the order they were sent.
+    pub ids: Vec<Uuid>,
+    /// `Err` when the batch could not be written.
+    pub result: Result<(), String>,
+}
+
+/// Record how many sockets received each message.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RecordAudience(pub Vec<(Uuid, i32)>);
+
+/// Resolves once everything received so far is written (shutdown, tests).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// The group-commit writer.
+pub struct MessageWriter {
+    db: DatabaseConnection,
+    batch_size: usize,
+    batch_window: Duration,
+    /// Rows waiting for the next flush, in arrival order.
+    rows: Vec<(messages::Model, Recipient<Persisted>)>,
+    /// Audience counts waiting for the next flush.
+    audience: Vec<(Uuid, i32)>,
+    /// True while a flush runs; the next one waits for it.
+    flushing: bool,
+    /// The timer that flushes a batch that did not fill up.
+    window_timer: Option<SpawnHandle>,
+    /// Callers of [`Drain`] waiting for the queues to empty.
+    drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl MessageWriter {
+    /// A writer over `db` with the given batch bounds.
+    pub fn new(db: DatabaseConnection, batch_size: usize, batch_window: Duration) -> Self {
+        MessageWriter {
+            db,
+            batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
+            batch_window,
+            rows: Vec::new(),
+            audience: Vec::new(),
+            flushing: false,
+            window_timer: None,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.rows.is_empty() && self.audience.is_empty() && !self.flushing
+    }
+
+    /// Flushes now if a batch is full (or a drain waits), else makes sure
+    /// the window timer runs.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || (self.rows.is_empty() && self.audience.is_empty()) {
+            return;
+        }
+        if self.rows.len() >= self.batch_size || !self.drain_waiters.is_empty() {
+            self.flush(ctx);
+        } else if self.window_timer.is_none() {
+            self.window_timer = Some(ctx.run_later(self.batch_window, |writer, ctx| {
+                writer.window_timer = None;
+                writer.flush(ctx);
+            }));
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing {
+            return;
+        }
+        if let Some(timer) = self.window_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let take = self.rows.len().min(self.batch_size);
+        let batch: Vec<_> = self.rows.drain(..take).collect();
+        let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
+        let audience: Vec<_> = self.audience.drain(..take).collect();
+        if batch.is_empty() && audience.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let db = self.db.clone();
+        let rows: Vec<messages::Model> = batch.iter().map(|(row, _)| row.clone()).collect();
+        let write = async move {
+            let inserted = write_with_retries(&db, rows).await;
+            if let Err(err) =
+                queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
+            {
+                tracing::error!(error = %err, "could not record audience counts");
+            }
+            inserted
+        };
+        ctx.spawn(write.into_actor(self).map(move |inserted, writer, ctx| {
+            writer.flushing = false;
+            notify_channels(batch, inserted.map_err(|err| err.to_string()));
+            if writer.is_idle() {
+                for waiter in writer.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+            writer.schedule(ctx);
+        }));
+    }
+}
+
+async fn write_with_retries(
+    db: &DatabaseConnection,
+    rows: Vec<messages::Model>,
+) -> Result<(), PersistenceError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        match queries::insert_batch(db, rows.clone()).await {
+            Ok(()) => return Ok(()),
+            // A duplicate id means an earlier attempt committed after all.
+            Err(PersistenceError::Duplicate) if attempt > 0 => return Ok(()),
+            Err(err) if attempt < RETRY_DELAYS_MS.len() => {
+                tracing::warn!(error = %err, attempt, rows = rows.len(), "message batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(RETRY_DELAYS_MS[attempt])).await;
+                attempt += 1;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, rows = rows.len(), "message batch failed; messages not stored");
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// Tells each channel about its messages of the batch, in order.
+fn notify_channels(
+    batch: Vec<(messages::Model, Recipient<Persisted>)>,
+    result: Result<(), String>,
+) {
+    let mut by_channel: HashMap<String, (Recipient<Persisted>, Vec<Uuid>)> = HashMap::new();
+    for (row, notify) in batch {
+        by_channel
+            .entry(row.channel_name)
+            .or_insert_with(|| (notify, Vec::new()))
+            .1
+            .push(row.id);
+    }
+    for (notify, ids) in by_channel.into_values() {
+        notify.do_send(Persisted {
+            ids,
+            result: result.clone(),
+        });
+    }
+}
+
+impl Actor for MessageWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Persist> for MessageWriter {
+    type Result = ();
+
+    fn handle(&mut self, persist: Persist, ctx: &mut Context<Self>) {
+        self.rows.push((persist.row, persist.notify));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<RecordAudience> for MessageWriter {
+    type Result = ();
+
+    fn handle(&mut self, RecordAudience(counts): RecordAudience, ctx: &mut Context<Self>) {
+        self.audience.extend(counts);
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Drain> for MessageWriter {
+    type Result = actix::ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        if self.is_idle() {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.schedule(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

@@ -1,0 +1,146 @@
+// Starts the project's binaries for the client tests and waits until they
+// listen. Binaries come from cargo's target folder (debug unless
+// REALTIME_PROFILE says otherwise).
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(root, "target");
+const profile = process.env.REALTIME_PROFILE ?? "debug";
+
+/** Starts the conformance server on `port` (0: any); resolves with it. */
+export async function startConformance(port = 0) {
+  const bin = path.join(targetDir, profile, "examples", "conformance");
+  const child = spawn(bin, ["--port", String(port)], { stdio: ["ignore", "pipe", "inherit"] });
+  const listening = await new Promise((resolve, reject) => {
+    let seen = "";
+    child.stdout.on("data", (chunk) => {
+      seen += chunk;
+      const match = seen.match(/listening on port (\d+)/);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once("exit", (code) => reject(new Error(`conformance server exited with ${code}`)));
+    setTimeout(() => reject(new Error("conformance server did not start")), 10_000);
+  });
+  return {
+    port: listening,
+    url: `http://127.0.0.1:${listening}`,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGKILL");
+      await once(child, "exit");
+    },
+  };
+}
+
+/** Resolves with the first emission of `event` on `emitter`, or rejects after `ms`. */
+export function nextEvent(emitter, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    emitter.once(event, (...args) => {
+      clearTimeout(timer);
+      resolve(args);
+    });
+  });
+}
+
+import net from "node:net";
+import crypto from "node:crypto";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+
+export const API_KEY = "ik_test_admin_key_0001";
+export const ANON_KEY = "anon_test_anon_key_0001";
+export const JWT_SECRET = "test-secret-that-is-at-least-32-characters";
+
+async function freePort() {
+  const server = net.createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address();
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+/** The backends the realtime tests run on; PostgreSQL needs scripts/with-postgres. */
+export function backends() {
+  const list = ["sqlite"];
+  if (process.env.REALTIME_TEST_POSTGRES_URL) list.push("postgres");
+  else if (process.env.REALTIME_TEST_SKIP_POSTGRES !== "1") {
+    throw new Error("REALTIME_TEST_POSTGRES_URL is not set: run through scripts/test (or set REALTIME_TEST_SKIP_POSTGRES=1)");
+  }
+  return list;
+}
+
+function freshDatabase(backend) {
+  if (backend === "sqlite") {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "realtime-js-"));
+    return { url: `sqlite://${path.join(dir, "realtime.db")}`, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  }
+  const admin = process.env.REALTIME_TEST_POSTGRES_URL;
+  const name = `rt_js_${crypto.randomBytes(6).toString("hex")}`;
+  execFileSync("psql", [admin, "-qc", `CREATE DATABASE ${name}`], { stdio: "ignore" });
+  return { url: admin.replace(/\/[^/]*$/, `/${name}`), cleanup: () => {} };
+}
+
+/** Starts the realtime server on a fresh database of `backend`. */
+export async function startRealtime(backend, extraEnv = {}) {
+  const database = freshDatabase(backend);
+  const port = await freePort();
+  const bin = path.join(targetDir, profile, "realtime");
+  const env = {
+    ...process.env,
+    REALTIME__SERVER__HOST: "127.0.0.1",
+    REALTIME__SERVER__PORT: String(port),
+    REALTIME__SERVER__WORKERS: "2",
+    REALTIME__DATABASE__URL: database.url,
+    REALTIME__AUTH__JWT_SECRET: JWT_SECRET,
+    REALTIME__AUTH__API_KEYS: `["${API_KEY}"]`,
+    REALTIME__AUTH__ANON_KEYS: `["${ANON_KEY}"]`,
+    REALTIME__LOG__LEVEL: "warn",
+    ...extraEnv,
+  };
+  const child = spawn(bin, ["serve"], { env, stdio: ["ignore", "inherit", "inherit"] });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`realtime exited with ${child.exitCode}`);
+    try {
+      const response = await fetch(`${url}/health`);
+      if (response.ok) break;
+    } catch {}
+    if (Date.now() > deadline) throw new Error("realtime did not become healthy");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    url,
+    async admin(method, route, body) {
+      const response = await fetch(`${url}${route}`, {
+        method,
+        headers: { "x-api-key": API_KEY, ...(body ? { "content-type": "application/json" } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      const text = await response.text();
+      return { status: response.status, body: text ? JSON.parse(text) : null };
+    },
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await once(child, "exit");
+      }
+      database.cleanup();
+    },
+  };
+}
+
+/** An HS256 JWT signed with the test secret. */
+export function jwt(claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
+  const signature = crypto.createHmac("sha256", JWT_SECRET).update(body).digest("base64url");
+  return `${body}.${signature}`;
+}

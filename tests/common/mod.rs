@@ -103,6 +103,8 @@ pub struct TestServer {
     pub base_url: String,
     /// The same database the server uses, for arranging and checking rows.
     pub db: DatabaseConnection,
+    /// The realtime pipeline, for looking at its actors.
+    pub realtime: std::sync::Arc<realtime::realtime::Realtime>,
     pub backend: Backend,
     handle: ServerHandle,
     client: awc::Client,
@@ -121,6 +123,7 @@ impl TestServer {
         let settings = test_settings(&url, extra_toml);
         let state = AppState::open(settings).await.unwrap();
         let db = state.db.clone();
+        let realtime = state.realtime.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let server = server::serve(listener, state).unwrap();
@@ -132,6 +135,7 @@ impl TestServer {
         TestServer {
             base_url,
             db,
+            realtime,
             backend,
             handle,
             client,

@@ -186,3 +186,69 @@ impl WsClient {
         assert_eq!(self.recv().await, WsFrame::Text(expected.to_owned()));
     }
 }
+
+/// A raw Socket.IO client over a WebSocket, connected to namespace `/`.
+pub struct SioClient {
+    pub ws: WsClient,
+    next_ack: u64,
+}
+
+impl SioClient {
+    /// Connects to `base` with the CONNECT auth object `auth`; panics if
+    /// the server refuses.
+    pub async fn connect(base: &str, auth: serde_json::Value) -> SioClient {
+        let mut ws = WsClient::connect(&format!("{base}/socket.io/?EIO=4&transport=websocket"))
+            .await
+            .expect("websocket refused");
+        assert!(matches!(ws.recv().await, WsFrame::Text(open) if open.starts_with('0')));
+        ws.send_text(&format!("40{auth}")).await;
+        match ws.recv().await {
+            WsFrame::Text(answer) if answer.starts_with("40{") => {}
+            other => panic!("connect refused: {other:?}"),
+        }
+        SioClient { ws, next_ack: 1 }
+    }
+
+    /// Emits `event` with one argument and waits for its ack (skipping any
+    /// events that arrive first).
+    pub async fn call(&mut self, event: &str, arg: serde_json::Value) -> serde_json::Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.ws
+            .send_text(&format!("42{id}{}", serde_json::json!([event, arg])))
+            .await;
+        let prefix = format!("43{id}");
+        loop {
+            match self.ws.recv_skipping_pings().await {
+                WsFrame::Text(text) if text.starts_with(&prefix) => {
+                    let args: serde_json::Value =
+                        serde_json::from_str(&text[prefix.len()..]).unwrap();
+                    return args[0].clone();
+                }
+                WsFrame::Text(_) => continue,
+                other => panic!("no ack for {event}: {other:?}"),
+            }
+        }
+    }
+
+    /// Emits without asking for an ack.
+    pub async fn emit(&mut self, event: &str, arg: serde_json::Value) {
+        self.ws
+            .send_text(&format!("42{}", serde_json::json!([event, arg])))
+            .await;
+    }
+
+    /// The next event as `(name, first argument)`, or `None` once closed.
+    pub async fn next_event(&mut self) -> Option<(String, serde_json::Value)> {
+        loop {
+            match self.ws.recv_skipping_pings().await {
+                WsFrame::Text(text) if text.starts_with("42") => {
+                    let array: serde_json::Value = serde_json::from_str(&text[2..]).unwrap();
+                    return Some((array[0].as_str().unwrap().to_owned(), array[1].clone()));
+                }
+                WsFrame::Text(_) | WsFrame::Binary(_) => continue,
+                WsFrame::Closed => return None,
+            }
+        }
+    }
+}

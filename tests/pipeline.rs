@@ -1,0 +1,194 @@
+//! The message pipeline end to end over raw Socket.IO, on SQLite and
+//! PostgreSQL: slow subscribers, channel retirement, publishing with
+//! nobody listening.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::wire::SioClient;
+use common::{Backend, TestServer, ANON_KEY};
+use realtime::channel::registry::CountChannels;
+use serde_json::json;
+
+backend_tests!(
+    slow_subscriber_is_closed_and_others_get_everything,
+    idle_channels_are_retired,
+    publish_with_nobody_listening_is_stored,
+    subscriptions_per_socket_are_limited,
+);
+
+async fn anon(server: &TestServer) -> SioClient {
+    SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await
+}
+
+async fn subscribe(client: &mut SioClient, channel: &str) {
+    let ack = client
+        .call("realtime:subscribe", json!({ "channel": channel }))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not in time");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn slow_subscriber_is_closed_and_others_get_everything(backend: Backend) {
+    // A small queue so that a client that stops reading overflows it.
+    let server = TestServer::start_with(backend, "[engineio]\nmax_buffered_packets = 600\n").await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "feed:%" })),
+        )
+        .await;
+    let mut reader = anon(&server).await;
+    subscribe(&mut reader, "feed:1").await;
+    let mut sleeper = anon(&server).await;
+    subscribe(&mut sleeper, "feed:1").await;
+
+    const N: usize = 3000;
+    let reading = actix_rt::spawn(async move {
+        let mut seen = Vec::with_capacity(N);
+        while seen.len() < N {
+            match reader.next_event().await {
+                Some((name, body)) if name == "tick" => {
+                    seen.push(body["n"].as_u64().unwrap() as usize)
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        seen
+    });
+    // 3000 × 8 KB is far more than the sleeper's queue and socket buffers.
+    let padding = "x".repeat(8 * 1024);
+    for n in 0..N {
+        let (status, body) = server
+            .admin(
+                "POST",
+                "/api/realtime/messages",
+                Some(json!({ "channel": "feed:1", "event": "tick", "payload": { "n": n, "padding": padding } })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let seen = reading.await.unwrap();
+    assert_eq!(
+        seen,
+        (0..N).collect::<Vec<_>>(),
+        "the reading subscriber got every message in order"
+    );
+
+    // The sleeper wakes up: it finds some messages, then a closed connection.
+    let mut woke_to = 0;
+    while let Some((name, _)) = sleeper.next_event().await {
+        if name == "tick" {
+            woke_to += 1;
+        }
+    }
+    assert!(
+        woke_to < N,
+        "the slow subscriber was cut off after {woke_to} messages"
+    );
+
+    // History has everything; the last messages went to the reader alone.
+    let (_, rows) = server
+        .admin("GET", "/api/realtime/messages?eventName=tick&limit=1", None)
+        .await;
+    assert_eq!(rows[0]["payload"]["n"], N - 1);
+    assert_eq!(rows[0]["wsAudienceCount"], 1);
+    let (_, stats) = server
+        .admin("GET", "/api/realtime/messages/stats", None)
+        .await;
+    assert_eq!(stats["totalMessages"], N);
+}
+
+async fn idle_channels_are_retired(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "room:%" })),
+        )
+        .await;
+    let live = || async { server.realtime.registry.send(CountChannels).await.unwrap() };
+    let mut first = anon(&server).await;
+    let mut second = anon(&server).await;
+    for name in ["room:1", "room:2", "room:3"] {
+        subscribe(&mut first, name).await;
+    }
+    subscribe(&mut second, "room:1").await;
+    assert_eq!(live().await, 3);
+    let ack = first
+        .call("realtime:unsubscribe", json!({ "channel": "room:3" }))
+        .await;
+    assert_eq!(ack["ok"], true);
+    wait_until("room:3 retired", || async { live().await == 2 }).await;
+    drop(first);
+    // room:2 had only the first socket; room:1 still has the second.
+    wait_until("room:2 retired", || async { live().await == 1 }).await;
+    drop(second);
+    wait_until("all retired", || async { live().await == 0 }).await;
+}
+
+async fn publish_with_nobody_listening_is_stored(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "alone" })),
+        )
+        .await;
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/realtime/messages",
+            Some(json!({ "channel": "alone", "event": "echo", "payload": { "k": [1, 2] } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["wsAudienceCount"], 0);
+    assert_eq!(body["channelName"], "alone");
+    let (_, rows) = server.admin("GET", "/api/realtime/messages", None).await;
+    assert_eq!(rows[0]["id"], body["id"]);
+    assert_eq!(rows[0]["payload"], json!({ "k": [1, 2] }));
+    let live = server.realtime.registry.send(CountChannels).await.unwrap();
+    assert!(live <= 1);
+    wait_until("the publish-only channel is retired", || async {
+        server.realtime.registry.send(CountChannels).await.unwrap() == 0
+    })
+    .await;
+}
+
+async fn subscriptions_per_socket_are_limited(backend: Backend) {
+    let server = TestServer::start_with(backend, "[limits]\nmax_channels_per_socket = 2\n").await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "room:%" })),
+        )
+        .await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "room:1").await;
+    subscribe(&mut client, "room:2").await;
+    let refused = client
+        .call("realtime:subscribe", json!({ "channel": "room:3" }))
+        .await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["error"]["code"], "INVALID_INPUT");
+    // Subscribing again to a channel it has is still fine.
+    subscribe(&mut client, "room:1").await;
+}

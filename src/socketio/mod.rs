@@ -92,13 +92,15 @@ pub trait SocketHandler: Sized + Unpin + 'static {
     /// An event on a connected namespace.
     fn on_event(&mut self, socket: &mut Socket<'_, '_, Self>, namespace: &str, event: Event);
 
-    /// An ACK from the client for an event the server emitted with an id.
+    /// An ACK from the client for an event the server emitted with an id;
+    /// `attachments` are those of a BINARY_ACK.
     fn on_ack(
         &mut self,
         _socket: &mut Socket<'_, '_, Self>,
         _namespace: &str,
         _ack_id: u64,
         _args: Vec<Value>,
+        _attachments: Vec<Bytes>,
     ) {
     }
 
@@ -334,7 +336,9 @@ impl<A: SocketHandler> SocketIo<A> {
                 let (Some(id), Some(Value::Array(args))) = (packet.ack_id, packet.data) else {
                     return self.violation(link, "ack without id");
                 };
-                self.with_app(link, |app, socket| app.on_ack(socket, &namespace, id, args));
+                self.with_app(link, |app, socket| {
+                    app.on_ack(socket, &namespace, id, args, attachments)
+                });
             }
             _ => self.violation(link, "packet for a namespace that is not connected"),
         }

@@ -127,6 +127,7 @@ pub fn serve(listeners: Vec<TcpListener>) -> std::io::Result<Server> {
             .default_service(web::to(HttpResponse::NotFound))
     })
     .workers(2)
+    .tcp_nodelay(true)
     .shutdown_timeout(1);
     for listener in listeners {
         server = server.listen(listener)?;

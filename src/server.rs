@@ -75,6 +75,9 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
             .default_service(web::to(api::not_found))
     })
     .shutdown_timeout(settings.shutdown_grace().as_secs().max(1))
+    // Small realtime frames must leave at once, not wait for Nagle's
+    // algorithm to meet the peer's delayed ACK (a 40 ms stall).
+    .tcp_nodelay(true)
     .listen(listener)?;
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);

@@ -273,9 +273,11 @@ impl Channel {
                 Err(actix::dev::SendError::Closed(_)) => gone.push(*id),
             }
         }
+        if !too_slow.is_empty() {
+            tracing::warn!(channel = %self.name, n_sessions = too_slow.len(), "subscribers too slow; closing their sessions");
+        }
         for id in too_slow {
             if let Some(subscriber) = self.subscribers.get(&id) {
-                tracing::warn!(channel = %self.name, "subscriber too slow; closing its session");
                 subscriber.client.do_send(Close(CloseReason::SlowClient));
             }
             self.remove_subscriber(id, ctx);

@@ -120,6 +120,9 @@ struct ConnsArgs {
     server_pid: Option<u32>,
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Channels the connections spread over (presence grows with their size).
+    #[arg(long, default_value_t = 100)]
+    channels: usize,
     /// Hold the connections this long before measuring memory.
     #[arg(long, default_value_t = 2)]
     settle_seconds: u64,
@@ -752,7 +755,7 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
         target,
         args.connections,
         args.connect_concurrency,
-        |i| format!("bench:idle-{}", i % 100),
+        |i| format!("bench:idle-{}", i % args.channels.max(1)),
         |i| {
             Some(IpAddr::V4(Ipv4Addr::new(
                 127,
@@ -783,6 +786,7 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
         "mode": "conns",
         "connections": args.connections,
         "sources": sources,
+        "channels": args.channels.max(1),
         "connect_subscribe_seconds": connect_seconds,
         "connects_per_second": args.connections as f64 / connect_seconds,
         "server_rss_before_kib": before,

@@ -31,6 +31,21 @@ use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudien
 use crate::protocol::engineio::Frame;
 use registry::{ChannelRegistry, Idle};
 
+/// Encodes an event once, as the Engine.IO message every subscriber gets:
+/// `42[<event>,<body>]`, built directly rather than through a Socket.IO
+/// `Packet` so the body is serialized once and never copied.
+pub fn encode_event(event: &str, body: &Value) -> Frame {
+    let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+    let body = body.to_string();
+    let mut text = String::with_capacity(event.len() + body.len() + 5);
+    text.push_str("42[");
+    text.push_str(&event);
+    text.push(',');
+    text.push_str(&body);
+    text.push(']');
+    Frame::Text(text.into())
+}
+
 /// Who sent a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sender {
@@ -224,21 +239,6 @@ impl Channel {
         Value::Object(meta)
     }
 
-    /// Encodes an event once, as the Engine.IO message every subscriber gets.
-    fn encode(event: &str, body: &Value) -> Frame {
-        // `42[<event>,<body>]`: built directly rather than through a Packet
-        // to avoid copying the body.
-        let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
-        let body = body.to_string();
-        let mut text = String::with_capacity(event.len() + body.len() + 5);
-        text.push_str("42[");
-        text.push_str(&event);
-        text.push(',');
-        text.push_str(&body);
-        text.push(']');
-        Frame::Text(text.into())
-    }
-
     fn presence_frame(&self, event: &str, member: &Value) -> Frame {
         let meta = self.meta(
             Uuid::new_v4(),
@@ -248,7 +248,7 @@ impl Channel {
             },
             Utc::now(),
         );
-        Self::encode(event, &json!({ "member": member, "meta": meta }))
+        encode_event(event, &json!({ "member": member, "meta": meta }))
     }
 
     /// Sends `frames` to every subscriber but `except`; returns how many
@@ -429,7 +429,7 @@ impl Handler<Publish> for Channel {
         let created_at = crate::persistence::now();
         let mut body = message.payload.clone();
         body.insert("meta".into(), self.meta(id, &message.sender, created_at));
-        let frame = Self::encode(&message.event, &Value::Object(body));
+        let frame = encode_event(&message.event, &Value::Object(body));
         let row = messages::Model {
             id,
             event_name: message.event,

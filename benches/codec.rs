@@ -11,7 +11,9 @@ const PUBLISH: &str = r#"42["realtime:publish",{"channel":"order:123","event":"s
 
 fn large_publish() -> String {
     let blob = "x".repeat(64 * 1024);
-    format!(r#"42["realtime:publish",{{"channel":"order:123","event":"blob","payload":{{"data":"{blob}"}}}}]"#)
+    format!(
+        r#"42["realtime:publish",{{"channel":"order:123","event":"blob","payload":{{"data":"{blob}"}}}}]"#
+    )
 }
 
 fn decode(c: &mut Criterion) {
@@ -20,7 +22,9 @@ fn decode(c: &mut Criterion) {
     group.bench_function("engineio+socketio typical publish", |b| {
         b.iter(|| {
             let packet = engineio::Packet::decode(black_box(PUBLISH)).unwrap();
-            let engineio::Packet::Message(text) = packet else { unreachable!() };
+            let engineio::Packet::Message(text) = packet else {
+                unreachable!()
+            };
             Decoder::default().text(&text).unwrap().unwrap()
         })
     });
@@ -29,11 +33,16 @@ fn decode(c: &mut Criterion) {
     group.bench_function("engineio+socketio 64 KiB publish", |b| {
         b.iter(|| {
             let packet = engineio::Packet::decode(black_box(&large)).unwrap();
-            let engineio::Packet::Message(text) = packet else { unreachable!() };
+            let engineio::Packet::Message(text) = packet else {
+                unreachable!()
+            };
             Decoder::default().text(&text).unwrap().unwrap()
         })
     });
-    let payload: String = (0..64).map(|i| format!("42[\"e\",{{\"n\":{i}}}]")).collect::<Vec<_>>().join("\u{1e}");
+    let payload: String = (0..64)
+        .map(|i| format!("42[\"e\",{{\"n\":{i}}}]"))
+        .collect::<Vec<_>>()
+        .join("\u{1e}");
     group.throughput(Throughput::Bytes(payload.len() as u64));
     group.bench_function("polling payload of 64 packets", |b| {
         b.iter(|| engineio::decode_payload(black_box(payload.as_bytes())).unwrap())
@@ -43,9 +52,17 @@ fn decode(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
-    let packet = Packet::event("/", "status", [json!({"orderId": "123", "status": "paid", "meta": {"channel": "order:123"}})]);
-    group.bench_function("socketio event", |b| b.iter(|| Frame::message(&black_box(&packet).encode())));
-    let frames: Vec<Frame> = (0..64).map(|i| Frame::message(&format!("2[\"e\",{{\"n\":{i}}}]"))).collect();
+    let packet = Packet::event(
+        "/",
+        "status",
+        [json!({"orderId": "123", "status": "paid", "meta": {"channel": "order:123"}})],
+    );
+    group.bench_function("socketio event", |b| {
+        b.iter(|| Frame::message(&black_box(&packet).encode()))
+    });
+    let frames: Vec<Frame> = (0..64)
+        .map(|i| Frame::message(&format!("2[\"e\",{{\"n\":{i}}}]")))
+        .collect();
     group.bench_function("polling payload of 64 frames", |b| {
         b.iter(|| engineio::encode_payload(black_box(&frames)))
     });

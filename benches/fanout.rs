@@ -16,7 +16,9 @@ fn fanout(c: &mut Criterion) {
         "meta": {"channel": "bench:0", "messageId": "0190b6c2-5f1e-7cc3-9a55-3f1d2b8c9e01", "senderType": "user", "timestamp": "2026-11-27T12:00:00.000Z"}
     });
     let mut group = c.benchmark_group("fan-out");
-    group.bench_function("encode one delivery", |b| b.iter(|| encode_event(black_box("b"), black_box(&body))));
+    group.bench_function("encode one delivery", |b| {
+        b.iter(|| encode_event(black_box("b"), black_box(&body)))
+    });
     let mut queues: Vec<Vec<Arc<[Frame]>>> = (0..1000).map(|_| Vec::with_capacity(64)).collect();
     group.throughput(Throughput::Elements(1000));
     group.bench_function("encode once, share with 1,000 queues", |b| {

@@ -12,11 +12,15 @@ fn resolve(c: &mut Criterion) {
     let index = PatternIndex::new(patterns.map(|p| (p, ())));
     assert_eq!(index.len(), 10_000);
     let mut group = c.benchmark_group("resolve among 10,000 patterns");
-    group.bench_function("exact", |b| b.iter(|| index.resolve(black_box("room:4999")).unwrap()));
+    group.bench_function("exact", |b| {
+        b.iter(|| index.resolve(black_box("room:4999")).unwrap())
+    });
     group.bench_function("wildcard", |b| {
         b.iter(|| index.resolve(black_box("tenant-7:eu:orders-4507")).unwrap())
     });
-    group.bench_function("miss", |b| b.iter(|| index.resolve(black_box("tenant-7:eu:none"))));
+    group.bench_function("miss", |b| {
+        b.iter(|| index.resolve(black_box("tenant-7:eu:none")))
+    });
     group.finish();
 }
 

@@ -16,6 +16,7 @@ backend_tests!(
     idle_channels_are_retired,
     publish_with_nobody_listening_is_stored,
     subscriptions_per_socket_are_limited,
+    presence_burst_tells_each_member_once,
 );
 
 async fn anon(server: &TestServer) -> SioClient {
@@ -191,4 +192,76 @@ async fn subscriptions_per_socket_are_limited(backend: Backend) {
     assert_eq!(refused["error"]["code"], "INVALID_INPUT");
     // Subscribing again to a channel it has is still fine.
     subscribe(&mut client, "room:1").await;
+}
+
+async fn presence_burst_tells_each_member_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "crowd" })),
+        )
+        .await;
+    const N: usize = 25;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(anon(&server).await);
+    }
+    // Everyone asks at once, so the channel sees a burst of joins.
+    for client in clients.iter_mut() {
+        client
+            .ws
+            .send_text(r#"4217["realtime:subscribe",{"channel":"crowd"}]"#)
+            .await;
+    }
+    let mut all_members = std::collections::HashSet::new();
+    let mut views = Vec::new();
+    for client in clients.iter_mut() {
+        let mut snapshot = Vec::new();
+        let mut joins = Vec::new();
+        let mut acked = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !(acked && snapshot.len() + joins.len() >= N) {
+            match client.ws.recv_skipping_pings().await {
+                common::wire::WsFrame::Text(text) if text.starts_with("4317") => {
+                    let ack: serde_json::Value = serde_json::from_str(&text[4..]).unwrap();
+                    for member in ack[0]["presence"]["members"].as_array().unwrap() {
+                        snapshot.push(member["presenceId"].as_str().unwrap().to_owned());
+                    }
+                    acked = true;
+                }
+                common::wire::WsFrame::Text(text) if text.starts_with(r#"42["presence:join""#) => {
+                    let event: serde_json::Value = serde_json::from_str(&text[2..]).unwrap();
+                    joins.push(
+                        event[1]["member"]["presenceId"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        all_members.extend(snapshot.iter().cloned());
+        views.push((snapshot, joins));
+    }
+    assert_eq!(all_members.len(), N);
+    for (snapshot, joins) in views {
+        let mut seen: Vec<&String> = snapshot.iter().chain(joins.iter()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            snapshot.len() + joins.len(),
+            "no member twice: {snapshot:?} {joins:?}"
+        );
+        assert_eq!(
+            seen.len(),
+            N,
+            "every member once, its own in the snapshot only"
+        );
+        // Its own id (the last member it learned of in the snapshot) is never a join.
+        assert!(joins.iter().all(|member| !snapshot.contains(member)));
+    }
 }

@@ -175,6 +175,18 @@ struct Pending {
     outcome: Option<Result<(), String>>,
 }
 
+struct PresenceEvent {
+    seq: u64,
+    frame: Frame,
+    /// The joiner, who is told nothing of its own join.
+    except: Option<u64>,
+}
+
+/// Sends the queued presence events (the channel notifies itself).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct FlushPresence;
+
 struct PresenceEntry {
     member: Value,
     n_sockets: usize,
@@ -192,6 +204,14 @@ pub struct Channel {
     presence: HashMap<String, PresenceEntry>,
     /// Accepted messages in channel order, until delivered or failed.
     pending: VecDeque<Pending>,
+    /// Presence events waiting to go out, coalesced per mailbox turn so a
+    /// burst of joins costs each subscriber one push, not one per join.
+    presence_outbox: Vec<PresenceEvent>,
+    /// Sequence number of the last presence event.
+    presence_seq: u64,
+    /// For each subscriber, the presence sequence number when it joined:
+    /// it gets only the events after that (its snapshot has the rest).
+    subscribed_since: HashMap<u64, u64>,
     /// Joins and publishes received through the registry; it compares
     /// this with what it forwarded before retiring the channel.
     n_received: u64,
@@ -215,6 +235,9 @@ impl Channel {
             subscribers: HashMap::new(),
             presence: HashMap::new(),
             pending: VecDeque::new(),
+            presence_outbox: Vec::new(),
+            presence_seq: 0,
+            subscribed_since: HashMap::new(),
             n_received: 0,
             n_delivered: 0,
             last_activity: Instant::now(),
@@ -251,23 +274,23 @@ impl Channel {
         encode_event(event, &json!({ "member": member, "meta": meta }))
     }
 
-    /// Sends `frames` to every subscriber but `except`; returns how many
-    /// took them. A subscriber whose mailbox is full is too slow: its
-    /// session is closed, and it leaves.
-    fn broadcast(
+    /// Pushes to each subscriber the frames `frames_for` picks for it
+    /// (none when it returns `None`); returns how many took them. A
+    /// subscriber whose mailbox is full is too slow: its session is closed,
+    /// and it leaves.
+    fn push_frames(
         &mut self,
-        frames: Arc<[Frame]>,
-        except: Option<u64>,
+        frames_for: impl Fn(u64) -> Option<Arc<[Frame]>>,
         ctx: &mut Context<Self>,
     ) -> usize {
         let mut n_sent = 0;
         let mut too_slow = Vec::new();
         let mut gone = Vec::new();
         for (id, subscriber) in &self.subscribers {
-            if Some(*id) == except {
+            let Some(frames) = frames_for(*id) else {
                 continue;
-            }
-            match subscriber.client.try_send(PushMany(frames.clone())) {
+            };
+            match subscriber.client.try_send(PushMany(frames)) {
                 Ok(()) => n_sent += 1,
                 Err(actix::dev::SendError::Full(_)) => too_slow.push(*id),
                 Err(actix::dev::SendError::Closed(_)) => gone.push(*id),
@@ -289,10 +312,24 @@ impl Channel {
         n_sent
     }
 
+    /// Queues a presence event; the first one of a turn schedules the flush.
+    fn queue_presence(&mut self, frame: Frame, except: Option<u64>, ctx: &mut Context<Self>) {
+        self.presence_seq += 1;
+        self.presence_outbox.push(PresenceEvent {
+            seq: self.presence_seq,
+            frame,
+            except,
+        });
+        if self.presence_outbox.len() == 1 {
+            ctx.notify(FlushPresence);
+        }
+    }
+
     fn remove_subscriber(&mut self, id: u64, ctx: &mut Context<Self>) {
         let Some(subscriber) = self.subscribers.remove(&id) else {
             return;
         };
+        self.subscribed_since.remove(&id);
         let presence_id = subscriber.member.presence_id;
         let gone = match self.presence.get_mut(&presence_id) {
             Some(entry) if entry.n_sockets > 1 => {
@@ -304,7 +341,7 @@ impl Channel {
         };
         if let Some(member) = gone {
             let frame = self.presence_frame("presence:leave", &member);
-            self.broadcast(Arc::new([frame]), None, ctx);
+            self.queue_presence(frame, None, ctx);
         }
     }
 
@@ -332,7 +369,8 @@ impl Channel {
             }
         }
         if !delivered.is_empty() {
-            let n_sent = self.broadcast(frames.into(), None, ctx) as i32;
+            let frames: Arc<[Frame]> = frames.into();
+            let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
             self.n_delivered += delivered.len() as u64;
             let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
             self.writer.do_send(RecordAudience(counts));
@@ -381,7 +419,7 @@ impl Handler<Join> for Channel {
                         "joinedAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                     });
                     let frame = self.presence_frame("presence:join", &member);
-                    self.broadcast(Arc::new([frame]), Some(id), ctx);
+                    self.queue_presence(frame, Some(id), ctx);
                     self.presence.insert(
                         presence_id,
                         PresenceEntry {
@@ -392,6 +430,7 @@ impl Handler<Join> for Channel {
                 }
             }
             self.subscribers.insert(id, subscriber.clone());
+            self.subscribed_since.insert(id, self.presence_seq);
         }
         let members = self
             .presence
@@ -403,6 +442,44 @@ impl Handler<Join> for Channel {
             channel: ctx.address(),
             members,
         }));
+    }
+}
+
+impl Handler<FlushPresence> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPresence, ctx: &mut Context<Self>) {
+        let events = std::mem::take(&mut self.presence_outbox);
+        let Some(first_seq) = events.first().map(|event| event.seq) else {
+            return;
+        };
+        let all: Arc<[Frame]> = events.iter().map(|event| event.frame.clone()).collect();
+        let joiners: std::collections::HashSet<u64> =
+            events.iter().filter_map(|event| event.except).collect();
+        let since = std::mem::take(&mut self.subscribed_since);
+        self.push_frames(
+            |id| {
+                let joined_at = since.get(&id).copied().unwrap_or(0);
+                if joined_at < first_seq && !joiners.contains(&id) {
+                    // Here before the burst: every event, shared.
+                    return Some(all.clone());
+                }
+                // Joined during the burst: what came after, minus its own join.
+                let frames: Vec<Frame> = events
+                    .iter()
+                    .filter(|event| event.seq > joined_at && event.except != Some(id))
+                    .map(|event| event.frame.clone())
+                    .collect();
+                (!frames.is_empty()).then(|| frames.into())
+            },
+            ctx,
+        );
+        // Removals during the push took their entries out of `since`'s copy
+        // only; keep the live subscribers'.
+        self.subscribed_since = since
+            .into_iter()
+            .filter(|(id, _)| self.subscribers.contains_key(id))
+            .collect();
     }
 }
 

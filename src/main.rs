@@ -145,9 +145,38 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&address)
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     tracing::info!(%address, %database, "realtime server listening");
-    server::serve(listener, state)?.await?;
-    tracing::info!("realtime server stopped");
+    let realtime = state.realtime.clone();
+    let running = server::serve(listener, state)?;
+    let handle = running.server.handle();
+    let sessions = running.sessions.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down: closing sockets and finishing requests");
+        server::shutdown(handle, &sessions).await;
+    });
+    running.server.await?;
+    // Messages accepted before the stop may still be on their way to the
+    // database: nothing accepted is lost.
+    realtime.drain().await;
+    tracing::info!("realtime server stopped; accepted messages written");
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// The database URL without its password, for logs.

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::Authenticator;
 use crate::channel::catalog::ChannelCatalog;
-use crate::channel::registry::{ChannelRegistry, PublishTo};
+use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
 use crate::channel::{Delivered, Outgoing, Publish, PublishFailure, Reply, Sender};
 use crate::config::Settings;
 use crate::permissions::{AllowAll, PermissionHook};
@@ -192,8 +192,10 @@ impl Realtime {
         }
     }
 
-    /// Waits until every message accepted so far is written.
+    /// Waits until every message accepted so far is written: first every
+    /// channel hands on what it received, then the writer commits it.
     pub async fn drain(&self) {
+        let _ = self.registry.send(SyncChannels).await;
         let _ = self.writer.send(Drain).await;
     }
 }

@@ -48,13 +48,21 @@ impl AppState {
     }
 }
 
-/// Starts serving `state` on `listener`. The returned [`Server`] runs when
-/// awaited or spawned; its handle stops it. SIGINT and SIGTERM start a
-/// graceful shutdown that waits up to `server.shutdown_grace_ms`.
+/// A started server: the HTTP server (runs when awaited or spawned) and the
+/// open realtime sessions, which shutdown closes first.
+pub struct Running {
+    /// The HTTP server; its handle stops it.
+    pub server: Server,
+    /// The Socket.IO sessions of `/socket.io/`.
+    pub sessions: Arc<engineio::Registry<SocketIo<Client>>>,
+}
+
+/// Starts serving `state` on `listener`. Signals are left to the caller
+/// (`main` turns SIGINT/SIGTERM into [`shutdown`]).
 ///
 /// # Errors
 /// The listener cannot be used.
-pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
     let settings = state.settings.clone();
     let max_body_bytes = settings.server.max_body_bytes;
     let hub = state.realtime.clone();
@@ -62,6 +70,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
     let sockets = EngineServer::new(settings.engineio.engine_config(), move |_| {
         SocketIo::new(Client::new(hub.clone()), socketio_config.clone())
     });
+    let sessions = sockets.registry.clone();
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
@@ -78,9 +87,25 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
     // Small realtime frames must leave at once, not wait for Nagle's
     // algorithm to meet the peer's delayed ACK (a 40 ms stall).
     .tcp_nodelay(true)
+    .disable_signals()
     .listen(listener)?;
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
     }
-    Ok(server.run())
+    Ok(Running {
+        server: server.run(),
+        sessions,
+    })
+}
+
+/// Starts a graceful shutdown: close every socket (clients reconnect), stop
+/// accepting, and let requests finish within `server.shutdown_grace_ms`.
+/// Once the server future has resolved, the caller waits for
+/// [`Realtime::drain`] so that every accepted message is written.
+pub async fn shutdown(
+    handle: actix_web::dev::ServerHandle,
+    sessions: &engineio::Registry<SocketIo<Client>>,
+) {
+    sessions.close_all(engineio::CloseReason::ServerClose);
+    handle.stop(true).await;
 }

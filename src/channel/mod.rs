@@ -162,6 +162,18 @@ pub struct Publish {
     pub via_registry: bool,
 }
 
+/// Answers once every message received before it is handled (shutdown
+/// uses it to know all publishes reached the writer).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
+impl Handler<Barrier> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
+}
+
 /// The registry retires an idle channel.
 #[derive(actix::Message)]
 #[rtype(result = "()")]

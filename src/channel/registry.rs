@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 
-use super::{Channel, Join, Publish, Retire};
+use super::{Barrier, Channel, Join, Publish, Retire};
 use crate::persistence::writer::MessageWriter;
 
 struct Entry {
@@ -170,5 +170,27 @@ impl Handler<CountChannels> for ChannelRegistry {
 
     fn handle(&mut self, _: CountChannels, _: &mut Context<Self>) -> usize {
         self.channels.len()
+    }
+}
+
+/// Resolves once every live channel has handled what it had received.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct SyncChannels;
+
+impl Handler<SyncChannels> for ChannelRegistry {
+    type Result = actix::ResponseFuture<()>;
+
+    fn handle(&mut self, _: SyncChannels, _: &mut Context<Self>) -> Self::Result {
+        let syncs: Vec<_> = self
+            .channels
+            .values()
+            .map(|entry| entry.channel.send(Barrier))
+            .collect();
+        Box::pin(async move {
+            for sync in syncs {
+                let _ = sync.await;
+            }
+        })
     }
 }

@@ -239,6 +239,14 @@ impl<H: EngineHandler> Registry<H> {
         self.sessions.write().remove(sid);
     }
 
+    /// Closes every open session (server shutdown): clients see their
+    /// transport close and reconnect elsewhere or later.
+    pub fn close_all(&self, reason: CloseReason) {
+        for addr in self.sessions.read().values() {
+            addr.do_send(session::Close(reason));
+        }
+    }
+
     /// How many sessions are open.
     pub fn len(&self) -> usize {
         self.sessions.read().len()

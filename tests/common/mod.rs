@@ -126,7 +126,7 @@ impl TestServer {
         let realtime = state.realtime.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let server = server::serve(listener, state).unwrap();
+        let server = server::serve(listener, state).unwrap().server;
         let handle = server.handle();
         actix_rt::spawn(server);
         let client = awc::Client::builder()

@@ -179,14 +179,15 @@ impl Client {
             return;
         };
         let name = name.to_owned();
-        let refuse = |socket: &mut Socket<'_, '_, Self>, code: &str, message: &str| match ack_id {
-            Some(ack_id) => Self::subscribe_refused(socket, ack_id, &name, code, message),
-            None => Self::error(
-                socket,
-                Some(&name),
-                &PublishError::new("INVALID_INPUT", message.to_owned()),
-            ),
-        };
+        let refuse =
+            |socket: &mut Socket<'_, '_, Self>, code: &'static str, message: &str| match ack_id {
+                Some(ack_id) => Self::subscribe_refused(socket, ack_id, &name, code, message),
+                None => Self::error(
+                    socket,
+                    Some(&name),
+                    &PublishError::new(code, message.to_owned()),
+                ),
+            };
         if let Err(err) = validate_name(&name) {
             return refuse(socket, "INVALID_INPUT", &err.to_string());
         }
@@ -195,14 +196,16 @@ impl Client {
                 acks.extend(ack_id);
                 return;
             }
-            Some(Subscription::Joined {
-                channel,
-                can_publish,
-            }) => {
-                // Already live: ask the channel again for a fresh snapshot.
-                let (channel, can_publish) = (channel.clone(), *can_publish);
+            Some(Subscription::Joined { can_publish, .. }) => {
+                // Already live: join again (the channel keeps one entry per
+                // socket) for a fresh snapshot. Through the registry, which
+                // counts joins before it retires a channel.
+                let can_publish = *can_publish;
                 if let Some(subscriber) = self.subscriber(socket.address()) {
-                    channel.do_send(Join(subscriber));
+                    self.hub.registry.do_send(JoinChannel {
+                        name: name.clone(),
+                        join: Join(subscriber),
+                    });
                 }
                 self.subscriptions.insert(
                     name,

@@ -384,8 +384,10 @@ impl Channel {
             let frames: Arc<[Frame]> = frames.into();
             let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
             self.n_delivered += delivered.len() as u64;
-            let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
-            self.writer.do_send(RecordAudience(counts));
+            if n_sent > 0 {
+                let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
+                self.writer.do_send(RecordAudience(counts));
+            }
             for (mut row, reply) in delivered {
                 row.ws_audience_count = n_sent;
                 reply.send(Ok(&row));

@@ -156,8 +156,13 @@ async fn write_with_retries(
     loop {
         match queries::insert_batch(db, rows.clone()).await {
             Ok(()) => return Ok(()),
-            // A duplicate id means an earlier attempt committed after all.
+            // After a failed attempt, a duplicate id means that attempt
+            // committed after all; on the first attempt it is a real error.
             Err(PersistenceError::Duplicate) if attempt > 0 => return Ok(()),
+            Err(err @ PersistenceError::Duplicate) => {
+                tracing::error!(error = %err, rows = rows.len(), "message batch has a duplicate id; not stored");
+                return Err(err);
+            }
             Err(err) if attempt < RETRY_DELAYS_MS.len() => {
                 tracing::warn!(error = %err, attempt, rows = rows.len(), "message batch failed; retrying");
                 tokio::time::sleep(Duration::from_millis(RETRY_DELAYS_MS[attempt])).await;

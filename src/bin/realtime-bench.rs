@@ -123,6 +123,10 @@ struct ConnsArgs {
     /// Channels the connections spread over (presence grows with their size).
     #[arg(long, default_value_t = 100)]
     channels: usize,
+    /// Open only the WebSocket (Engine.IO open packet), without Socket.IO
+    /// CONNECT or subscribe: the transport's own cost.
+    #[arg(long)]
+    websocket_only: bool,
     /// Hold the connections this long before measuring memory.
     #[arg(long, default_value_t = 2)]
     settle_seconds: u64,
@@ -429,6 +433,18 @@ async fn setup_channel(target: &Target) -> Result<(), String> {
     }
 }
 
+/// Opens a WebSocket and reads the Engine.IO open packet, nothing more.
+async fn open_only(
+    target: &Target,
+    source: Option<IpAddr>,
+) -> Result<(WsReader, WsWriter), String> {
+    let (mut reader, writer) = ws_connect(target, source).await?;
+    match reader.next_text().await {
+        Some(open) if open.starts_with(b"0") => Ok((reader, writer)),
+        _ => Err("no open packet".into()),
+    }
+}
+
 /// Opens `n` subscribed connections, `concurrency` at a time.
 async fn join_many(
     target: &Target,
@@ -436,6 +452,17 @@ async fn join_many(
     concurrency: usize,
     channel_of: impl Fn(usize) -> String,
     source_of: impl Fn(usize) -> Option<IpAddr>,
+) -> Result<Vec<(WsReader, WsWriter)>, String> {
+    join_many_with(target, n, concurrency, channel_of, source_of, false).await
+}
+
+async fn join_many_with(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+    channel_of: impl Fn(usize) -> String,
+    source_of: impl Fn(usize) -> Option<IpAddr>,
+    websocket_only: bool,
 ) -> Result<Vec<(WsReader, WsWriter)>, String> {
     let mut joined = Vec::with_capacity(n);
     let mut index = 0;
@@ -447,7 +474,13 @@ async fn join_many(
                 let target = target.clone();
                 let channel = channel_of(i);
                 let source = source_of(i);
-                tokio::spawn(async move { join(&target, &channel, source).await })
+                tokio::spawn(async move {
+                    if websocket_only {
+                        open_only(&target, source).await
+                    } else {
+                        join(&target, &channel, source).await
+                    }
+                })
             })
             .collect();
         for task in tasks {
@@ -787,6 +820,7 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
         "connections": args.connections,
         "sources": sources,
         "channels": args.channels.max(1),
+        "websocket_only": args.websocket_only,
         "connect_subscribe_seconds": connect_seconds,
         "connects_per_second": args.connections as f64 / connect_seconds,
         "server_rss_before_kib": before,

@@ -75,7 +75,10 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+            // Engine.IO requests are not logged one by one: a WebSocket is a
+            // request that lasts hours, and polling sends one every few
+            // seconds per client. Sessions log their opening and close (debug).
+            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/socket.io/"))
             .configure(engineio::transport::configure(
                 "/socket.io/",
                 sockets.clone(),

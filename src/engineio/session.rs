@@ -381,6 +381,7 @@ impl<H: EngineHandler> Actor for Session<H> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Fan-out uses try_send: a session this far behind is too slow.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        tracing::debug!(sid = %self.core.sid, transport = self.core.transport_name(), "session opened");
         if matches!(self.core.transport, Transport::WebSocket(_)) {
             let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
             self.core.send(Frame::Text(open.into()), ctx);

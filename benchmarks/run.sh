@@ -30,7 +30,7 @@ realtime_suite() { # label, database url
   local label=$1 url=$2 dir
   dir=$(mktemp -d)
   (cd "$dir" && REALTIME__DATABASE__URL=$url REALTIME__SERVER__HOST=127.0.0.1 REALTIME__SERVER__PORT=7130 \
-    REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
+    REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error REALTIME__LIMITS__PUBLISH_RATE=0 \
     exec taskset -c "$server_core" "$OLDPWD/target/release/realtime") &
   local pid=$!
   wait_healthy 7130

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use serde_json::{json, Map, Value};
@@ -51,10 +52,13 @@ pub enum ClientEvent {
         /// Everyone present, this socket's member included.
         members: Vec<Value>,
     },
-    /// A publish that asked for an ack is durable and delivered, or failed.
+    /// A publish is durable and delivered (told only if an ack was asked),
+    /// or failed (always told).
     Published {
-        /// The client's ack id.
-        ack_id: u64,
+        /// The client's ack id, if it asked for one.
+        ack_id: Option<u64>,
+        /// The channel it was published to.
+        channel: Arc<str>,
         /// The message id, or why it failed.
         result: Result<Uuid, PublishFailure>,
     },
@@ -88,6 +92,8 @@ pub struct Client {
     member: Option<Member>,
     /// By channel name, in every state from request to live.
     subscriptions: HashMap<String, Subscription>,
+    /// Publish tokens left and when they were last counted.
+    publish_bucket: (f64, Instant),
 }
 
 impl Client {
@@ -95,11 +101,12 @@ impl Client {
     pub fn new(hub: Arc<Realtime>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Client {
-            hub,
             principal: None,
             subscriber_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             member: None,
             subscriptions: HashMap::new(),
+            publish_bucket: (f64::from(hub.limits.publish_burst), Instant::now()),
+            hub,
         }
     }
 
@@ -380,14 +387,15 @@ impl Client {
             .and_then(|arg| arg.get("channel"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        match self.prepare_publish(args) {
+        let prepared = self
+            .take_publish_token()
+            .and_then(|()| self.prepare_publish(args));
+        match prepared {
             Ok((channel, message)) => {
-                let reply = match ack_id {
-                    Some(ack_id) => Reply::Socket {
-                        client: socket.address(),
-                        ack_id,
-                    },
-                    None => Reply::None,
+                let reply = Reply::Socket {
+                    client: socket.address(),
+                    ack_id,
+                    channel: channel_name.unwrap_or_default().into(),
                 };
                 channel.do_send(Publish {
                     message,
@@ -395,17 +403,49 @@ impl Client {
                     via_registry: false,
                 });
             }
-            Err(err) => match ack_id {
-                Some(ack_id) => {
-                    socket.ack(
-                        NAMESPACE,
-                        ack_id,
-                        vec![json!({ "ok": false, "error": { "code": err.code, "message": err.message } })],
-                    );
-                }
-                None => Self::error(socket, channel_name.as_deref(), &err),
-            },
+            Err(err) => Self::publish_failed(socket, ack_id, channel_name.as_deref(), &err),
         }
+    }
+
+    /// Tells the publisher its publish failed: in the ack if it asked for
+    /// one, else as `realtime:error`.
+    fn publish_failed(
+        socket: &mut Socket<'_, '_, Self>,
+        ack_id: Option<u64>,
+        channel: Option<&str>,
+        err: &PublishError,
+    ) {
+        match ack_id {
+            Some(ack_id) => {
+                socket.ack(
+                    NAMESPACE,
+                    ack_id,
+                    vec![json!({ "ok": false, "error": { "code": err.code, "message": err.message } })],
+                );
+            }
+            None => Self::error(socket, channel, err),
+        }
+    }
+
+    /// Spends one publish from the socket's token bucket
+    /// (`limits.publish_rate` per second, `limits.publish_burst` at most).
+    fn take_publish_token(&mut self) -> Result<(), PublishError> {
+        let rate = self.hub.limits.publish_rate;
+        if rate == 0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.hub.limits.publish_burst);
+        let now = Instant::now();
+        let refill = now.duration_since(self.publish_bucket.1).as_secs_f64() * f64::from(rate);
+        self.publish_bucket = ((self.publish_bucket.0 + refill).min(burst), now);
+        if self.publish_bucket.0 < 1.0 {
+            return Err(PublishError::new(
+                "RATE_LIMITED",
+                format!("more than {rate} publishes per second; slow down"),
+            ));
+        }
+        self.publish_bucket.0 -= 1.0;
+        Ok(())
     }
 
     fn prepare_publish(&self, args: Vec<Value>) -> Result<(Addr<Channel>, Outgoing), PublishError> {
@@ -587,15 +627,27 @@ impl SocketHandler for Client {
                 channel,
                 members,
             } => self.on_joined(socket, name, channel, members),
-            ClientEvent::Published { ack_id, result } => {
-                let answer = match result {
-                    Ok(message_id) => json!({ "ok": true, "messageId": message_id }),
-                    Err(failure) => {
-                        json!({ "ok": false, "error": { "code": failure.code, "message": failure.message } })
+            ClientEvent::Published {
+                ack_id,
+                channel,
+                result,
+            } => match result {
+                Ok(message_id) => {
+                    if let Some(ack_id) = ack_id {
+                        socket.ack(
+                            NAMESPACE,
+                            ack_id,
+                            vec![json!({ "ok": true, "messageId": message_id })],
+                        );
                     }
-                };
-                socket.ack(NAMESPACE, ack_id, vec![answer]);
-            }
+                }
+                Err(failure) => Self::publish_failed(
+                    socket,
+                    ack_id,
+                    Some(&channel),
+                    &PublishError::from(failure),
+                ),
+            },
         }
     }
 

@@ -79,6 +79,13 @@ pub struct PipelineSettings {
 pub struct LimitSettings {
     /// Channels one socket may subscribe to. Defaults to 100.
     pub max_channels_per_socket: usize,
+    /// Publishes per second per socket, 0 for no limit. Defaults to 100.
+    pub publish_rate: u32,
+    /// Publishes a socket may burst above the rate. Defaults to 200.
+    pub publish_burst: u32,
+    /// Messages a channel may hold while they wait to be stored; more are
+    /// refused with `RATE_LIMITED`. Defaults to 100000.
+    pub max_pending_per_channel: usize,
 }
 
 /// The `[auth]` section.
@@ -200,7 +207,19 @@ impl Settings {
     /// # Errors
     /// As [`Settings::load`].
     pub fn from_toml_overlay(overlay: &str) -> Result<Settings, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(overlay)))
+        Self::from_toml_overlays(&[overlay])
+    }
+
+    /// Loads the defaults overlaid by several TOML strings in order.
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn from_toml_overlays(overlays: &[&str]) -> Result<Settings, ConfigError> {
+        let figment = overlays.iter().fold(
+            Figment::from(Toml::string(DEFAULT_TOML)),
+            |figment, overlay| figment.merge(Toml::string(overlay)),
+        );
+        Self::from_figment(figment)
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
@@ -262,6 +281,18 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.batch_size",
                 "must be from 1 to 1000",
+            ));
+        }
+        if self.limits.max_pending_per_channel == 0 {
+            return Err(ConfigError::new(
+                "limits.max_pending_per_channel",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.publish_rate > 0 && self.limits.publish_burst == 0 {
+            return Err(ConfigError::new(
+                "limits.publish_burst",
+                "must be at least 1 when publish_rate is set",
             ));
         }
         if self.limits.max_channels_per_socket == 0 {

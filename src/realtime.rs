@@ -24,6 +24,10 @@ use crate::persistence::PersistenceError;
 pub struct Limits {
     /// Most channels one socket may subscribe to.
     pub max_channels_per_socket: usize,
+    /// Publishes per second one socket may sustain; 0 for no limit.
+    pub publish_rate: u32,
+    /// Publishes one socket may send at once above the rate.
+    pub publish_burst: u32,
 }
 
 /// Why a publish was refused before or after it reached a channel.
@@ -130,7 +134,12 @@ impl Realtime {
                 .unwrap_or(1),
             n => n,
         };
-        let registry = ChannelRegistry::new(writer.clone(), n_threads).start_on_own_thread();
+        let registry = ChannelRegistry::new(
+            writer.clone(),
+            n_threads,
+            settings.limits.max_pending_per_channel,
+        )
+        .start_on_own_thread();
         Ok(Realtime {
             catalog,
             registry,
@@ -139,6 +148,8 @@ impl Realtime {
             permissions: Arc::new(AllowAll),
             limits: Limits {
                 max_channels_per_socket: settings.limits.max_channels_per_socket,
+                publish_rate: settings.limits.publish_rate,
+                publish_burst: settings.limits.publish_burst,
             },
         })
     }

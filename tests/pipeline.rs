@@ -17,6 +17,8 @@ backend_tests!(
     publish_with_nobody_listening_is_stored,
     subscriptions_per_socket_are_limited,
     presence_burst_tells_each_member_once,
+    publishes_beyond_the_rate_are_refused,
+    a_channel_refuses_publishes_when_storage_lags,
 );
 
 async fn anon(server: &TestServer) -> SioClient {
@@ -265,4 +267,120 @@ async fn presence_burst_tells_each_member_once(backend: Backend) {
         // Its own id (the last member it learned of in the snapshot) is never a join.
         assert!(joins.iter().all(|member| !snapshot.contains(member)));
     }
+}
+
+/// Publishes `n` messages with acks in one go; returns the acks in order.
+async fn publish_burst(client: &mut SioClient, channel: &str, n: u64) -> Vec<serde_json::Value> {
+    for id in 0..n {
+        let packet = json!(["realtime:publish", { "channel": channel, "event": "e", "payload": { "n": id } }]);
+        client
+            .ws
+            .send_text(&format!("42{}{packet}", 1000 + id))
+            .await;
+    }
+    let mut acks = std::collections::BTreeMap::new();
+    while acks.len() < n as usize {
+        match client.ws.recv_skipping_pings().await {
+            common::wire::WsFrame::Text(text) if text.starts_with("43") => {
+                let digits: String = text[2..].chars().take_while(char::is_ascii_digit).collect();
+                let ack: serde_json::Value =
+                    serde_json::from_str(&text[2 + digits.len()..]).unwrap();
+                acks.insert(digits.parse::<u64>().unwrap(), ack[0].clone());
+            }
+            common::wire::WsFrame::Text(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    acks.into_values().collect()
+}
+
+async fn publishes_beyond_the_rate_are_refused(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, "[limits]\npublish_rate = 5\npublish_burst = 5\n").await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "busy" })),
+        )
+        .await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "busy").await;
+    let acks = publish_burst(&mut client, "busy", 20).await;
+    let accepted = acks.iter().filter(|ack| ack["ok"] == true).count();
+    let limited = acks
+        .iter()
+        .filter(|ack| ack["error"]["code"] == "RATE_LIMITED")
+        .count();
+    assert!(
+        (5..=6).contains(&accepted),
+        "the burst of 5 (and at most one refill): {acks:?}"
+    );
+    assert_eq!(accepted + limited, 20);
+    // Without an ack the refusal comes as realtime:error.
+    client
+        .emit(
+            "realtime:publish",
+            json!({ "channel": "busy", "event": "e", "payload": {} }),
+        )
+        .await;
+    loop {
+        let (name, body) = client.next_event().await.expect("connection stays open");
+        if name == "realtime:error" {
+            assert_eq!(body["code"], "RATE_LIMITED");
+            assert_eq!(body["channel"], "busy");
+            break;
+        }
+    }
+    let (_, stats) = server
+        .admin("GET", "/api/realtime/messages/stats", None)
+        .await;
+    assert_eq!(
+        stats["totalMessages"], accepted,
+        "refused publishes are not stored"
+    );
+}
+
+async fn a_channel_refuses_publishes_when_storage_lags(backend: Backend) {
+    // Storage that takes 1.5 s per batch, and room for 3 unstored messages.
+    let server = TestServer::start_with(
+        backend,
+        "[database]\nbatch_window_ms = 1500\n[limits]\npublish_rate = 0\nmax_pending_per_channel = 3\n",
+    )
+    .await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "lagging" })),
+        )
+        .await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "lagging").await;
+    let acks = publish_burst(&mut client, "lagging", 6).await;
+    let codes: Vec<_> = acks
+        .iter()
+        .map(|ack| {
+            if ack["ok"] == true {
+                "ok".to_owned()
+            } else {
+                ack["error"]["code"].as_str().unwrap().to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "RATE_LIMITED",
+            "RATE_LIMITED",
+            "RATE_LIMITED"
+        ]
+    );
+    let (_, stats) = server
+        .admin("GET", "/api/realtime/messages/stats", None)
+        .await;
+    assert_eq!(stats["totalMessages"], 3);
 }

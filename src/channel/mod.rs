@@ -87,14 +87,15 @@ pub struct PublishFailure {
 /// Where the outcome of a publish goes.
 #[derive(Debug)]
 pub enum Reply {
-    /// Nobody asked.
-    None,
-    /// A socket that asked for an ack.
+    /// The publishing socket: an ack if it asked for one; a
+    /// `realtime:error` if it did not and the publish failed.
     Socket {
         /// The publishing session.
         client: ClientAddr,
-        /// The Socket.IO ack id to answer.
-        ack_id: u64,
+        /// The Socket.IO ack id to answer, if any.
+        ack_id: Option<u64>,
+        /// The channel name, for the error event.
+        channel: Arc<str>,
     },
     /// A REST request waiting for the result.
     Http(oneshot::Sender<Result<Delivered, PublishFailure>>),
@@ -103,13 +104,18 @@ pub enum Reply {
 impl Reply {
     fn send(self, result: Result<&messages::Model, PublishFailure>) {
         match self {
-            Reply::None => {}
-            Reply::Socket { client, ack_id } => {
-                client.do_send(SessionEvent(ClientEvent::Published {
+            Reply::Socket {
+                client,
+                ack_id,
+                channel,
+            } => match (ack_id, result) {
+                (None, Ok(_)) => {}
+                (ack_id, result) => client.do_send(SessionEvent(ClientEvent::Published {
                     ack_id,
+                    channel,
                     result: result.map(|row| row.id),
-                }))
-            }
+                })),
+            },
             Reply::Http(tx) => {
                 let _ = tx.send(result.map(|row| Delivered { row: row.clone() }));
             }
@@ -216,6 +222,8 @@ pub struct Channel {
     presence: HashMap<String, PresenceEntry>,
     /// Accepted messages in channel order, until delivered or failed.
     pending: VecDeque<Pending>,
+    /// Most messages `pending` may hold (`limits.max_pending_per_channel`).
+    max_pending: usize,
     /// Presence events waiting to go out, coalesced per mailbox turn so a
     /// burst of joins costs each subscriber one push, not one per join.
     presence_outbox: Vec<PresenceEvent>,
@@ -239,6 +247,7 @@ impl Channel {
         name: Arc<str>,
         registry: Addr<ChannelRegistry>,
         writer: Addr<MessageWriter>,
+        max_pending: usize,
     ) -> Self {
         Channel {
             name,
@@ -247,6 +256,7 @@ impl Channel {
             subscribers: HashMap::new(),
             presence: HashMap::new(),
             pending: VecDeque::new(),
+            max_pending,
             presence_outbox: Vec::new(),
             presence_seq: 0,
             subscribed_since: HashMap::new(),
@@ -516,6 +526,16 @@ impl Handler<Publish> for Channel {
         }
         self.last_activity = Instant::now();
         let Publish { message, reply, .. } = publish;
+        if self.pending.len() >= self.max_pending {
+            // The database is not keeping up: refuse rather than buffer
+            // without bound.
+            reply.send(Err(PublishFailure {
+                code: "RATE_LIMITED",
+                message: "channel is over capacity: messages are not being stored fast enough; retry later"
+                    .to_owned(),
+            }));
+            return;
+        }
         let id = Uuid::now_v7();
         let created_at = crate::persistence::now();
         let mut body = message.payload.clone();

@@ -30,17 +30,21 @@ struct Entry {
 pub struct ChannelRegistry {
     channels: HashMap<Arc<str>, Entry>,
     writer: Addr<MessageWriter>,
+    /// Given to each channel: the bound of its queue of unstored messages.
+    max_pending: usize,
     /// Threads the channels run on; they live as long as the registry.
     arbiters: Vec<Arbiter>,
 }
 
 impl ChannelRegistry {
-    /// A registry whose channels write through `writer` and run on
-    /// `n_threads` arbiters.
-    pub fn new(writer: Addr<MessageWriter>, n_threads: usize) -> Self {
+    /// A registry whose channels write through `writer`, run on
+    /// `n_threads` arbiters and hold at most `max_pending` unstored
+    /// messages each.
+    pub fn new(writer: Addr<MessageWriter>, n_threads: usize, max_pending: usize) -> Self {
         ChannelRegistry {
             channels: HashMap::new(),
             writer,
+            max_pending,
             arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
         }
     }
@@ -64,8 +68,9 @@ impl ChannelRegistry {
             let registry = ctx.address();
             let writer = self.writer.clone();
             let channel_name = name.clone();
+            let max_pending = self.max_pending;
             let channel = Channel::start_in_arbiter(&self.arbiter_for(&name), move |_| {
-                Channel::new(channel_name, registry, writer)
+                Channel::new(channel_name, registry, writer, max_pending)
             });
             tracing::debug!(channel = %name, "channel started");
             self.channels.insert(

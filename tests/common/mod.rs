@@ -88,13 +88,12 @@ pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempD
 
 /// Settings for a test server on `database_url`, with fixed keys.
 pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
-    let overlay = format!(
+    let base = format!(
         "[server]\nhost = \"127.0.0.1\"\nport = 0\nworkers = 1\nmax_body_bytes = 65536\n\
          [database]\nurl = \"{database_url}\"\npool_size = 4\n\
-         [auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\nanon_keys = [\"{ANON_KEY}\"]\n\
-         {extra_toml}"
+         [auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\nanon_keys = [\"{ANON_KEY}\"]\n"
     );
-    Settings::from_toml_overlay(&overlay).unwrap()
+    Settings::from_toml_overlays(&[&base, extra_toml]).unwrap()
 }
 
 /// A running server and a client for it.

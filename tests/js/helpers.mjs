@@ -102,6 +102,9 @@ export async function startRealtime(backend, extraEnv = {}) {
     REALTIME__AUTH__API_KEYS: `["${API_KEY}"]`,
     REALTIME__AUTH__ANON_KEYS: `["${ANON_KEY}"]`,
     REALTIME__LOG__LEVEL: "warn",
+    // The bulk-ordering test publishes 1,000 messages from one socket; the
+    // per-socket rate limit has its own tests in tests/pipeline.rs.
+    REALTIME__LIMITS__PUBLISH_RATE: "0",
     ...extraEnv,
   };
   const child = spawn(bin, ["serve"], { env, stdio: ["ignore", "inherit", "inherit"] });

@@ -594,6 +594,13 @@ impl SocketHandler for Client {
     }
 
     fn on_event(&mut self, socket: &mut Socket<'_, '_, Self>, _namespace: &str, event: Event) {
+        if !event.attachments.is_empty() {
+            let err = PublishError::new(
+                "INVALID_INPUT",
+                "binary attachments are not supported; send JSON",
+            );
+            return Self::publish_failed(socket, event.ack_id, None, &err);
+        }
         match event.name.as_str() {
             "realtime:subscribe" => self.on_subscribe(socket, &event.args, event.ack_id),
             "realtime:unsubscribe" => self.on_unsubscribe(socket, &event.args, event.ack_id),

@@ -134,6 +134,7 @@ impl EngineIoSettings {
     pub fn socketio_config(&self) -> crate::socketio::SocketIoConfig {
         crate::socketio::SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_attachment_bytes: self.max_payload,
         }
     }
 }

@@ -36,6 +36,7 @@ pub fn engine_config() -> EngineConfig {
 pub fn socketio_config() -> SocketIoConfig {
     SocketIoConfig {
         connect_timeout: Duration::from_millis(1000),
+        max_attachment_bytes: 1_000_000,
     }
 }
 

@@ -77,6 +77,7 @@ async fn server_emits_with_ack_and_receives_the_answer() {
             Asker { asked: None },
             SocketIoConfig {
                 connect_timeout: Duration::from_secs(5),
+                max_attachment_bytes: 100_000,
             },
         )
     });

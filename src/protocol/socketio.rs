@@ -112,6 +112,9 @@ pub enum DecodeError {
     /// A placeholder that names no attachment.
     #[error("invalid binary placeholder")]
     InvalidPlaceholder,
+    /// Attachments that add up to more than the decoder's limit.
+    #[error("binary attachments too large")]
+    AttachmentsTooLarge,
     /// A binary message when no attachment was expected.
     #[error("unexpected binary attachment")]
     UnexpectedBinary,
@@ -324,13 +327,33 @@ pub struct Received {
 
 /// Turns the Engine.IO messages of one connection into Socket.IO packets,
 /// holding a binary packet until all its attachments have arrived.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     /// The binary packet being completed and the attachments so far.
     pending: Option<Received>,
+    /// Bytes of attachments held for `pending`.
+    pending_bytes: usize,
+    /// Most attachment bytes one packet may carry in all.
+    max_attachment_bytes: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::with_limit(usize::MAX)
+    }
 }
 
 impl Decoder {
+    /// A decoder that refuses packets whose attachments add up to more
+    /// than `max_attachment_bytes`.
+    pub fn with_limit(max_attachment_bytes: usize) -> Self {
+        Decoder {
+            pending: None,
+            pending_bytes: 0,
+            max_attachment_bytes,
+        }
+    }
+
     /// Feeds one text message.
     ///
     /// # Errors
@@ -361,8 +384,14 @@ impl Decoder {
     /// [`DecodeError::UnexpectedBinary`] when no attachment was expected.
     pub fn binary(&mut self, bytes: Bytes) -> Result<Option<Received>, DecodeError> {
         let pending = self.pending.as_mut().ok_or(DecodeError::UnexpectedBinary)?;
+        self.pending_bytes += bytes.len();
+        if self.pending_bytes > self.max_attachment_bytes {
+            self.pending = None;
+            return Err(DecodeError::AttachmentsTooLarge);
+        }
         pending.attachments.push(bytes);
         if pending.attachments.len() == pending.packet.attachments {
+            self.pending_bytes = 0;
             Ok(self.pending.take())
         } else {
             Ok(None)
@@ -532,6 +561,19 @@ mod tests {
             decoder.binary(Bytes::new()),
             Err(DecodeError::UnexpectedBinary)
         );
+    }
+
+    #[test]
+    fn attachments_are_bounded_in_total() {
+        let mut decoder = Decoder::with_limit(5);
+        let header = r#"52-["x",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+        assert_eq!(decoder.text(header), Ok(None));
+        assert_eq!(decoder.binary(Bytes::from_static(b"abc")), Ok(None));
+        assert_eq!(
+            decoder.binary(Bytes::from_static(b"def")),
+            Err(DecodeError::AttachmentsTooLarge)
+        );
+        assert!(!decoder.is_waiting());
     }
 
     #[test]

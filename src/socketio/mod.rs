@@ -122,6 +122,8 @@ pub trait SocketHandler: Sized + Unpin + 'static {
 pub struct SocketIoConfig {
     /// How long a new connection may take to join a namespace.
     pub connect_timeout: Duration,
+    /// Most bytes of binary attachments one packet may carry in all.
+    pub max_attachment_bytes: usize,
 }
 
 /// The namespace sockets of one connection and what the handler may do
@@ -271,7 +273,7 @@ impl<A: SocketHandler> SocketIo<A> {
         SocketIo {
             app,
             config,
-            decoder: Decoder::default(),
+            decoder: Decoder::with_limit(config.max_attachment_bytes),
             namespaces: HashMap::new(),
             next_ack_id: 0,
             connect_timer: None,

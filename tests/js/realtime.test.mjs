@@ -182,6 +182,8 @@ for (const backend of backends()) {
       assert.equal((await publish(socket, "order:7", "", {})).error.code, "REALTIME_INVALID_EVENT");
       assert.equal((await publish(socket, "order:7", "presence:join", {})).error.code, "REALTIME_INVALID_EVENT");
       assert.equal((await publish(socket, "order:7", "connect", {})).error.code, "REALTIME_INVALID_EVENT");
+      const binary = await publish(socket, "order:7", "x", { blob: Buffer.from([1, 2, 3]) });
+      assert.equal(binary.error.code, "INVALID_INPUT", "binary attachments are refused");
       const unknown = await new Promise((resolve) => socket.emit("realtime:nope", {}, resolve));
       assert.equal(unknown.error.code, "REALTIME_INVALID_EVENT");
       assert.ok(socket.connected, "errors never cost the connection");

@@ -272,8 +272,8 @@ impl<A: SocketHandler> SocketIo<A> {
     pub fn new(app: A, config: SocketIoConfig) -> Self {
         SocketIo {
             app,
-            config,
             decoder: Decoder::with_limit(config.max_attachment_bytes),
+            config,
             namespaces: HashMap::new(),
             next_ack_id: 0,
             connect_timer: None,

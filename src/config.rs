@@ -25,6 +25,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The Engine.IO / Socket.IO endpoint.
     pub engineio: EngineIoSettings,
+    /// Deleting expired history.
+    pub retention: RetentionSettings,
     /// The message pipeline.
     pub pipeline: PipelineSettings,
     /// Per-socket limits.
@@ -63,6 +65,16 @@ pub struct DatabaseSettings {
     pub batch_size: usize,
     /// Longest wait for a batch to fill. Defaults to 2 ms.
     pub batch_window_ms: u64,
+}
+
+/// The `[retention]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Time between sweeps. Defaults to 60000 ms.
+    pub sweep_interval_ms: u64,
+    /// Rows per DELETE. Defaults to 10000.
+    pub sweep_batch_size: u64,
 }
 
 /// The `[pipeline]` section.
@@ -282,6 +294,18 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.batch_size",
                 "must be from 1 to 1000",
+            ));
+        }
+        if self.retention.sweep_interval_ms < 10 {
+            return Err(ConfigError::new(
+                "retention.sweep_interval_ms",
+                "must be at least 10",
+            ));
+        }
+        if self.retention.sweep_batch_size == 0 {
+            return Err(ConfigError::new(
+                "retention.sweep_batch_size",
+                "must be at least 1",
             ));
         }
         if self.limits.max_pending_per_channel == 0 {

@@ -3,6 +3,9 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
@@ -12,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::client::Client;
 use crate::config::Settings;
 use crate::engineio::{self, EngineServer};
+use crate::persistence::sweeper::RetentionSweeper;
 use crate::realtime::Realtime;
 use crate::socketio::SocketIo;
 use crate::{api, persistence};
@@ -30,7 +34,8 @@ pub struct AppState {
 
 impl AppState {
     /// Connects to the database, applies pending migrations and starts the
-    /// realtime pipeline's actors. Must run inside an actix system.
+    /// realtime pipeline's actors and the retention sweeper. Must run inside
+    /// an actix system.
     ///
     /// # Errors
     /// The database cannot be opened or migrated.
@@ -39,6 +44,12 @@ impl AppState {
         persistence::migrate(&db).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let realtime = Arc::new(Realtime::start(&db, &settings, auth.clone()).await?);
+        RetentionSweeper::new(
+            db.clone(),
+            Duration::from_millis(settings.retention.sweep_interval_ms),
+            settings.retention.sweep_batch_size,
+        )
+        .start();
         Ok(AppState {
             db,
             auth,

@@ -26,6 +26,7 @@ backend_tests!(
     permissions_lists,
     unknown_routes_and_methods,
     batched_writes_for_the_pipeline,
+    retention_sweeps_expired_messages_in_batches,
 );
 
 async fn create_channel(server: &TestServer, body: Value) -> Value {
@@ -793,4 +794,51 @@ async fn batched_writes_for_the_pipeline(backend: Backend) {
         let minute = row["payload"]["minute"].as_i64().unwrap();
         assert_eq!(row["wsAudienceCount"], minute, "{row}");
     }
+}
+
+async fn retention_sweeps_expired_messages_in_batches(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        "[retention]\nsweep_interval_ms = 50\nsweep_batch_size = 2\n",
+    )
+    .await;
+    // Five messages from 2025 and two from today.
+    let mut rows: Vec<_> = (0..5).map(|m| message(None, "chat:1", "old", m)).collect();
+    for _ in 0..2 {
+        let mut recent = message(None, "chat:1", "new", 0);
+        recent.created_at = persistence::now();
+        rows.push(recent);
+    }
+    insert(&server, rows).await;
+    let total = || async {
+        let (_, stats) = server
+            .admin("GET", "/api/realtime/messages/stats", None)
+            .await;
+        stats["totalMessages"].as_i64().unwrap()
+    };
+    // Kept forever while retentionDays is null.
+    actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(total().await, 7);
+
+    server
+        .admin(
+            "PATCH",
+            "/api/realtime/config",
+            Some(json!({ "retentionDays": 30 })),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while total().await != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired messages not swept"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, left) = server.admin("GET", "/api/realtime/messages", None).await;
+    assert!(left
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["eventName"] == "new"));
 }

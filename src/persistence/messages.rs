@@ -131,6 +131,28 @@ pub async fn list(
         .await?)
 }
 
+/// Deletes up to `limit` messages created before `cutoff`; returns how many.
+///
+/// # Errors
+/// Database failures.
+pub async fn delete_older_than(
+    db: &DatabaseConnection,
+    cutoff: DateTime<Utc>,
+    limit: u64,
+) -> Result<u64, PersistenceError> {
+    let expired = sea_orm::sea_query::Query::select()
+        .column(Column::Id)
+        .from(Messages)
+        .and_where(Expr::col(Column::CreatedAt).lt(cutoff))
+        .limit(limit)
+        .to_owned();
+    let result = Messages::delete_many()
+        .filter(Column::Id.in_subquery(expired))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
 /// Deletes every message and returns how many there were.
 ///
 /// # Errors

@@ -6,12 +6,14 @@
 //! - [`messages`]: history listing, clearing and statistics.
 //! - [`permissions`]: the row-level-security policies of realtime.
 //! - [`retention`]: the `config` singleton row.
+//! - [`sweeper`]: the `RetentionSweeper` actor, which deletes expired history.
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
 pub mod messages;
 pub mod permissions;
 pub mod retention;
+pub mod sweeper;
 pub mod writer;
 
 use std::path::Path;

@@ -439,6 +439,7 @@ impl Client {
         let refill = now.duration_since(self.publish_bucket.1).as_secs_f64() * f64::from(rate);
         self.publish_bucket = ((self.publish_bucket.0 + refill).min(burst), now);
         if self.publish_bucket.0 < 1.0 {
+            crate::metrics::METRICS.publishes_rate_limited.inc();
             return Err(PublishError::new(
                 "RATE_LIMITED",
                 format!("more than {rate} publishes per second; slow down"),

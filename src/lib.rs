@@ -13,6 +13,7 @@
 //! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
 //! - [`engineio`]: the Engine.IO server: session actors and transports.
 //! - [`socketio`]: the Socket.IO layer over Engine.IO sessions.
+//! - [`metrics`]: process-wide counters for `GET /metrics`.
 //! - [`server`]: wiring: database, state, HTTP server.
 //! - [`conformance`]: the protocol conformance server on the same layers.
 
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod conformance;
 pub mod engineio;
+pub mod metrics;
 pub mod pattern;
 pub mod permissions;
 pub mod persistence;

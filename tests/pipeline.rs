@@ -19,6 +19,7 @@ backend_tests!(
     presence_burst_tells_each_member_once,
     publishes_beyond_the_rate_are_refused,
     a_channel_refuses_publishes_when_storage_lags,
+    metrics_count_the_pipeline,
 );
 
 async fn anon(server: &TestServer) -> SioClient {
@@ -383,4 +384,54 @@ async fn a_channel_refuses_publishes_when_storage_lags(backend: Backend) {
         .admin("GET", "/api/realtime/messages/stats", None)
         .await;
     assert_eq!(stats["totalMessages"], 3);
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+async fn metrics_count_the_pipeline(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "counted" })),
+        )
+        .await;
+    let (status, before) = server.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(before.contains("# TYPE realtime_sessions_open gauge"));
+    assert!(before.contains("realtime_sessions_closed_total{reason=\"ping_timeout\"}"));
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "counted").await;
+    for n in 0..3 {
+        let (status, _) = server
+            .admin(
+                "POST",
+                "/api/realtime/messages",
+                Some(json!({ "channel": "counted", "event": "e", "payload": { "n": n } })),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (_, after) = server.get_text("/metrics").await;
+    // Other tests run in this process too: counters only grow, by at least ours.
+    for (name, at_least) in [
+        ("realtime_messages_accepted_total", 3),
+        ("realtime_messages_delivered_total", 3),
+        ("realtime_socket_deliveries_total", 3),
+        ("realtime_writer_rows_total", 3),
+        ("realtime_sessions_opened_total", 1),
+    ] {
+        assert!(
+            metric(&after, name) >= metric(&before, name) + at_least,
+            "{name}"
+        );
+    }
+    assert!(metric(&after, "realtime_sessions_open") >= 1);
+    assert!(metric(&after, "realtime_channels_live") >= 1);
 }

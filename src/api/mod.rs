@@ -29,6 +29,11 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         cfg.app_data(json_config(max_body_bytes))
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .service(
+                web::resource("/metrics")
+                    .get(metrics)
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
                 web::resource("/health")
                     .get(health)
                     .default_service(web::to(method_not_allowed)),
@@ -78,6 +83,14 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
     ApiError::method_not_allowed(req.method().as_str(), req.path()).error_response()
+}
+
+/// `GET /metrics`: Prometheus text. Counts only, no names or payloads, so
+/// it needs no credentials, like `/health`.
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render())
 }
 
 /// `GET /health`: 200 while the database answers, 503 when it does not.

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::client::{ClientAddr, ClientEvent};
 use crate::engineio::session::{Close, PushMany};
 use crate::engineio::{CloseReason, SessionEvent};
+use crate::metrics::METRICS;
 use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
 use crate::protocol::engineio::Frame;
 use registry::{ChannelRegistry, Idle};
@@ -381,6 +382,7 @@ impl Channel {
                     delivered.push((pending.row, pending.reply));
                 }
                 Some(Err(err)) => {
+                    METRICS.messages_failed.inc();
                     let failure = PublishFailure {
                         code: "INTERNAL_ERROR",
                         message: format!("message could not be stored: {err}"),
@@ -394,6 +396,10 @@ impl Channel {
             let frames: Arc<[Frame]> = frames.into();
             let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
             self.n_delivered += delivered.len() as u64;
+            METRICS.messages_delivered.add(delivered.len() as u64);
+            METRICS
+                .socket_deliveries
+                .add(delivered.len() as u64 * n_sent as u64);
             if n_sent > 0 {
                 let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
                 self.writer.do_send(RecordAudience(counts));
@@ -527,6 +533,7 @@ impl Handler<Publish> for Channel {
         self.last_activity = Instant::now();
         let Publish { message, reply, .. } = publish;
         if self.pending.len() >= self.max_pending {
+            METRICS.publishes_rate_limited.inc();
             // The database is not keeping up: refuse rather than buffer
             // without bound.
             reply.send(Err(PublishFailure {
@@ -554,6 +561,7 @@ impl Handler<Publish> for Channel {
             wh_delivered_count: 0,
             created_at,
         };
+        METRICS.messages_accepted.inc();
         self.writer.do_send(Persist {
             row: row.clone(),
             notify: ctx.address().recipient(),

@@ -73,6 +73,7 @@ impl ChannelRegistry {
                 Channel::new(channel_name, registry, writer, max_pending)
             });
             tracing::debug!(channel = %name, "channel started");
+            crate::metrics::METRICS.channels_started.inc();
             self.channels.insert(
                 name.clone(),
                 Entry {
@@ -159,6 +160,7 @@ impl Handler<Idle> for ChannelRegistry {
         if retire {
             if let Some(entry) = self.channels.remove(&idle.name) {
                 entry.channel.do_send(Retire);
+                crate::metrics::METRICS.channels_retired.inc();
                 tracing::debug!(channel = %idle.name, "channel retired");
             }
         }

@@ -382,6 +382,7 @@ impl<H: EngineHandler> Actor for Session<H> {
         // Fan-out uses try_send: a session this far behind is too slow.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         tracing::debug!(sid = %self.core.sid, transport = self.core.transport_name(), "session opened");
+        crate::metrics::METRICS.sessions_opened.inc();
         if matches!(self.core.transport, Transport::WebSocket(_)) {
             let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
             self.core.send(Frame::Text(open.into()), ctx);
@@ -393,6 +394,7 @@ impl<H: EngineHandler> Actor for Session<H> {
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         self.registry.remove(&self.core.sid);
         let reason = self.core.closing.unwrap_or(CloseReason::ServerClose);
+        crate::metrics::METRICS.sessions_closed[crate::metrics::close_reason_index(reason)].inc();
         tracing::debug!(sid = %self.core.sid, reason = reason.as_str(), "session closed");
         self.with_handler(ctx, |handler, link| handler.on_close(link, reason));
     }

@@ -134,6 +134,10 @@ impl MessageWriter {
         };
         ctx.spawn(write.into_actor(self).map(move |inserted, writer, ctx| {
             writer.flushing = false;
+            if inserted.is_ok() && !batch.is_empty() {
+                crate::metrics::METRICS.writer_batches.inc();
+                crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
+            }
             notify_channels(batch, inserted.map_err(|err| err.to_string()));
             if writer.is_idle() {
                 for waiter in writer.drain_waiters.drain(..) {

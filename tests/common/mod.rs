@@ -174,6 +174,19 @@ impl TestServer {
         .await
     }
 
+    /// GETs `path` and returns status and body text (for non-JSON answers).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.body().await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
     /// Sends raw bytes, for malformed-input tests.
     pub async fn send_raw(
         &self,

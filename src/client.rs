@@ -209,19 +209,8 @@ impl Client {
                 // counts joins before it retires a channel.
                 let can_publish = *can_publish;
                 if let Some(subscriber) = self.subscriber(socket.address()) {
-                    self.hub.registry.do_send(JoinChannel {
-                        name: name.clone(),
-                        join: Join(subscriber),
-                    });
+                    self.join(name, subscriber, ack_id.into_iter().collect(), can_publish);
                 }
-                self.subscriptions.insert(
-                    name,
-                    Subscription::Joining {
-                        acks: ack_id.into_iter().collect(),
-                        can_publish,
-                        cancelled: false,
-                    },
-                );
                 return;
             }
             None => {}
@@ -291,6 +280,12 @@ impl Client {
             }
             return;
         };
+        self.join(name, subscriber, acks, can_publish);
+    }
+
+    /// Asks the registry to add `subscriber` to `name` (it counts joins
+    /// before it retires a channel) and waits for `Joined`.
+    fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>, can_publish: bool) {
         self.hub.registry.do_send(JoinChannel {
             name: name.clone(),
             join: Join(subscriber),

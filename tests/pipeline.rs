@@ -22,6 +22,17 @@ backend_tests!(
     metrics_count_the_pipeline,
 );
 
+async fn create_channel(server: &TestServer, pattern: &str) {
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": pattern })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 async fn anon(server: &TestServer) -> SioClient {
     SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await
 }
@@ -48,13 +59,7 @@ where
 async fn slow_subscriber_is_closed_and_others_get_everything(backend: Backend) {
     // A small queue so that a client that stops reading overflows it.
     let server = TestServer::start_with(backend, "[engineio]\nmax_buffered_packets = 600\n").await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "feed:%" })),
-        )
-        .await;
+    create_channel(&server, "feed:%").await;
     let mut reader = anon(&server).await;
     subscribe(&mut reader, "feed:1").await;
     let mut sleeper = anon(&server).await;
@@ -119,13 +124,7 @@ async fn slow_subscriber_is_closed_and_others_get_everything(backend: Backend) {
 
 async fn idle_channels_are_retired(backend: Backend) {
     let server = TestServer::start(backend).await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "room:%" })),
-        )
-        .await;
+    create_channel(&server, "room:%").await;
     let live = || async { server.realtime.registry.send(CountChannels).await.unwrap() };
     let mut first = anon(&server).await;
     let mut second = anon(&server).await;
@@ -149,13 +148,7 @@ async fn idle_channels_are_retired(backend: Backend) {
 
 async fn publish_with_nobody_listening_is_stored(backend: Backend) {
     let server = TestServer::start(backend).await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "alone" })),
-        )
-        .await;
+    create_channel(&server, "alone").await;
     let (status, body) = server
         .admin(
             "POST",
@@ -179,13 +172,7 @@ async fn publish_with_nobody_listening_is_stored(backend: Backend) {
 
 async fn subscriptions_per_socket_are_limited(backend: Backend) {
     let server = TestServer::start_with(backend, "[limits]\nmax_channels_per_socket = 2\n").await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "room:%" })),
-        )
-        .await;
+    create_channel(&server, "room:%").await;
     let mut client = anon(&server).await;
     subscribe(&mut client, "room:1").await;
     subscribe(&mut client, "room:2").await;
@@ -200,13 +187,7 @@ async fn subscriptions_per_socket_are_limited(backend: Backend) {
 
 async fn presence_burst_tells_each_member_once(backend: Backend) {
     let server = TestServer::start(backend).await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "crowd" })),
-        )
-        .await;
+    create_channel(&server, "crowd").await;
     const N: usize = 25;
     let mut clients = Vec::new();
     for _ in 0..N {
@@ -298,13 +279,7 @@ async fn publish_burst(client: &mut SioClient, channel: &str, n: u64) -> Vec<ser
 async fn publishes_beyond_the_rate_are_refused(backend: Backend) {
     let server =
         TestServer::start_with(backend, "[limits]\npublish_rate = 5\npublish_burst = 5\n").await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "busy" })),
-        )
-        .await;
+    create_channel(&server, "busy").await;
     let mut client = anon(&server).await;
     subscribe(&mut client, "busy").await;
     let acks = publish_burst(&mut client, "busy", 20).await;
@@ -349,13 +324,7 @@ async fn a_channel_refuses_publishes_when_storage_lags(backend: Backend) {
         "[database]\nbatch_window_ms = 1500\n[limits]\npublish_rate = 0\nmax_pending_per_channel = 3\n",
     )
     .await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "lagging" })),
-        )
-        .await;
+    create_channel(&server, "lagging").await;
     let mut client = anon(&server).await;
     subscribe(&mut client, "lagging").await;
     let acks = publish_burst(&mut client, "lagging", 6).await;
@@ -395,13 +364,7 @@ fn metric(text: &str, name: &str) -> u64 {
 
 async fn metrics_count_the_pipeline(backend: Backend) {
     let server = TestServer::start(backend).await;
-    server
-        .admin(
-            "POST",
-            "/api/realtime/channels",
-            Some(json!({ "pattern": "counted" })),
-        )
-        .await;
+    create_channel(&server, "counted").await;
     let (status, before) = server.get_text("/metrics").await;
     assert_eq!(status, 200);
     assert!(before.contains("# TYPE realtime_sessions_open gauge"));

@@ -280,10 +280,9 @@ async fn oversize_websocket_frame_closes() {
     assert_eq!(ws.recv().await, WsFrame::Closed);
 }
 
-#[actix_rt::test]
-async fn upgrade_from_polling_to_websocket() {
-    let server = ConformanceServer::start();
-    let (session, _) = Polling::open(&server, EIO).await;
+/// A polling session with a WebSocket that joined it and answered the probe.
+async fn probed_upgrade(server: &ConformanceServer) -> (Polling, String, WsClient) {
+    let (session, _) = Polling::open(server, EIO).await;
     let ws_url = server.url(
         EIO,
         &format!("EIO=4&transport=websocket&sid={}", session.sid),
@@ -291,6 +290,13 @@ async fn upgrade_from_polling_to_websocket() {
     let mut ws = WsClient::connect(&ws_url).await.unwrap();
     ws.send_text("2probe").await;
     ws.expect_text("3probe").await;
+    (session, ws_url, ws)
+}
+
+#[actix_rt::test]
+async fn upgrade_from_polling_to_websocket() {
+    let server = ConformanceServer::start();
+    let (session, ws_url, mut ws) = probed_upgrade(&server).await;
 
     // The paused long poll is released with a noop, promptly.
     let started = Instant::now();
@@ -319,14 +325,7 @@ async fn upgrade_from_polling_to_websocket() {
 #[actix_rt::test]
 async fn upgrade_keeps_the_heartbeat_and_queued_packets() {
     let server = ConformanceServer::start();
-    let (session, _) = Polling::open(&server, EIO).await;
-    let ws_url = server.url(
-        EIO,
-        &format!("EIO=4&transport=websocket&sid={}", session.sid),
-    );
-    let mut ws = WsClient::connect(&ws_url).await.unwrap();
-    ws.send_text("2probe").await;
-    ws.expect_text("3probe").await;
+    let (session, _, mut ws) = probed_upgrade(&server).await;
     // Posted during the upgrade: the echo waits and arrives on the WebSocket.
     session.send("4queued").await;
     ws.send_text("5").await;

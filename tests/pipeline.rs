@@ -288,9 +288,11 @@ async fn publishes_beyond_the_rate_are_refused(backend: Backend) {
         .iter()
         .filter(|ack| ack["error"]["code"] == "RATE_LIMITED")
         .count();
+    // The burst of 5, plus one more per 200 ms the 20 sends took (a few on
+    // a loaded machine).
     assert!(
-        (5..=6).contains(&accepted),
-        "the burst of 5 (and at most one refill): {acks:?}"
+        (5..=8).contains(&accepted),
+        "the burst of 5 and little refill: {acks:?}"
     );
     assert_eq!(accepted + limited, 20);
     // Without an ack the refusal comes as realtime:error.

@@ -1,0 +1,132 @@
+//! Garbage against the real server: random and malformed frames over
+//! WebSocket and long-polling. Each bad connection is closed; the server,
+//! and everyone else on it, carry on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::wire::{http, SioClient, WsClient, WsFrame};
+use common::{Backend, TestServer, ANON_KEY};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+backend_tests!(garbage_closes_only_the_sender);
+
+/// Frames a hostile or broken client might send: random bytes, truncated
+/// and mutated Socket.IO packets, absurd attachment counts, huge ack ids.
+fn garbage(rng: &mut rand::rngs::StdRng) -> String {
+    const SEEDS: &[&str] = &[
+        r#"42["realtime:publish",{"channel":"ok:1","event":"e","payload":{}}]"#,
+        r#"42["realtime:subscribe",{"channel":"ok:1"}]"#,
+        r#"451-["realtime:publish",{"_placeholder":true,"num":0}]"#,
+        r#"40{"token":"x"}"#,
+        "2probe",
+        "5",
+    ];
+    let mut text = SEEDS[rng.random_range(0..SEEDS.len())].to_owned();
+    match rng.random_range(0..5) {
+        0 => text.truncate(rng.random_range(0..=text.len())),
+        1 => {
+            let at = rng.random_range(0..=text.len());
+            let junk: String = (0..rng.random_range(1..8))
+                .map(|_| char::from(rng.random_range(0x20u8..0x7f)))
+                .collect();
+            if text.is_char_boundary(at) {
+                text.insert_str(at, &junk);
+            }
+        }
+        2 => {
+            text = (0..rng.random_range(0..64))
+                .map(|_| char::from(rng.random_range(0u8..0x80)))
+                .collect()
+        }
+        3 => text = format!("4{}-[\"x\"]", rng.random::<u64>()),
+        _ => {
+            text = format!(
+                "42{}[\"realtime:publish\",{{}}]",
+                "9".repeat(rng.random_range(1..40))
+            )
+        }
+    }
+    text
+}
+
+async fn garbage_closes_only_the_sender(backend: Backend) {
+    let server = TestServer::start_with(backend, "[limits]\npublish_rate = 0\n").await;
+    server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "ok:%" })),
+        )
+        .await;
+    // A well-behaved subscriber that must see everything that follows.
+    let mut good = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let ack = good
+        .call("realtime:subscribe", json!({ "channel": "ok:1" }))
+        .await;
+    assert_eq!(ack["ok"], true);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for _ in 0..40 {
+        let mut ws = WsClient::connect(&format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            server.base_url
+        ))
+        .await
+        .unwrap();
+        ws.recv().await;
+        // Half the connections are logged in before the garbage starts.
+        if rng.random_bool(0.5) {
+            ws.send_text(&format!("40{}", json!({ "token": ANON_KEY })))
+                .await;
+        }
+        for _ in 0..20 {
+            let text = garbage(&mut rng);
+            ws.send_text(&format!("4{text}")).await;
+            if rng.random_bool(0.2) {
+                ws.send_binary(&[0xff; 3]).await;
+            }
+        }
+        // Whatever the server made of it, it answers or closes; it never hangs.
+        while let WsFrame::Text(_) | WsFrame::Binary(_) =
+            ws.recv_within(Duration::from_secs(5)).await
+        {}
+    }
+    for _ in 0..20 {
+        let body = garbage(&mut rng);
+        let (status, _) = http(
+            "POST",
+            &format!(
+                "{}/socket.io/?EIO=4&transport=polling&sid=nope",
+                server.base_url
+            ),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+
+    // The server is healthy and the good subscriber still gets messages.
+    let (status, _) = server.send("GET", "/health", &[], None).await;
+    assert_eq!(status, 200);
+    let (status, published) = server
+        .admin(
+            "POST",
+            "/api/realtime/messages",
+            Some(json!({ "channel": "ok:1", "event": "after", "payload": {} })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    loop {
+        let (name, body) = good
+            .next_event()
+            .await
+            .expect("the good subscriber stays connected");
+        if name == "after" {
+            assert_eq!(body["meta"]["messageId"], published["id"]);
+            break;
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! Message history: batched inserts and count updates for the pipeline,
 //! listing, clearing and statistics for the REST API.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use entity::messages::{self, Column, Entity as Messages};
-use sea_orm::sea_query::{Alias, CaseStatement, Expr, Order};
+use sea_orm::sea_query::{Alias, Expr, Order};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Select,
@@ -84,8 +86,11 @@ pub async fn insert_batch(
     Ok(())
 }
 
-/// Sets one integer column of many messages in one `UPDATE … CASE id …`
-/// statement. Returns how many rows changed.
+/// Sets one integer column of many messages. Messages delivered together
+/// share their count, so the ids are grouped by value and each group is one
+/// `UPDATE … WHERE id IN (…)` (primary-key lookups; a `CASE` over hundreds
+/// of ids made the database compare every row with every branch). Returns
+/// how many rows changed.
 ///
 /// # Errors
 /// Database failures.
@@ -94,22 +99,26 @@ pub async fn set_counts(
     column: Column,
     counts: &[(Uuid, i32)],
 ) -> Result<u64, PersistenceError> {
-    if counts.is_empty() {
-        return Ok(0);
-    }
-    let mut case = CaseStatement::new();
+    let mut by_value: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
     for (id, count) in counts {
-        case = case.case(Column::Id.eq(*id), Expr::value(*count));
+        by_value.entry(*count).or_default().push(*id);
     }
-    let case = case.finally(Expr::col(column));
-    let ids = counts.iter().map(|(id, _)| *id);
-    let result = Messages::update_many()
-        .col_expr(column, case.into())
-        .filter(Column::Id.is_in(ids))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected)
+    let mut changed = 0;
+    for (count, ids) in by_value {
+        for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
+            let result = Messages::update_many()
+                .col_expr(column, Expr::value(count))
+                .filter(Column::Id.is_in(chunk.iter().copied()))
+                .exec(db)
+                .await?;
+            changed += result.rows_affected;
+        }
+    }
+    Ok(changed)
 }
+
+/// Most ids bound in one `IN (…)`, under SQLite's parameter limit.
+const MAX_IDS_PER_UPDATE: usize = 1000;
 
 /// Messages matching `filter`, newest first.
 ///

@@ -47,6 +47,36 @@ pub fn encode_event(event: &str, body: &Value) -> Frame {
     Frame::Text(text.into())
 }
 
+/// Encodes a delivered message once: the payload's fields plus `meta`,
+/// spliced into the payload's own serialization instead of copying the
+/// payload into a new map (`{"a":1}` + meta → `{"a":1,"meta":{…}}`). A
+/// payload key named `meta` is replaced, as a map insert would.
+pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+    if payload.contains_key("meta") {
+        let mut body = payload.clone();
+        body.insert("meta".into(), meta.clone());
+        return encode_event(event, &Value::Object(body));
+    }
+    let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+    // unwrap: a map of JSON values always serializes.
+    let body = serde_json::to_string(payload).unwrap();
+    let meta = meta.to_string();
+    let mut text = String::with_capacity(event.len() + body.len() + meta.len() + 16);
+    text.push_str("42[");
+    text.push_str(&event);
+    text.push(',');
+    // `body` is `{…}`: drop its closing brace, then add meta and close.
+    text.push_str(&body[..body.len() - 1]);
+    if payload.is_empty() {
+        text.push_str("\"meta\":");
+    } else {
+        text.push_str(",\"meta\":");
+    }
+    text.push_str(&meta);
+    text.push_str("}]");
+    Frame::Text(text.into())
+}
+
 /// Who sent a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sender {
@@ -103,7 +133,9 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn send(self, result: Result<&messages::Model, PublishFailure>) {
+    /// Sends the outcome: the message id (and, for REST, the stored row
+    /// with its audience), or why it failed.
+    fn send(self, result: Result<(Uuid, Option<messages::Model>), PublishFailure>) {
         match self {
             Reply::Socket {
                 client,
@@ -114,11 +146,18 @@ impl Reply {
                 (ack_id, result) => client.do_send(SessionEvent(ClientEvent::Published {
                     ack_id,
                     channel,
-                    result: result.map(|row| row.id),
+                    result: result.map(|(id, _)| id),
                 })),
             },
             Reply::Http(tx) => {
-                let _ = tx.send(result.map(|row| Delivered { row: row.clone() }));
+                let delivered = result.and_then(|(_, row)| {
+                    row.map(|row| Delivered { row })
+                        .ok_or_else(|| PublishFailure {
+                            code: "INTERNAL_ERROR",
+                            message: "the stored message was not kept for the reply".to_owned(),
+                        })
+                });
+                let _ = tx.send(delivered);
             }
         }
     }
@@ -187,7 +226,9 @@ impl Handler<Barrier> for Channel {
 pub struct Retire;
 
 struct Pending {
-    row: messages::Model,
+    id: Uuid,
+    /// The stored row, kept only for a REST publisher, who gets it back.
+    row: Option<messages::Model>,
     frame: Frame,
     reply: Reply,
     /// `None` until the writer answers.
@@ -379,7 +420,7 @@ impl Channel {
                     // unwrap: front() just returned Some.
                     let pending = self.pending.pop_front().unwrap();
                     frames.push(pending.frame);
-                    delivered.push((pending.row, pending.reply));
+                    delivered.push((pending.id, pending.row, pending.reply));
                 }
                 Some(Err(err)) => {
                     METRICS.messages_failed.inc();
@@ -401,12 +442,15 @@ impl Channel {
                 .socket_deliveries
                 .add(delivered.len() as u64 * n_sent as u64);
             if n_sent > 0 {
-                let counts = delivered.iter().map(|(row, _)| (row.id, n_sent)).collect();
+                let counts = delivered.iter().map(|(id, _, _)| (*id, n_sent)).collect();
                 self.writer.do_send(RecordAudience(counts));
             }
-            for (mut row, reply) in delivered {
-                row.ws_audience_count = n_sent;
-                reply.send(Ok(&row));
+            for (id, row, reply) in delivered {
+                let row = row.map(|row| messages::Model {
+                    ws_audience_count: n_sent,
+                    ..row
+                });
+                reply.send(Ok((id, row)));
             }
         }
         self.report_if_idle();
@@ -545,9 +589,8 @@ impl Handler<Publish> for Channel {
         }
         let id = Uuid::now_v7();
         let created_at = crate::persistence::now();
-        let mut body = message.payload.clone();
-        body.insert("meta".into(), self.meta(id, &message.sender, created_at));
-        let frame = encode_event(&message.event, &Value::Object(body));
+        let meta = self.meta(id, &message.sender, created_at);
+        let frame = encode_delivery(&message.event, &message.payload, &meta);
         let row = messages::Model {
             id,
             event_name: message.event,
@@ -562,12 +605,14 @@ impl Handler<Publish> for Channel {
             created_at,
         };
         METRICS.messages_accepted.inc();
+        let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());
         self.writer.do_send(Persist {
-            row: row.clone(),
+            row,
             notify: ctx.address().recipient(),
         });
         self.pending.push_back(Pending {
-            row,
+            id,
+            row: kept,
             frame,
             reply,
             outcome: None,
@@ -586,7 +631,7 @@ impl Handler<Persisted> for Channel {
             .position(|p| p.outcome.is_none())
             .unwrap_or(0);
         for id in &persisted.ids {
-            while index < self.pending.len() && self.pending[index].row.id != *id {
+            while index < self.pending.len() && self.pending[index].id != *id {
                 index += 1;
             }
             if let Some(pending) = self.pending.get_mut(index) {
@@ -603,5 +648,43 @@ impl Handler<Retire> for Channel {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward encoding the spliced one must equal.
+    fn oracle(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+        let mut body = payload.clone();
+        body.insert("meta".into(), meta.clone());
+        encode_event(event, &Value::Object(body))
+    }
+
+    #[test]
+    fn delivery_encoding_equals_payload_plus_meta() {
+        let meta = json!({ "channel": "order:1", "messageId": "x", "senderType": "user" });
+        for payload in [
+            json!({}),
+            json!({ "a": 1 }),
+            json!({ "z": [1, { "b": "}" }], "a": "\"quoted\" }" }),
+            json!({ "meta": "theirs", "after": true }),
+        ] {
+            let Value::Object(payload) = payload else {
+                unreachable!()
+            };
+            for event in ["status", "with \"quotes\" and é"] {
+                assert_eq!(
+                    encode_delivery(event, &payload, &meta),
+                    oracle(event, &payload, &meta),
+                    "{payload:?}"
+                );
+            }
+        }
+        assert_eq!(
+            encode_delivery("e", &Map::new(), &json!({ "m": 1 })),
+            Frame::Text(r#"42["e",{"meta":{"m":1}}]"#.into())
+        );
     }
 }

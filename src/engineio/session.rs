@@ -6,7 +6,7 @@
 //! WebSocket reader talk to it only through messages.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, SpawnHandle};
@@ -22,28 +22,61 @@ use crate::protocol::engineio::{self, Frame, Packet};
 pub enum WsCommand {
     /// Send this frame.
     Frame(Frame),
+    /// Send these frames, in order (a channel's delivery batch).
+    Frames(Arc<[Frame]>),
     /// Answer a WebSocket-level ping.
     Pong(Bytes),
     /// Close the WebSocket.
     Close,
 }
 
-/// The session's end of one WebSocket: a bounded queue to its writer task.
+/// The session's end of one WebSocket: a queue to its writer task,
+/// bounded in frames (batches count for every frame they hold).
 #[derive(Debug)]
 pub struct WsLink {
     /// Tells this WebSocket's messages apart from those of another one
     /// (a refused second upgrade, say).
     pub id: u64,
     tx: mpsc::Sender<WsCommand>,
+    /// Frames queued and not yet written; the writer counts them down.
+    queued: Arc<AtomicUsize>,
+    /// Most frames that may be queued.
+    max_frames: usize,
 }
 
 impl WsLink {
-    /// A link with a fresh id over `tx`.
-    pub fn new(tx: mpsc::Sender<WsCommand>) -> WsLink {
+    /// A link with a fresh id over `tx`, holding at most `max_frames`.
+    pub fn new(tx: mpsc::Sender<WsCommand>, max_frames: usize) -> WsLink {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         WsLink {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_frames,
+        }
+    }
+
+    /// The count of queued frames, for the writer to decrease.
+    pub fn queued(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+
+    /// Queues a command carrying `n_frames` frames; `Err(true)` when the
+    /// queue is full, `Err(false)` when the writer is gone.
+    fn push(&self, command: WsCommand, n_frames: usize) -> Result<(), bool> {
+        // Counted before the writer can see the command, so its countdown
+        // never runs ahead of the count.
+        let before = self.queued.fetch_add(n_frames, Ordering::Relaxed);
+        if before + n_frames > self.max_frames {
+            self.queued.fetch_sub(n_frames, Ordering::Relaxed);
+            return Err(true);
+        }
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                self.queued.fetch_sub(n_frames, Ordering::Relaxed);
+                Err(matches!(err, mpsc::error::TrySendError::Full(_)))
+            }
         }
     }
 
@@ -134,23 +167,50 @@ impl Core {
     where
         A: Actor<Context = Context<A>>,
     {
+        self.send_frames(
+            std::slice::from_ref(&frame),
+            || WsCommand::Frame(frame.clone()),
+            ctx,
+        )
+    }
+
+    /// Queues a batch of frames; on a WebSocket they travel as one command.
+    pub(crate) fn send_many<A>(&mut self, frames: Arc<[Frame]>, ctx: &mut Context<A>) -> bool
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        let batch = frames.clone();
+        self.send_frames(&frames, move || WsCommand::Frames(batch), ctx)
+    }
+
+    /// Queues `frames`: as `command()` on a WebSocket, one by one when
+    /// polling. Closes the session if its queue overflows.
+    fn send_frames<A>(
+        &mut self,
+        frames: &[Frame],
+        command: impl FnOnce() -> WsCommand,
+        ctx: &mut Context<A>,
+    ) -> bool
+    where
+        A: Actor<Context = Context<A>>,
+    {
         if self.closing.is_some() {
             return false;
         }
         let overflow = match &mut self.transport {
-            Transport::WebSocket(ws) => match ws.tx.try_send(WsCommand::Frame(frame)) {
+            Transport::WebSocket(ws) => match ws.push(command(), frames.len()) {
                 Ok(()) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(true) => true,
+                Err(false) => {
                     self.begin_close(CloseReason::TransportClose, ctx);
                     return false;
                 }
             },
             Transport::Polling(polling) | Transport::Upgrading { polling, .. } => {
-                if polling.queue.len() >= self.config.max_buffered_packets {
+                if polling.queue.len() + frames.len() > self.config.max_buffered_packets {
                     true
                 } else {
-                    polling.queue.push_back(frame);
+                    polling.queue.extend(frames.iter().cloned());
                     false
                 }
             }
@@ -345,9 +405,7 @@ impl<H: EngineHandler> Session<H> {
         };
         match packet {
             Packet::Ping(data) if data == "probe" => {
-                let _ = ws
-                    .tx
-                    .try_send(WsCommand::Frame(Packet::Pong(data).encode()));
+                let _ = ws.push(WsCommand::Frame(Packet::Pong(data).encode()), 1);
                 *probed = true;
                 // Release the client's long poll so it can pause polling.
                 polling.release(NOOP);
@@ -665,11 +723,7 @@ impl<H: EngineHandler> Handler<PushMany> for Session<H> {
     type Result = ();
 
     fn handle(&mut self, PushMany(frames): PushMany, ctx: &mut Context<Self>) {
-        for frame in frames.iter() {
-            if !self.core.send(frame.clone(), ctx) {
-                break;
-            }
-        }
+        self.core.send_many(frames, ctx);
     }
 }
 

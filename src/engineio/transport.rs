@@ -6,6 +6,8 @@
 //! codes 0 to 5.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::http::header::{self, HeaderValue};
@@ -302,9 +304,11 @@ async fn websocket<H: EngineHandler>(
         .max_frame_size(max_payload)
         .aggregate_continuations()
         .max_continuation_size(max_payload);
-    let (tx, rx) = mpsc::channel(server.config.max_buffered_packets.max(1));
-    let link = WsLink::new(tx);
+    let max_frames = server.config.max_buffered_packets.max(1);
+    let (tx, rx) = mpsc::channel(max_frames);
+    let link = WsLink::new(tx, max_frames);
     let link_id = link.id;
+    let queued = link.queued();
     let addr = match existing {
         None => {
             let handler = (server.factory)(req);
@@ -322,18 +326,31 @@ async fn websocket<H: EngineHandler>(
             Err(_) => return ErrorCode::UnknownSid.response(),
         },
     };
-    actix_web::rt::spawn(write_websocket(ws_session, rx));
+    actix_web::rt::spawn(write_websocket(ws_session, rx, queued));
     actix_web::rt::spawn(read_websocket(addr, link_id, stream));
     response
 }
 
 /// Writes what the session queues, in order, until told to close or the
 /// session drops its end.
-async fn write_websocket(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<WsCommand>) {
+async fn write_websocket(
+    mut ws: actix_ws::Session,
+    mut rx: mpsc::Receiver<WsCommand>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(command) = rx.recv().await {
         let sent = match command {
-            WsCommand::Frame(Frame::Text(text)) => ws.text(text).await,
-            WsCommand::Frame(Frame::Binary(bytes)) => ws.binary(bytes).await,
+            WsCommand::Frame(frame) => write_frame(&mut ws, &frame, &queued).await,
+            WsCommand::Frames(frames) => {
+                let mut sent = Ok(());
+                for frame in frames.iter() {
+                    sent = write_frame(&mut ws, frame, &queued).await;
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                sent
+            }
             WsCommand::Pong(bytes) => ws.pong(&bytes).await,
             WsCommand::Close => break,
         };
@@ -342,6 +359,19 @@ async fn write_websocket(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<WsCom
         }
     }
     let _ = ws.close(None).await;
+}
+
+async fn write_frame(
+    ws: &mut actix_ws::Session,
+    frame: &Frame,
+    queued: &AtomicUsize,
+) -> Result<(), actix_ws::Closed> {
+    let sent = match frame {
+        Frame::Text(text) => ws.text(text.clone()).await,
+        Frame::Binary(bytes) => ws.binary(bytes.clone()).await,
+    };
+    queued.fetch_sub(1, Ordering::Relaxed);
+    sent
 }
 
 /// Hands every message to the session through its bounded mailbox, so a

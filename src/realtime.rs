@@ -14,21 +14,10 @@ use crate::auth::Authenticator;
 use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
 use crate::channel::{Delivered, Outgoing, Publish, PublishFailure, Reply, Sender};
-use crate::config::Settings;
+use crate::config::{LimitSettings, Settings};
 use crate::permissions::{AllowAll, PermissionHook};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
-
-/// Per-socket limits.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Most channels one socket may subscribe to.
-    pub max_channels_per_socket: usize,
-    /// Publishes per second one socket may sustain; 0 for no limit.
-    pub publish_rate: u32,
-    /// Publishes one socket may send at once above the rate.
-    pub publish_burst: u32,
-}
 
 /// Why a publish was refused before or after it reached a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,8 +94,8 @@ pub struct Realtime {
     pub auth: Arc<Authenticator>,
     /// Subscribe and publish decisions.
     pub permissions: Arc<dyn PermissionHook>,
-    /// Per-socket limits.
-    pub limits: Limits,
+    /// Per-socket and per-channel limits (`[limits]`).
+    pub limits: LimitSettings,
 }
 
 impl Realtime {
@@ -146,11 +135,7 @@ impl Realtime {
             writer,
             auth,
             permissions: Arc::new(AllowAll),
-            limits: Limits {
-                max_channels_per_socket: settings.limits.max_channels_per_socket,
-                publish_rate: settings.limits.publish_rate,
-                publish_burst: settings.limits.publish_burst,
-            },
+            limits: settings.limits.clone(),
         })
     }
 

@@ -24,8 +24,6 @@ use crate::{api, persistence};
 pub struct AppState {
     /// The connection pool.
     pub db: DatabaseConnection,
-    /// Verifies API keys, anon keys and JWTs.
-    pub auth: Arc<Authenticator>,
     /// The settings the server started with.
     pub settings: Arc<Settings>,
     /// The realtime pipeline.
@@ -43,7 +41,7 @@ impl AppState {
         let db = persistence::connect(&settings.database).await?;
         persistence::migrate(&db).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth));
-        let realtime = Arc::new(Realtime::start(&db, &settings, auth.clone()).await?);
+        let realtime = Arc::new(Realtime::start(&db, &settings, auth).await?);
         RetentionSweeper::new(
             db.clone(),
             Duration::from_millis(settings.retention.sweep_interval_ms),
@@ -52,7 +50,6 @@ impl AppState {
         .start();
         Ok(AppState {
             db,
-            auth,
             settings: Arc::new(settings),
             realtime,
         })

@@ -54,7 +54,7 @@ fn message(channel: Option<&Value>, name: &str, event: &str, minute: i64) -> mes
 }
 
 async fn insert(server: &TestServer, rows: Vec<messages::Model>) {
-    persistence::messages::insert_batch(&server.db, rows)
+    persistence::messages::insert_batch(&server.db, &rows)
         .await
         .unwrap();
 }
@@ -766,7 +766,7 @@ async fn batched_writes_for_the_pipeline(backend: Backend) {
     // A repeated id is refused whole: nothing is written twice.
     let err = persistence::messages::insert_batch(
         &server.db,
-        vec![message(None, "chat:1", "x", 999), duplicate],
+        &[message(None, "chat:1", "x", 999), duplicate],
     )
     .await
     .unwrap_err();

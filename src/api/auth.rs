@@ -60,6 +60,7 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(ApiError::internal)?;
     let principal = state
+        .realtime
         .auth
         .verify(credential(req)?)
         .map_err(|err| match err {

@@ -352,11 +352,7 @@ async fn join(
     channel: &str,
     source: Option<IpAddr>,
 ) -> Result<(WsReader, WsWriter), String> {
-    let (mut reader, writer) = ws_connect(target, source).await?;
-    match reader.next_text().await {
-        Some(open) if open.starts_with(b"0") => {}
-        _ => return Err("no open packet".into()),
-    }
+    let (mut reader, writer) = open_only(target, source).await?;
     let connect = format!("40{}", json!({ "token": target.token }));
     ws_send(&writer, connect.as_bytes()).await?;
     match reader.next_text().await {
@@ -445,18 +441,9 @@ async fn open_only(
     }
 }
 
-/// Opens `n` subscribed connections, `concurrency` at a time.
+/// Opens `n` connections, `concurrency` at a time: subscribed, or only
+/// opened when `websocket_only`.
 async fn join_many(
-    target: &Target,
-    n: usize,
-    concurrency: usize,
-    channel_of: impl Fn(usize) -> String,
-    source_of: impl Fn(usize) -> Option<IpAddr>,
-) -> Result<Vec<(WsReader, WsWriter)>, String> {
-    join_many_with(target, n, concurrency, channel_of, source_of, false).await
-}
-
-async fn join_many_with(
     target: &Target,
     n: usize,
     concurrency: usize,
@@ -537,6 +524,7 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
         args.connect_concurrency,
         channel_of,
         |_| None,
+        false,
     )
     .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
@@ -547,6 +535,7 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
         args.connect_concurrency,
         channel_of,
         |_| None,
+        false,
     )
     .await?;
 
@@ -705,7 +694,7 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
 async fn publish(target: &Target, args: PublishArgs) -> Result<String, String> {
     setup_channel(target).await?;
     let channel_of = |i: usize| format!("bench:publish-{i}");
-    let joined = join_many(target, args.publishers, 50, channel_of, |_| None).await?;
+    let joined = join_many(target, args.publishers, 50, channel_of, |_| None, false).await?;
     let padding = "x".repeat(args.payload);
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -797,6 +786,7 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
                 1 + (i % sources as usize) as u8,
             )))
         },
+        args.websocket_only,
     )
     .await?;
     let connect_seconds = started.elapsed().as_secs_f64();

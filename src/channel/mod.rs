@@ -15,9 +15,8 @@ pub mod registry;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::messages;
 use serde_json::{json, Map, Value};
@@ -36,15 +35,7 @@ use registry::{ChannelRegistry, Idle};
 /// `42[<event>,<body>]`, built directly rather than through a Socket.IO
 /// `Packet` so the body is serialized once and never copied.
 pub fn encode_event(event: &str, body: &Value) -> Frame {
-    let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
-    let body = body.to_string();
-    let mut text = String::with_capacity(event.len() + body.len() + 5);
-    text.push_str("42[");
-    text.push_str(&event);
-    text.push(',');
-    text.push_str(&body);
-    text.push(']');
-    Frame::Text(text.into())
+    event_frame(event, &[&body.to_string()])
 }
 
 /// Encodes a delivered message once: the payload's fields plus `meta`,
@@ -57,23 +48,32 @@ pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) 
         body.insert("meta".into(), meta.clone());
         return encode_event(event, &Value::Object(body));
     }
-    let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
     // unwrap: a map of JSON values always serializes.
     let body = serde_json::to_string(payload).unwrap();
-    let meta = meta.to_string();
-    let mut text = String::with_capacity(event.len() + body.len() + meta.len() + 16);
+    // `body` is `{…}`: drop its closing brace, then add meta and close.
+    let separator = if payload.is_empty() {
+        "\"meta\":"
+    } else {
+        ",\"meta\":"
+    };
+    event_frame(
+        event,
+        &[&body[..body.len() - 1], separator, &meta.to_string(), "}"],
+    )
+}
+
+/// `42[<event as JSON>,<body parts>]` as one text frame.
+fn event_frame(event: &str, body_parts: &[&str]) -> Frame {
+    let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+    let body_len: usize = body_parts.iter().map(|part| part.len()).sum();
+    let mut text = String::with_capacity(event.len() + body_len + 5);
     text.push_str("42[");
     text.push_str(&event);
     text.push(',');
-    // `body` is `{…}`: drop its closing brace, then add meta and close.
-    text.push_str(&body[..body.len() - 1]);
-    if payload.is_empty() {
-        text.push_str("\"meta\":");
-    } else {
-        text.push_str(",\"meta\":");
+    for part in body_parts {
+        text.push_str(part);
     }
-    text.push_str(&meta);
-    text.push_str("}]");
+    text.push(']');
     Frame::Text(text.into())
 }
 
@@ -277,10 +277,9 @@ pub struct Channel {
     /// Joins and publishes received through the registry; it compares
     /// this with what it forwarded before retiring the channel.
     n_received: u64,
-    /// Messages delivered since the channel started.
-    n_delivered: u64,
-    /// When something last happened here.
-    last_activity: Instant,
+    /// This channel as the writer's recipient of `Persisted`; made once,
+    /// not per message.
+    persisted_to: Option<Recipient<Persisted>>,
 }
 
 impl Channel {
@@ -303,8 +302,7 @@ impl Channel {
             presence_seq: 0,
             subscribed_since: HashMap::new(),
             n_received: 0,
-            n_delivered: 0,
-            last_activity: Instant::now(),
+            persisted_to: None,
         }
     }
 
@@ -436,7 +434,6 @@ impl Channel {
         if !delivered.is_empty() {
             let frames: Arc<[Frame]> = frames.into();
             let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
-            self.n_delivered += delivered.len() as u64;
             METRICS.messages_delivered.add(delivered.len() as u64);
             METRICS
                 .socket_deliveries
@@ -475,7 +472,6 @@ impl Handler<Join> for Channel {
 
     fn handle(&mut self, Join(subscriber): Join, ctx: &mut Context<Self>) {
         self.n_received += 1;
-        self.last_activity = Instant::now();
         let id = subscriber.id;
         if !subscriber.client.connected() {
             // The socket closed while its join was on the way.
@@ -561,7 +557,6 @@ impl Handler<Leave> for Channel {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
-        self.last_activity = Instant::now();
         self.remove_subscriber(leave.subscriber_id, ctx);
         self.report_if_idle();
     }
@@ -574,7 +569,6 @@ impl Handler<Publish> for Channel {
         if publish.via_registry {
             self.n_received += 1;
         }
-        self.last_activity = Instant::now();
         let Publish { message, reply, .. } = publish;
         if self.pending.len() >= self.max_pending {
             METRICS.publishes_rate_limited.inc();
@@ -608,7 +602,10 @@ impl Handler<Publish> for Channel {
         let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());
         self.writer.do_send(Persist {
             row,
-            notify: ctx.address().recipient(),
+            notify: self
+                .persisted_to
+                .get_or_insert_with(|| ctx.address().recipient())
+                .clone(),
         });
         self.pending.push_back(Pending {
             id,

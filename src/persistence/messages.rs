@@ -55,30 +55,34 @@ pub struct MessageStats {
 
 /// Inserts messages in one statement. Rows keep the ids and timestamps the
 /// caller gave them, so a retried batch cannot create a second copy: a
-/// repeated id is refused by the primary key.
+/// repeated id is refused by the primary key. The rows are borrowed, so a
+/// caller that may retry keeps them without copying the batch first.
 ///
 /// # Errors
 /// Database failures; [`PersistenceError::Duplicate`] if an id exists.
-pub async fn insert_batch(
+pub async fn insert_batch<'a>(
     db: &DatabaseConnection,
-    batch: Vec<messages::Model>,
+    batch: impl IntoIterator<Item = &'a messages::Model>,
 ) -> Result<(), PersistenceError> {
-    if batch.is_empty() {
+    let rows: Vec<messages::ActiveModel> = batch
+        .into_iter()
+        .map(|message| messages::ActiveModel {
+            id: Set(message.id),
+            event_name: Set(message.event_name.clone()),
+            channel_id: Set(message.channel_id),
+            channel_name: Set(message.channel_name.clone()),
+            payload: Set(message.payload.clone()),
+            sender_type: Set(message.sender_type.clone()),
+            sender_id: Set(message.sender_id),
+            ws_audience_count: Set(message.ws_audience_count),
+            wh_audience_count: Set(message.wh_audience_count),
+            wh_delivered_count: Set(message.wh_delivered_count),
+            created_at: Set(message.created_at),
+        })
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
-    let rows = batch.into_iter().map(|message| messages::ActiveModel {
-        id: Set(message.id),
-        event_name: Set(message.event_name),
-        channel_id: Set(message.channel_id),
-        channel_name: Set(message.channel_name),
-        payload: Set(message.payload),
-        sender_type: Set(message.sender_type),
-        sender_id: Set(message.sender_id),
-        ws_audience_count: Set(message.ws_audience_count),
-        wh_audience_count: Set(message.wh_audience_count),
-        wh_delivered_count: Set(message.wh_delivered_count),
-        created_at: Set(message.created_at),
-    });
     Messages::insert_many(rows)
         .exec_without_returning(db)
         .await

@@ -122,43 +122,47 @@ impl MessageWriter {
         }
         self.flushing = true;
         let db = self.db.clone();
-        let rows: Vec<messages::Model> = batch.iter().map(|(row, _)| row.clone()).collect();
         let write = async move {
-            let inserted = write_with_retries(&db, rows).await;
+            let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
+            let inserted = write_with_retries(&db, &rows).await;
             if let Err(err) =
                 queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
             {
                 tracing::error!(error = %err, "could not record audience counts");
             }
-            inserted
+            (batch, inserted)
         };
-        ctx.spawn(write.into_actor(self).map(move |inserted, writer, ctx| {
-            writer.flushing = false;
-            if inserted.is_ok() && !batch.is_empty() {
-                crate::metrics::METRICS.writer_batches.inc();
-                crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
-            }
-            notify_channels(batch, inserted.map_err(|err| err.to_string()));
-            if writer.is_idle() {
-                for waiter in writer.drain_waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
-            }
-            writer.schedule(ctx);
-        }));
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(batch, inserted), writer, ctx| {
+                    writer.flushing = false;
+                    if inserted.is_ok() && !batch.is_empty() {
+                        crate::metrics::METRICS.writer_batches.inc();
+                        crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
+                    }
+                    notify_channels(batch, inserted.map_err(|err| err.to_string()));
+                    if writer.is_idle() {
+                        for waiter in writer.drain_waiters.drain(..) {
+                            let _ = waiter.send(());
+                        }
+                    }
+                    writer.schedule(ctx);
+                }),
+        );
     }
 }
 
 async fn write_with_retries(
     db: &DatabaseConnection,
-    rows: Vec<messages::Model>,
+    rows: &[&messages::Model],
 ) -> Result<(), PersistenceError> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut attempt = 0;
     loop {
-        match queries::insert_batch(db, rows.clone()).await {
+        match queries::insert_batch(db, rows.iter().copied()).await {
             Ok(()) => return Ok(()),
             // After a failed attempt, a duplicate id means that attempt
             // committed after all; on the first attempt it is a real error.

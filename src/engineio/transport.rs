@@ -374,8 +374,8 @@ async fn write_frame(
     sent
 }
 
-/// Hands every message to the session through its bounded mailbox, so a
-/// flooding client is slowed down rather than buffered without bound.
+/// Hands every message to the session, waiting for it to take each one so
+/// a flooding client is slowed down rather than buffered without bound.
 async fn read_websocket<H: EngineHandler>(
     addr: Addr<Session<H>>,
     link_id: u64,
@@ -386,16 +386,11 @@ async fn read_websocket<H: EngineHandler>(
             // Oversize frame or broken framing: the WebSocket is done.
             break;
         };
-        // Queue without waiting for the session to handle each message;
-        // wait only when its mailbox is full, which slows a flood down.
-        match addr.try_send(WsIncoming { link_id, message }) {
-            Ok(()) => {}
-            Err(actix::dev::SendError::Full(incoming)) => {
-                if addr.send(incoming).await.is_err() {
-                    return;
-                }
-            }
-            Err(actix::dev::SendError::Closed(_)) => return,
+        // Wait for the session to take each message: a flood is slowed down
+        // here, and never fills the mailbox that deliveries to this socket
+        // share (a full mailbox marks a socket as too slow to deliver to).
+        if addr.send(WsIncoming { link_id, message }).await.is_err() {
+            return;
         }
     }
     addr.do_send(WsGone { link_id });

@@ -12,9 +12,10 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use serde_json::{json, Value};
 
+use crate::engineio::upgrade::{self, HttpOptions, UpgradeRoutes};
 use crate::engineio::{
     self, CloseReason, EngineConfig, EngineHandler, EngineServer, Link, Message,
 };
@@ -115,7 +116,10 @@ pub fn serve(listeners: Vec<TcpListener>) -> std::io::Result<Server> {
     let socket = EngineServer::new(engine_config(), |_| {
         SocketIo::new(EchoSocket, socketio_config())
     });
-    let mut server = HttpServer::new(move || {
+    let routes = UpgradeRoutes::default()
+        .engine("/engine.io/", engine.clone())
+        .engine("/socket.io/", socket.clone());
+    let app = move || {
         App::new()
             .configure(engineio::transport::configure(
                 "/engine.io/",
@@ -126,12 +130,10 @@ pub fn serve(listeners: Vec<TcpListener>) -> std::io::Result<Server> {
                 socket.clone(),
             ))
             .default_service(web::to(HttpResponse::NotFound))
-    })
-    .workers(2)
-    .tcp_nodelay(true)
-    .shutdown_timeout(1);
-    for listener in listeners {
-        server = server.listen(listener)?;
-    }
-    Ok(server.run())
+    };
+    let options = HttpOptions {
+        workers: 2,
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    upgrade::serve(app, routes, listeners, &options)
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use actix::Actor;
 
 use actix_web::dev::Server;
-use actix_web::{middleware, web, App, HttpServer};
+use actix_web::{middleware, web, App};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Authenticator;
 use crate::client::Client;
 use crate::config::Settings;
+use crate::engineio::upgrade::{self, HttpOptions, UpgradeRoutes};
 use crate::engineio::{self, EngineServer};
 use crate::persistence::sweeper::RetentionSweeper;
 use crate::realtime::Realtime;
@@ -80,7 +81,8 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
     });
     let sessions = sockets.registry.clone();
     let state = web::Data::new(state);
-    let mut server = HttpServer::new(move || {
+    let routes = UpgradeRoutes::default().engine("/socket.io/", sockets.clone());
+    let app = move || {
         App::new()
             .app_data(state.clone())
             // Engine.IO requests are not logged one by one: a WebSocket is a
@@ -93,18 +95,13 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
             ))
             .configure(api::configure(max_body_bytes))
             .default_service(web::to(api::not_found))
-    })
-    .shutdown_timeout(settings.shutdown_grace().as_secs().max(1))
-    // Small realtime frames must leave at once, not wait for Nagle's
-    // algorithm to meet the peer's delayed ACK (a 40 ms stall).
-    .tcp_nodelay(true)
-    .disable_signals()
-    .listen(listener)?;
-    if settings.server.workers > 0 {
-        server = server.workers(settings.server.workers);
-    }
+    };
+    let options = HttpOptions {
+        workers: settings.server.workers,
+        shutdown_timeout: settings.shutdown_grace(),
+    };
     Ok(Running {
-        server: server.run(),
+        server: upgrade::serve(app, routes, vec![listener], &options)?,
         sessions,
     })
 }

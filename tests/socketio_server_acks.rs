@@ -6,8 +6,9 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use common::wire::{WsClient, WsFrame};
+use realtime::engineio::upgrade::{self, HttpOptions, UpgradeRoutes};
 use realtime::engineio::{transport, EngineConfig, EngineServer};
 use realtime::socketio::{Event, Refusal, Socket, SocketHandler, SocketIo, SocketIoConfig};
 use serde_json::{json, Value};
@@ -83,13 +84,13 @@ async fn server_emits_with_ack_and_receives_the_answer() {
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
-        App::new().configure(transport::configure("/socket.io/", engine.clone()))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
+    let routes = UpgradeRoutes::default().engine("/socket.io/", engine.clone());
+    let app = move || App::new().configure(transport::configure("/socket.io/", engine.clone()));
+    let options = HttpOptions {
+        workers: 1,
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    let server = upgrade::serve(app, routes, vec![listener], &options).unwrap();
     let handle = server.handle();
     actix_rt::spawn(server);
 

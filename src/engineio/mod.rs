@@ -7,11 +7,16 @@
 //!
 //! # Layout
 //! - [`session`]: the `Session` actor, one per client connection.
-//! - [`transport`]: the actix-web handlers for polling and WebSocket
-//!   requests, and the WebSocket reader and writer tasks.
+//! - [`transport`]: the actix-web handlers for polling requests.
+//! - [`upgrade`]: the HTTP listener, which takes WebSocket requests out of
+//!   actix-web and answers their handshake.
+//! - [`websocket`]: an upgraded connection: its reader and writer tasks and
+//!   the outbox between the session and the writer.
 
 pub mod session;
 pub mod transport;
+pub mod upgrade;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, AsyncContext, Context, SpawnHandle};
+use actix_web::dev::RequestHead;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
@@ -265,7 +271,7 @@ impl std::borrow::Borrow<str> for Sid {
 }
 
 /// Makes the handler of each new session from its handshake request.
-pub type HandlerFactory<H> = Arc<dyn Fn(&actix_web::HttpRequest) -> H + Send + Sync>;
+pub type HandlerFactory<H> = Arc<dyn Fn(&RequestHead) -> H + Send + Sync>;
 
 /// One Engine.IO endpoint: its settings, its sessions and how to make
 /// handlers. Cloned into every HTTP worker.
@@ -291,7 +297,7 @@ impl<H: EngineHandler> EngineServer<H> {
     /// An endpoint with `config` whose sessions get handlers from `factory`.
     pub fn new(
         config: EngineConfig,
-        factory: impl Fn(&actix_web::HttpRequest) -> H + Send + Sync + 'static,
+        factory: impl Fn(&RequestHead) -> H + Send + Sync + 'static,
     ) -> Self {
         EngineServer {
             config: Arc::new(config),

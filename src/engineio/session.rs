@@ -6,85 +6,16 @@
 //! WebSocket reader talk to it only through messages.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, SpawnHandle};
 use bytes::Bytes;
 use bytestring::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::websocket::{PushError, WsLink, WsMessage};
 use super::{CloseReason, EngineConfig, EngineHandler, Link, Message, Registry, SessionEvent, Sid};
 use crate::protocol::engineio::{self, Frame, Packet};
-
-/// A command for the task that writes one WebSocket.
-#[derive(Debug)]
-pub enum WsCommand {
-    /// Send this frame.
-    Frame(Frame),
-    /// Send these frames, in order (a channel's delivery batch).
-    Frames(Arc<[Frame]>),
-    /// Answer a WebSocket-level ping.
-    Pong(Bytes),
-    /// Close the WebSocket.
-    Close,
-}
-
-/// The session's end of one WebSocket: a queue to its writer task,
-/// bounded in frames (batches count for every frame they hold).
-#[derive(Debug)]
-pub struct WsLink {
-    /// Tells this WebSocket's messages apart from those of another one
-    /// (a refused second upgrade, say).
-    pub id: u64,
-    tx: mpsc::Sender<WsCommand>,
-    /// Frames queued and not yet written; the writer counts them down.
-    queued: Arc<AtomicUsize>,
-    /// Most frames that may be queued.
-    max_frames: usize,
-}
-
-impl WsLink {
-    /// A link with a fresh id over `tx`, holding at most `max_frames`.
-    pub fn new(tx: mpsc::Sender<WsCommand>, max_frames: usize) -> WsLink {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        WsLink {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            tx,
-            queued: Arc::new(AtomicUsize::new(0)),
-            max_frames,
-        }
-    }
-
-    /// The count of queued frames, for the writer to decrease.
-    pub fn queued(&self) -> Arc<AtomicUsize> {
-        self.queued.clone()
-    }
-
-    /// Queues a command carrying `n_frames` frames; `Err(true)` when the
-    /// queue is full, `Err(false)` when the writer is gone.
-    fn push(&self, command: WsCommand, n_frames: usize) -> Result<(), bool> {
-        // Counted before the writer can see the command, so its countdown
-        // never runs ahead of the count.
-        let before = self.queued.fetch_add(n_frames, Ordering::Relaxed);
-        if before + n_frames > self.max_frames {
-            self.queued.fetch_sub(n_frames, Ordering::Relaxed);
-            return Err(true);
-        }
-        match self.tx.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                self.queued.fetch_sub(n_frames, Ordering::Relaxed);
-                Err(matches!(err, mpsc::error::TrySendError::Full(_)))
-            }
-        }
-    }
-
-    /// Asks the writer to close the WebSocket.
-    pub fn close(&self) {
-        let _ = self.tx.try_send(WsCommand::Close);
-    }
-}
 
 /// The polling side: packets waiting for a GET, and the GET waiting for
 /// packets.
@@ -167,11 +98,7 @@ impl Core {
     where
         A: Actor<Context = Context<A>>,
     {
-        self.send_frames(
-            std::slice::from_ref(&frame),
-            || WsCommand::Frame(frame.clone()),
-            ctx,
-        )
+        self.send_frames(std::slice::from_ref(&frame), ctx)
     }
 
     /// Queues a batch of frames; on a WebSocket they travel as one command.
@@ -179,18 +106,12 @@ impl Core {
     where
         A: Actor<Context = Context<A>>,
     {
-        let batch = frames.clone();
-        self.send_frames(&frames, move || WsCommand::Frames(batch), ctx)
+        self.send_frames(&frames, ctx)
     }
 
-    /// Queues `frames`: as `command()` on a WebSocket, one by one when
-    /// polling. Closes the session if its queue overflows.
-    fn send_frames<A>(
-        &mut self,
-        frames: &[Frame],
-        command: impl FnOnce() -> WsCommand,
-        ctx: &mut Context<A>,
-    ) -> bool
+    /// Queues `frames` on the current transport. Closes the session if its
+    /// queue overflows.
+    fn send_frames<A>(&mut self, frames: &[Frame], ctx: &mut Context<A>) -> bool
     where
         A: Actor<Context = Context<A>>,
     {
@@ -198,10 +119,10 @@ impl Core {
             return false;
         }
         let overflow = match &mut self.transport {
-            Transport::WebSocket(ws) => match ws.push(command(), frames.len()) {
+            Transport::WebSocket(ws) => match ws.push(frames) {
                 Ok(()) => false,
-                Err(true) => true,
-                Err(false) => {
+                Err(PushError::Full) => true,
+                Err(PushError::Gone) => {
                     self.begin_close(CloseReason::TransportClose, ctx);
                     return false;
                 }
@@ -405,7 +326,7 @@ impl<H: EngineHandler> Session<H> {
         };
         match packet {
             Packet::Ping(data) if data == "probe" => {
-                let _ = ws.push(WsCommand::Frame(Packet::Pong(data).encode()), 1);
+                let _ = ws.push(&[Packet::Pong(data).encode()]);
                 *probed = true;
                 // Release the client's long poll so it can pause polling.
                 polling.release(NOOP);
@@ -616,14 +537,13 @@ pub struct WsIncoming {
     /// Which WebSocket it came from.
     pub link_id: u64,
     /// The message.
-    pub message: actix_ws::AggregatedMessage,
+    pub message: WsMessage,
 }
 
 impl<H: EngineHandler> Handler<WsIncoming> for Session<H> {
     type Result = ();
 
     fn handle(&mut self, incoming: WsIncoming, ctx: &mut Context<Self>) {
-        use actix_ws::AggregatedMessage as Ws;
         let (is_active, is_upgrading) = match &self.core.transport {
             Transport::WebSocket(ws) => (ws.id == incoming.link_id, false),
             Transport::Upgrading { ws, .. } => (false, ws.id == incoming.link_id),
@@ -633,7 +553,7 @@ impl<H: EngineHandler> Handler<WsIncoming> for Session<H> {
             return;
         }
         let packet = match incoming.message {
-            Ws::Text(text) => match Packet::decode(&text) {
+            WsMessage::Text(text) => match Packet::decode(&text) {
                 Ok(packet) => packet,
                 Err(err) => {
                     tracing::debug!(sid = %self.core.sid, error = %err, "malformed websocket packet");
@@ -641,25 +561,7 @@ impl<H: EngineHandler> Handler<WsIncoming> for Session<H> {
                     return;
                 }
             },
-            Ws::Binary(bytes) => Packet::Binary(bytes),
-            Ws::Ping(bytes) => {
-                let tx = match &self.core.transport {
-                    Transport::WebSocket(ws) | Transport::Upgrading { ws, .. } => &ws.tx,
-                    Transport::Polling(_) => return,
-                };
-                let _ = tx.try_send(WsCommand::Pong(bytes));
-                return;
-            }
-            Ws::Pong(_) => return,
-            Ws::Close(_) => {
-                self.handle(
-                    WsGone {
-                        link_id: incoming.link_id,
-                    },
-                    ctx,
-                );
-                return;
-            }
+            WsMessage::Binary(bytes) => Packet::Binary(bytes),
         };
         if is_active {
             self.on_packet(packet, ctx);

@@ -1,13 +1,11 @@
 //! The HTTP side of an Engine.IO endpoint: the handshake, long-polling GET
-//! and POST, WebSocket sessions and upgrades, CORS, and the tasks that read
-//! and write a WebSocket on behalf of its session.
+//! and POST, and CORS. WebSocket requests with upgrade headers never reach
+//! these handlers: [`super::upgrade`] takes them first.
 //!
 //! Errors follow the protocol: HTTP 400 with `{"code": n, "message": …}`,
 //! codes 0 to 5.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::http::header::{self, HeaderValue};
@@ -15,18 +13,15 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 use super::session::{
-    PollAbandoned, PollAnswer, PollGet, PollOversize, PollPost, RequestError, Session, WsAttach,
-    WsCommand, WsGone, WsIncoming, WsLink,
+    PollAbandoned, PollAnswer, PollGet, PollOversize, PollPost, RequestError, Session,
 };
 use super::{EngineHandler, EngineServer, Sid};
-use crate::protocol::engineio::Frame;
 
 /// The protocol's error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ErrorCode {
+pub(super) enum ErrorCode {
     TransportUnknown = 0,
     UnknownSid = 1,
     BadHandshakeMethod = 2,
@@ -35,7 +30,7 @@ enum ErrorCode {
 }
 
 impl ErrorCode {
-    fn message(self) -> &'static str {
+    pub(super) fn message(self) -> &'static str {
         match self {
             ErrorCode::TransportUnknown => "Transport unknown",
             ErrorCode::UnknownSid => "Session ID unknown",
@@ -63,23 +58,22 @@ impl From<RequestError> for ErrorCode {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum TransportKind {
+pub(super) enum TransportKind {
     Polling,
     WebSocket,
 }
 
 /// The query parameters every Engine.IO request carries.
-struct EngineQuery {
-    transport: TransportKind,
-    sid: Option<String>,
+pub(super) struct EngineQuery {
+    pub(super) transport: TransportKind,
+    pub(super) sid: Option<String>,
 }
 
 impl EngineQuery {
-    fn parse(req: &HttpRequest) -> Result<EngineQuery, ErrorCode> {
-        let params: HashMap<String, String> =
-            url::form_urlencoded::parse(req.query_string().as_bytes())
-                .into_owned()
-                .collect();
+    pub(super) fn parse(query: &str) -> Result<EngineQuery, ErrorCode> {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
         if params.get("EIO").map(String::as_str) != Some("4") {
             return Err(ErrorCode::UnsupportedProtocolVersion);
         }
@@ -118,10 +112,9 @@ pub fn configure<H: EngineHandler>(
 
 async fn get<H: EngineHandler>(
     req: HttpRequest,
-    body: web::Payload,
     server: web::Data<EngineServer<H>>,
 ) -> HttpResponse {
-    let response = match EngineQuery::parse(&req) {
+    let response = match EngineQuery::parse(req.query_string()) {
         Err(code) => code.response(),
         Ok(EngineQuery {
             transport: TransportKind::Polling,
@@ -134,7 +127,7 @@ async fn get<H: EngineHandler>(
         Ok(EngineQuery {
             transport: TransportKind::WebSocket,
             sid,
-        }) => websocket(&req, body, &server, sid.as_deref()).await,
+        }) => websocket(&server, sid.as_deref()),
     };
     with_cors(&req, &server, response)
 }
@@ -144,7 +137,7 @@ async fn post<H: EngineHandler>(
     body: web::Payload,
     server: web::Data<EngineServer<H>>,
 ) -> HttpResponse {
-    let response = match EngineQuery::parse(&req) {
+    let response = match EngineQuery::parse(req.query_string()) {
         Err(code) => code.response(),
         Ok(EngineQuery { sid: None, .. }) => ErrorCode::BadHandshakeMethod.response(),
         Ok(EngineQuery {
@@ -160,7 +153,7 @@ async fn other_method<H: EngineHandler>(
     req: HttpRequest,
     server: web::Data<EngineServer<H>>,
 ) -> HttpResponse {
-    let response = match EngineQuery::parse(&req) {
+    let response = match EngineQuery::parse(req.query_string()) {
         Err(code) => code.response(),
         Ok(EngineQuery { sid: None, .. }) => ErrorCode::BadHandshakeMethod.response(),
         Ok(_) => ErrorCode::BadRequest.response(),
@@ -217,7 +210,7 @@ fn text_response(body: String) -> HttpResponse {
 fn handshake<H: EngineHandler>(req: &HttpRequest, server: &EngineServer<H>) -> HttpResponse {
     let sid = Sid::random();
     let open = Session::<H>::open_packet(&sid, &server.config, &["websocket"]);
-    let handler = (server.factory)(req);
+    let handler = (server.factory)(req.head());
     Session::start_polling(sid, server.config.clone(), server.registry.clone(), handler);
     text_response(open)
 }
@@ -282,116 +275,11 @@ async fn poll_post<H: EngineHandler>(
     }
 }
 
-/// A WebSocket request: a new session, or the upgrade of a polling one.
-async fn websocket<H: EngineHandler>(
-    req: &HttpRequest,
-    body: web::Payload,
-    server: &EngineServer<H>,
-    sid: Option<&str>,
-) -> HttpResponse {
-    let existing = match sid {
-        None => None,
-        Some(sid) => match server.registry.get(sid) {
-            Some(addr) => Some(addr),
-            None => return ErrorCode::UnknownSid.response(),
-        },
-    };
-    let Ok((response, ws_session, stream)) = actix_ws::handle(req, body) else {
-        return ErrorCode::BadRequest.response();
-    };
-    let max_payload = server.config.max_payload;
-    let stream = stream
-        .max_frame_size(max_payload)
-        .aggregate_continuations()
-        .max_continuation_size(max_payload);
-    let max_frames = server.config.max_buffered_packets.max(1);
-    let (tx, rx) = mpsc::channel(max_frames);
-    let link = WsLink::new(tx, max_frames);
-    let link_id = link.id;
-    let queued = link.queued();
-    let addr = match existing {
-        None => {
-            let handler = (server.factory)(req);
-            Session::start_websocket(
-                Sid::random(),
-                server.config.clone(),
-                server.registry.clone(),
-                handler,
-                link,
-            )
-        }
-        Some(addr) => match addr.send(WsAttach(link)).await {
-            Ok(Ok(())) => addr,
-            Ok(Err(err)) => return ErrorCode::from(err).response(),
-            Err(_) => return ErrorCode::UnknownSid.response(),
-        },
-    };
-    actix_web::rt::spawn(write_websocket(ws_session, rx, queued));
-    actix_web::rt::spawn(read_websocket(addr, link_id, stream));
-    response
-}
-
-/// Writes what the session queues, in order, until told to close or the
-/// session drops its end.
-async fn write_websocket(
-    mut ws: actix_ws::Session,
-    mut rx: mpsc::Receiver<WsCommand>,
-    queued: Arc<AtomicUsize>,
-) {
-    while let Some(command) = rx.recv().await {
-        let sent = match command {
-            WsCommand::Frame(frame) => write_frame(&mut ws, &frame, &queued).await,
-            WsCommand::Frames(frames) => {
-                let mut sent = Ok(());
-                for frame in frames.iter() {
-                    sent = write_frame(&mut ws, frame, &queued).await;
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-                sent
-            }
-            WsCommand::Pong(bytes) => ws.pong(&bytes).await,
-            WsCommand::Close => break,
-        };
-        if sent.is_err() {
-            return;
-        }
+/// A WebSocket request that reached the app: it lacks the upgrade headers
+/// (real upgrades are taken before the app, see [`super::upgrade`]).
+fn websocket<H: EngineHandler>(server: &EngineServer<H>, sid: Option<&str>) -> HttpResponse {
+    match sid {
+        Some(sid) if server.registry.get(sid).is_none() => ErrorCode::UnknownSid.response(),
+        _ => ErrorCode::BadRequest.response(),
     }
-    let _ = ws.close(None).await;
-}
-
-async fn write_frame(
-    ws: &mut actix_ws::Session,
-    frame: &Frame,
-    queued: &AtomicUsize,
-) -> Result<(), actix_ws::Closed> {
-    let sent = match frame {
-        Frame::Text(text) => ws.text(text.clone()).await,
-        Frame::Binary(bytes) => ws.binary(bytes.clone()).await,
-    };
-    queued.fetch_sub(1, Ordering::Relaxed);
-    sent
-}
-
-/// Hands every message to the session, waiting for it to take each one so
-/// a flooding client is slowed down rather than buffered without bound.
-async fn read_websocket<H: EngineHandler>(
-    addr: Addr<Session<H>>,
-    link_id: u64,
-    mut stream: actix_ws::AggregatedMessageStream,
-) {
-    while let Some(item) = stream.recv().await {
-        let Ok(message) = item else {
-            // Oversize frame or broken framing: the WebSocket is done.
-            break;
-        };
-        // Wait for the session to take each message: a flood is slowed down
-        // here, and never fills the mailbox that deliveries to this socket
-        // share (a full mailbox marks a socket as too slow to deliver to).
-        if addr.send(WsIncoming { link_id, message }).await.is_err() {
-            return;
-        }
-    }
-    addr.do_send(WsGone { link_id });
 }

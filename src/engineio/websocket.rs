@@ -1,0 +1,439 @@
+//! A WebSocket after its handshake.
+//!
+//! The connection leaves the HTTP server's dispatcher at the upgrade (see
+//! [`super::upgrade`]), so it no longer carries the dispatcher's two 8 KiB
+//! buffers nor its extra queue. Two small tasks serve it:
+//! - the writer takes whatever the session has put in the [`Outbox`] —
+//!   frames already encoded back to back — and writes it in one call, so a
+//!   burst of deliveries costs one system call, not one per frame;
+//! - the reader decodes client frames (actix-http's RFC 6455 parser) and
+//!   hands each message to the session, waiting for it to be taken, so a
+//!   flooding client is slowed down by TCP instead of buffered.
+//!
+//! An idle socket holds no buffers: the outbox and the read buffer are
+//! released whenever they run empty.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+
+use actix::Addr;
+use actix_codec::Decoder as _;
+use actix_http::ws::{Codec, Frame as WsFrame, Item};
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::session::{Session, WsGone, WsIncoming};
+use super::EngineHandler;
+use crate::protocol::engineio::Frame;
+
+/// A message read from a WebSocket, after reassembling fragments.
+#[derive(Debug)]
+pub enum WsMessage {
+    /// A text message (valid UTF-8).
+    Text(ByteString),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+/// A close frame without a status: the session is over.
+const CLOSE_FRAME: [u8; 2] = [0x80 | OP_CLOSE, 0];
+/// Bytes read from the socket per call.
+const READ_CHUNK: usize = 4096;
+/// How long a closed WebSocket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Appends one unmasked, unfragmented server frame to `out`.
+fn encode_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    out.put_u8(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.put_u8(len as u8),
+        len @ 126..=0xFFFF => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        len => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.put_slice(payload);
+}
+
+/// Why frames could not be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The client is this many frames behind already.
+    Full,
+    /// The connection is gone.
+    Gone,
+}
+
+/// What the session has queued and the writer not yet taken.
+#[derive(Default)]
+struct OutboxState {
+    /// Encoded frames, back to back.
+    bytes: BytesMut,
+    /// How many frames `bytes` holds.
+    frames: usize,
+    /// The session asked to close: write what is queued, then a close frame.
+    closing: bool,
+    /// The writer has ended; nothing more will be written.
+    finished: bool,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+}
+
+/// The queue between a session and the task writing its WebSocket.
+#[derive(Default)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+}
+
+impl Outbox {
+    /// Takes everything queued, waiting until there is something (or a
+    /// close). Returns the bytes and whether to close after them.
+    fn poll_take(&self, cx: &mut TaskContext<'_>) -> Poll<(BytesMut, bool)> {
+        let mut state = self.state.lock();
+        if state.bytes.is_empty() && !state.closing {
+            state.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        state.frames = 0;
+        Poll::Ready((std::mem::take(&mut state.bytes), state.closing))
+    }
+
+    /// Ready once the writer has ended, so the reader stops too.
+    fn poll_finished(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if state.finished {
+            return Poll::Ready(());
+        }
+        state.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn finish(&self) {
+        let reader = {
+            let mut state = self.state.lock();
+            state.finished = true;
+            state.bytes = BytesMut::new();
+            state.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    /// Queues a control frame (a pong) outside the frame count.
+    fn push_control(&self, opcode: u8, payload: &[u8]) {
+        let writer = {
+            let mut state = self.state.lock();
+            if state.finished || state.closing {
+                return;
+            }
+            encode_frame(&mut state.bytes, opcode, payload);
+            state.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+}
+
+/// The session's end of one WebSocket: queues frames for its writer,
+/// bounded in frames.
+pub struct WsLink {
+    /// Tells this WebSocket's messages apart from those of another one
+    /// (a refused second upgrade, say).
+    pub id: u64,
+    outbox: Arc<Outbox>,
+    /// Most frames that may wait for the writer.
+    max_frames: usize,
+}
+
+impl std::fmt::Debug for WsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsLink").field("id", &self.id).finish()
+    }
+}
+
+impl WsLink {
+    /// A link with a fresh id, holding at most `max_frames` unwritten
+    /// frames, and the outbox its writer reads.
+    pub fn new(max_frames: usize) -> (WsLink, Arc<Outbox>) {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let outbox = Arc::new(Outbox::default());
+        let link = WsLink {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            outbox: outbox.clone(),
+            max_frames: max_frames.max(1),
+        };
+        (link, outbox)
+    }
+
+    /// Queues `frames`, all or none.
+    pub fn push(&self, frames: &[Frame]) -> Result<(), PushError> {
+        let writer = {
+            let mut state = self.outbox.state.lock();
+            if state.finished || state.closing {
+                return Err(PushError::Gone);
+            }
+            if state.frames + frames.len() > self.max_frames {
+                return Err(PushError::Full);
+            }
+            for frame in frames {
+                match frame {
+                    Frame::Text(text) => encode_frame(&mut state.bytes, OP_TEXT, text.as_bytes()),
+                    Frame::Binary(bytes) => encode_frame(&mut state.bytes, OP_BINARY, bytes),
+                }
+            }
+            state.frames += frames.len();
+            state.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Asks the writer to send what is queued, then close the WebSocket.
+    pub fn close(&self) {
+        let writer = {
+            let mut state = self.outbox.state.lock();
+            state.closing = true;
+            state.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+}
+
+/// Serves an upgraded connection for the session at `addr`: writes
+/// `response` (the 101), then runs the writer and the reader. `leftover`
+/// holds bytes the client sent right after its request.
+pub(crate) fn run<H: EngineHandler>(
+    io: TcpStream,
+    leftover: BytesMut,
+    response: Bytes,
+    addr: Addr<Session<H>>,
+    link_id: u64,
+    outbox: Arc<Outbox>,
+    max_payload: usize,
+) {
+    let (read_half, write_half) = io.into_split();
+    actix_rt::spawn(write_loop(write_half, outbox.clone(), response));
+    actix_rt::spawn(read_loop(
+        read_half,
+        outbox,
+        addr,
+        link_id,
+        leftover,
+        max_payload,
+    ));
+}
+
+/// Writes the handshake response, then whatever the session queues, until
+/// it asks to close or the connection fails.
+async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, response: Bytes) {
+    let mut written = io.write_all(&response).await;
+    while written.is_ok() {
+        let (bytes, closing) = poll_fn(|cx| outbox.poll_take(cx)).await;
+        if !bytes.is_empty() {
+            written = io.write_all(&bytes).await;
+        }
+        if closing {
+            if written.is_ok() {
+                let _ = io.write_all(&CLOSE_FRAME).await;
+            }
+            break;
+        }
+    }
+    // The reader stops too; dropping both halves closes the connection
+    // (the server closes first, as RFC 6455 §7.1.1 asks).
+    outbox.finish();
+}
+
+/// A fragmented message being reassembled.
+struct Partial {
+    text: bool,
+    bytes: BytesMut,
+}
+
+/// What one client frame means for the connection.
+enum Step {
+    Deliver(WsMessage),
+    Continue,
+    End,
+}
+
+/// Reads frames until the client closes or breaks the framing rules. Each
+/// message waits until the session has taken it. Once the writer has sent
+/// its close frame, the reader lingers a little, discarding data, so the
+/// client can finish its close handshake instead of writing into a reset
+/// connection.
+async fn read_loop<H: EngineHandler>(
+    io: OwnedReadHalf,
+    outbox: Arc<Outbox>,
+    addr: Addr<Session<H>>,
+    link_id: u64,
+    mut buf: BytesMut,
+    max_payload: usize,
+) {
+    let mut codec = Codec::new().max_size(max_payload);
+    let mut partial: Option<Partial> = None;
+    // Set when the session is over: the reader ends by then at the latest.
+    let mut linger_until: Option<Instant> = None;
+    'connection: loop {
+        loop {
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(error = %err, "websocket framing error");
+                    break 'connection;
+                }
+            };
+            match on_frame(frame, &mut partial, &outbox, max_payload) {
+                Step::Deliver(message) if linger_until.is_none() => {
+                    if addr.send(WsIncoming { link_id, message }).await.is_err() {
+                        linger_until = Some(Instant::now() + CLOSE_LINGER);
+                    }
+                }
+                Step::Deliver(_) | Step::Continue => {}
+                Step::End => break 'connection,
+            }
+        }
+        if buf.is_empty() {
+            // Idle sockets keep no read buffer.
+            buf = BytesMut::new();
+        }
+        let deadline = linger_until.unwrap_or_else(Instant::now);
+        tokio::select! {
+            biased;
+            () = poll_fn(|cx| outbox.poll_finished(cx)), if linger_until.is_none() => {
+                linger_until = Some(Instant::now() + CLOSE_LINGER);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline), if linger_until.is_some() => break,
+            ready = io.readable() => if ready.is_err() { break },
+        }
+        match read_some(&io, &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    addr.do_send(WsGone { link_id });
+}
+
+/// Reads what the socket has (up to one chunk) onto the end of `buf`,
+/// which grows only by what arrived.
+fn read_some(io: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = io.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn on_frame(
+    frame: WsFrame,
+    partial: &mut Option<Partial>,
+    outbox: &Outbox,
+    max_payload: usize,
+) -> Step {
+    let whole = |text: bool, bytes: Bytes| {
+        if !text {
+            return Step::Deliver(WsMessage::Binary(bytes));
+        }
+        match ByteString::try_from(bytes) {
+            Ok(text) => Step::Deliver(WsMessage::Text(text)),
+            // RFC 6455 §8.1: invalid UTF-8 in a text message fails the
+            // connection.
+            Err(_) => Step::End,
+        }
+    };
+    let start = |partial: &mut Option<Partial>, text: bool, bytes: &[u8]| {
+        *partial = Some(Partial {
+            text,
+            bytes: BytesMut::from(bytes),
+        });
+        Step::Continue
+    };
+    match frame {
+        WsFrame::Text(bytes) => whole(true, bytes),
+        WsFrame::Binary(bytes) => whole(false, bytes),
+        WsFrame::Continuation(item) => {
+            let last = matches!(item, Item::Last(_));
+            match item {
+                Item::FirstText(bytes) => start(partial, true, &bytes),
+                Item::FirstBinary(bytes) => start(partial, false, &bytes),
+                Item::Continue(bytes) | Item::Last(bytes) => {
+                    let Some(message) = partial.as_mut() else {
+                        return Step::End;
+                    };
+                    if message.bytes.len() + bytes.len() > max_payload {
+                        tracing::debug!("fragmented websocket message over max_payload");
+                        return Step::End;
+                    }
+                    message.bytes.extend_from_slice(&bytes);
+                    if !last {
+                        return Step::Continue;
+                    }
+                    let Partial { text, bytes } = partial.take().expect("checked above");
+                    whole(text, bytes.freeze())
+                }
+            }
+        }
+        WsFrame::Ping(bytes) => {
+            outbox.push_control(OP_PONG, &bytes);
+            Step::Continue
+        }
+        WsFrame::Pong(_) => Step::Continue,
+        WsFrame::Close(_) => Step::End,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_use_the_shortest_length_form() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let mut out = BytesMut::new();
+            encode_frame(&mut out, OP_TEXT, &vec![b'x'; len]);
+            assert_eq!(out.len(), header + len, "payload of {len}");
+            assert_eq!(out[0], 0x81);
+        }
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_the_whole_batch() {
+        let (link, outbox) = WsLink::new(3);
+        let frame = Frame::Text(ByteString::from_static("4hi"));
+        assert_eq!(link.push(&[frame.clone(), frame.clone()]), Ok(()));
+        assert_eq!(
+            link.push(&[frame.clone(), frame.clone()]),
+            Err(PushError::Full)
+        );
+        assert_eq!(outbox.state.lock().frames, 2);
+        link.close();
+        assert_eq!(link.push(&[frame]), Err(PushError::Gone));
+    }
+}

@@ -49,8 +49,8 @@ pub enum ClientEvent {
         name: Arc<str>,
         /// The channel actor, for publishes and the final leave.
         channel: Addr<Channel>,
-        /// Everyone present, this socket's member included.
-        members: Vec<Value>,
+        /// Everyone present, this socket's member included, as a JSON array.
+        members: Arc<str>,
     },
     /// A publish is durable and delivered (told only if an ack was asked),
     /// or failed (always told).
@@ -305,7 +305,7 @@ impl Client {
         socket: &mut Socket<'_, '_, Self>,
         name: Arc<str>,
         channel: Addr<Channel>,
-        members: Vec<Value>,
+        members: Arc<str>,
     ) {
         let Some(Subscription::Joining {
             acks,
@@ -315,10 +315,14 @@ impl Client {
         else {
             return;
         };
-        let answer =
-            json!({ "ok": true, "channel": name.as_ref(), "presence": { "members": members } });
+        // The members come encoded from the channel; the rest of the answer
+        // is spliced around them.
+        let answer = format!(
+            r#"[{{"ok":true,"channel":{},"presence":{{"members":{members}}}}}]"#,
+            Value::String(name.to_string())
+        );
         for ack_id in acks {
-            socket.ack(NAMESPACE, ack_id, vec![answer.clone()]);
+            socket.ack_encoded(NAMESPACE, ack_id, &answer);
         }
         if cancelled {
             channel.do_send(Leave {

@@ -184,15 +184,34 @@ struct WsReader {
 
 type WsWriter = Arc<Mutex<OwnedWriteHalf>>;
 
+/// Binds `socket` to `ip` with a port of our choosing. Binding to port 0
+/// makes the kernel search its ephemeral range for a free port, which grows
+/// slow as thousands are taken and made the generator, not the server, the
+/// limit of `conns`; explicit ports below that range cost nothing to find.
+fn bind_source(socket: &TcpSocket, ip: IpAddr) -> Result<(), String> {
+    const FIRST_PORT: u32 = 10_000;
+    const N_PORTS: u32 = 22_000; // up to 31999, below the ephemeral range
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(rand::random::<u32>()));
+    let mut last_error = None;
+    for _ in 0..1000 {
+        let port = FIRST_PORT + next.fetch_add(1, Ordering::Relaxed) % N_PORTS;
+        match socket.bind(SocketAddr::new(ip, port as u16)) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(err),
+            Err(err) => return Err(format!("bind {ip}: {err}")),
+        }
+    }
+    Err(format!("bind {ip}: no free port ({last_error:?})"))
+}
+
 async fn ws_connect(
     target: &Target,
     source: Option<IpAddr>,
 ) -> Result<(WsReader, WsWriter), String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("bind {ip}: {e}"))?;
+        bind_source(&socket, ip)?;
     }
     let stream = socket
         .connect(target.server)

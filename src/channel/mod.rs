@@ -249,6 +249,8 @@ struct FlushPresence;
 
 struct PresenceEntry {
     member: Value,
+    /// `member` as JSON, encoded once for every subscribe ack after it.
+    encoded: Box<str>,
     n_sockets: usize,
 }
 
@@ -262,6 +264,10 @@ pub struct Channel {
     subscribers: HashMap<u64, Subscriber>,
     /// Present members by presence id, with how many sockets hold each.
     presence: HashMap<String, PresenceEntry>,
+    /// The JSON array of `presence` members for subscribe acks; rebuilt
+    /// only after presence changed, so a burst of joins into a big channel
+    /// costs one copy of each member per join, not one encoding.
+    members_json: Option<Arc<str>>,
     /// Accepted messages in channel order, until delivered or failed.
     pending: VecDeque<Pending>,
     /// Most messages `pending` may hold (`limits.max_pending_per_channel`).
@@ -296,6 +302,7 @@ impl Channel {
             writer,
             subscribers: HashMap::new(),
             presence: HashMap::new(),
+            members_json: None,
             pending: VecDeque::new(),
             max_pending,
             presence_outbox: Vec::new(),
@@ -322,6 +329,28 @@ impl Channel {
             Value::String(timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)),
         );
         Value::Object(meta)
+    }
+
+    /// Everyone present, as a JSON array.
+    fn members_json(&mut self) -> &Arc<str> {
+        let presence = &self.presence;
+        self.members_json.get_or_insert_with(|| {
+            let mut json = String::with_capacity(
+                2 + presence
+                    .values()
+                    .map(|entry| entry.encoded.len() + 1)
+                    .sum::<usize>(),
+            );
+            json.push('[');
+            for (i, entry) in presence.values().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(&entry.encoded);
+            }
+            json.push(']');
+            json.into()
+        })
     }
 
     fn presence_frame(&self, event: &str, member: &Value) -> Frame {
@@ -398,10 +427,14 @@ impl Channel {
                 entry.n_sockets -= 1;
                 None
             }
-            Some(_) => self.presence.remove(&presence_id).map(|entry| entry.member),
+            Some(_) => {
+                self.members_json = None;
+                self.presence.remove(&presence_id).map(|entry| entry.member)
+            }
             None => None,
         };
-        if let Some(member) = gone {
+        // Nobody is left to tell when the channel is empty.
+        if let Some(member) = gone.filter(|_| !self.subscribers.is_empty()) {
             let frame = self.presence_frame("presence:leave", &member);
             self.queue_presence(frame, None, ctx);
         }
@@ -488,11 +521,16 @@ impl Handler<Join> for Channel {
                         "type": subscriber.member.kind,
                         "joinedAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                     });
-                    let frame = self.presence_frame("presence:join", &member);
-                    self.queue_presence(frame, Some(id), ctx);
+                    // The first subscriber has nobody to tell.
+                    if !self.subscribers.is_empty() {
+                        let frame = self.presence_frame("presence:join", &member);
+                        self.queue_presence(frame, Some(id), ctx);
+                    }
+                    self.members_json = None;
                     self.presence.insert(
                         presence_id,
                         PresenceEntry {
+                            encoded: member.to_string().into(),
                             member,
                             n_sockets: 1,
                         },
@@ -502,11 +540,7 @@ impl Handler<Join> for Channel {
             self.subscribers.insert(id, subscriber.clone());
             self.subscribed_since.insert(id, self.presence_seq);
         }
-        let members = self
-            .presence
-            .values()
-            .map(|entry| entry.member.clone())
-            .collect();
+        let members = self.members_json().clone();
         subscriber.client.do_send(SessionEvent(ClientEvent::Joined {
             name: self.name.clone(),
             channel: ctx.address(),

@@ -26,7 +26,7 @@ use actix_service::{
     fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt as _,
 };
 use actix_web::dev::AppConfig;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::future::LocalBoxFuture;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -85,7 +85,6 @@ async fn upgrade_engine<H: EngineHandler>(
         Ok((addr, link_id, outbox)) => websocket::run(
             io,
             leftover,
-            switching_protocols(&req),
             addr,
             link_id,
             outbox,
@@ -121,7 +120,10 @@ async fn accept_engine<H: EngineHandler>(
     if actix_http::ws::verify_handshake(req.head()).is_err() {
         return Err(ErrorCode::BadRequest);
     }
-    let (link, outbox) = WsLink::new(server.config.max_buffered_packets);
+    let (link, outbox) = WsLink::new(
+        server.config.max_buffered_packets,
+        switching_protocols(req).as_bytes(),
+    );
     let link_id = link.id;
     let addr = match existing {
         None => {
@@ -144,7 +146,7 @@ async fn accept_engine<H: EngineHandler>(
 }
 
 /// The 101 answer to a verified handshake.
-fn switching_protocols(req: &Request) -> Bytes {
+fn switching_protocols(req: &Request) -> String {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -155,7 +157,7 @@ fn switching_protocols(req: &Request) -> Bytes {
     );
     head.push_str(std::str::from_utf8(&key).unwrap_or_default());
     head.push_str("\r\n\r\n");
-    Bytes::from(head)
+    head
 }
 
 /// Answers with a JSON error and closes the connection.

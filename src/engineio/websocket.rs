@@ -54,6 +54,8 @@ const CLOSE_FRAME: [u8; 2] = [0x80 | OP_CLOSE, 0];
 const READ_CHUNK: usize = 4096;
 /// How long a closed WebSocket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Largest write buffer kept for reuse.
+const MAX_SPARE: usize = 256 * 1024;
 
 /// Appends one unmasked, unfragmented server frame to `out`.
 fn encode_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
@@ -89,6 +91,9 @@ struct OutboxState {
     bytes: BytesMut,
     /// How many frames `bytes` holds.
     frames: usize,
+    /// An empty buffer the writer gave back, to fill next instead of
+    /// growing a new one from nothing (only while the socket is busy).
+    spare: BytesMut,
     /// The session asked to close: write what is queued, then a close frame.
     closing: bool,
     /// The writer has ended; nothing more will be written.
@@ -113,7 +118,19 @@ impl Outbox {
             return Poll::Pending;
         }
         state.frames = 0;
-        Poll::Ready((std::mem::take(&mut state.bytes), state.closing))
+        let spare = std::mem::take(&mut state.spare);
+        let bytes = std::mem::replace(&mut state.bytes, spare);
+        Poll::Ready((bytes, state.closing))
+    }
+
+    /// Takes back a written buffer for reuse while more is queued; an
+    /// outbox that ran empty keeps nothing, so idle sockets hold no memory.
+    fn recycle(&self, mut written: BytesMut) {
+        written.clear();
+        let mut state = self.state.lock();
+        if !state.bytes.is_empty() && written.capacity() <= MAX_SPARE {
+            state.spare = written;
+        }
     }
 
     /// Ready once the writer has ended, so the reader stops too.
@@ -131,6 +148,7 @@ impl Outbox {
             let mut state = self.state.lock();
             state.finished = true;
             state.bytes = BytesMut::new();
+            state.spare = BytesMut::new();
             state.reader.take()
         };
         if let Some(reader) = reader {
@@ -173,10 +191,16 @@ impl std::fmt::Debug for WsLink {
 
 impl WsLink {
     /// A link with a fresh id, holding at most `max_frames` unwritten
-    /// frames, and the outbox its writer reads.
-    pub fn new(max_frames: usize) -> (WsLink, Arc<Outbox>) {
+    /// frames, and the outbox its writer reads. `preamble` (the handshake
+    /// response) goes out first, in the same write as the first frames.
+    pub fn new(max_frames: usize, preamble: &[u8]) -> (WsLink, Arc<Outbox>) {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let outbox = Arc::new(Outbox::default());
+        let outbox = Arc::new(Outbox {
+            state: Mutex::new(OutboxState {
+                bytes: BytesMut::from(preamble),
+                ..OutboxState::default()
+            }),
+        });
         let link = WsLink {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             outbox: outbox.clone(),
@@ -223,20 +247,19 @@ impl WsLink {
     }
 }
 
-/// Serves an upgraded connection for the session at `addr`: writes
-/// `response` (the 101), then runs the writer and the reader. `leftover`
-/// holds bytes the client sent right after its request.
+/// Serves an upgraded connection for the session at `addr` with a writer
+/// and a reader. `leftover` holds bytes the client sent right after its
+/// request.
 pub(crate) fn run<H: EngineHandler>(
     io: TcpStream,
     leftover: BytesMut,
-    response: Bytes,
     addr: Addr<Session<H>>,
     link_id: u64,
     outbox: Arc<Outbox>,
     max_payload: usize,
 ) {
     let (read_half, write_half) = io.into_split();
-    actix_rt::spawn(write_loop(write_half, outbox.clone(), response));
+    actix_rt::spawn(write_loop(write_half, outbox.clone()));
     actix_rt::spawn(read_loop(
         read_half,
         outbox,
@@ -247,15 +270,16 @@ pub(crate) fn run<H: EngineHandler>(
     ));
 }
 
-/// Writes the handshake response, then whatever the session queues, until
-/// it asks to close or the connection fails.
-async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, response: Bytes) {
-    let mut written = io.write_all(&response).await;
+/// Writes whatever the session queues, until it asks to close or the
+/// connection fails.
+async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut written = Ok(());
     while written.is_ok() {
         let (bytes, closing) = poll_fn(|cx| outbox.poll_take(cx)).await;
         if !bytes.is_empty() {
             written = io.write_all(&bytes).await;
         }
+        outbox.recycle(bytes);
         if closing {
             if written.is_ok() {
                 let _ = io.write_all(&CLOSE_FRAME).await;
@@ -425,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_refuses_the_whole_batch() {
-        let (link, outbox) = WsLink::new(3);
+        let (link, outbox) = WsLink::new(3, b"");
         let frame = Frame::Text(ByteString::from_static("4hi"));
         assert_eq!(link.push(&[frame.clone(), frame.clone()]), Ok(()));
         assert_eq!(

@@ -206,6 +206,13 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
         self.ack_binary(namespace, ack_id, args, Vec::new())
     }
 
+    /// Answers with `args_json`, the arguments already encoded as a JSON
+    /// array.
+    pub fn ack_encoded(&mut self, namespace: &str, ack_id: u64, args_json: &str) -> bool {
+        let text = Packet::encode_with_data(PacketKind::Ack, namespace, Some(ack_id), args_json);
+        self.link.send(Frame::message(&text))
+    }
+
     /// Answers with binary attachments; `args` hold their placeholders.
     pub fn ack_binary(
         &mut self,

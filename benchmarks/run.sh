@@ -26,19 +26,34 @@ run_bench() { # label, then realtime-bench arguments
   echo "{\"run\":\"$label\",\"result\":$line}"
 }
 
-realtime_suite() { # label, database url
-  local label=$1 url=$2 dir
-  dir=$(mktemp -d)
-  (cd "$dir" && REALTIME__DATABASE__URL=$url REALTIME__SERVER__HOST=127.0.0.1 REALTIME__SERVER__PORT=7130 \
+start_realtime() { # database url, scratch dir; sets $pid
+  (cd "$2" && REALTIME__DATABASE__URL=$1 REALTIME__SERVER__HOST=127.0.0.1 REALTIME__SERVER__PORT=7130 \
     REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error REALTIME__LIMITS__PUBLISH_RATE=0 \
     exec taskset -c "$server_core" "$OLDPWD/target/release/realtime") &
-  local pid=$!
+  pid=$!
   wait_healthy 7130
-  run_bench "$label fanout max" fanout --subscribers 1000 --messages 2000 --payload 100
+}
+
+stop_realtime() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+
+realtime_suite() { # label, database url
+  local label=$1 url=$2 dir pid
+  dir=$(mktemp -d)
+  start_realtime "$url" "$dir"
+  for run in 1 2 3; do
+    run_bench "$label fanout max #$run" fanout --subscribers 1000 --messages 2000 --payload 100
+  done
   run_bench "$label fanout 200k/s" fanout --subscribers 1000 --messages 2000 --payload 100 --rate 200
   run_bench "$label publish" publish --publishers 16 --window 32 --seconds 10
-  run_bench "$label conns" conns --connections 15000 --sources 4 --server-pid "$pid" --connect-concurrency 200
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_realtime
+  # Memory per connection is measured on a fresh process: a heap that
+  # earlier runs grew would hide what connections cost.
+  for channels in 100 15000; do
+    start_realtime "$url" "$dir"
+    run_bench "$label conns ($channels channels)" conns --connections 15000 --sources 4 --server-pid "$pid" --connect-concurrency 200 --channels "$channels"
+    stop_realtime
+    sleep 5 # let the previous run's sockets leave TIME_WAIT behind
+  done
   rm -rf "$dir"
 }
 
@@ -47,8 +62,14 @@ node_suite() {
   taskset -c "$server_core" node benchmarks/node-peer/server.mjs 7131 >/dev/null &
   local pid=$!
   sleep 1
-  run_bench "node fanout max" --server 127.0.0.1:7131 --no-setup fanout --subscribers 1000 --messages 2000 --payload 100
+  for run in 1 2 3; do
+    run_bench "node fanout max #$run" --server 127.0.0.1:7131 --no-setup fanout --subscribers 1000 --messages 2000 --payload 100
+  done
   run_bench "node fanout 200k/s" --server 127.0.0.1:7131 --no-setup fanout --subscribers 1000 --messages 2000 --payload 100 --rate 200
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  taskset -c "$server_core" node benchmarks/node-peer/server.mjs 7131 >/dev/null &
+  pid=$!
+  sleep 1
   run_bench "node conns" --server 127.0.0.1:7131 --no-setup conns --connections 15000 --sources 4 --server-pid "$pid" --connect-concurrency 200
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -56,7 +77,7 @@ node_suite() {
 target=${1:-all}
 case $target in
   sqlite) realtime_suite sqlite "sqlite://realtime.db" ;;
-  postgres) scripts/with-postgres bash -c "$(declare -f wait_healthy run_bench realtime_suite); bench=$bench server_core=$server_core bench_core=$bench_core; realtime_suite postgres \"\$REALTIME_TEST_POSTGRES_URL\"" ;;
+  postgres) scripts/with-postgres bash -c "$(declare -f wait_healthy run_bench start_realtime stop_realtime realtime_suite); bench=$bench server_core=$server_core bench_core=$bench_core; realtime_suite postgres \"\$REALTIME_TEST_POSTGRES_URL\"" ;;
   node) node_suite ;;
   all)
     realtime_suite sqlite "sqlite://realtime.db"

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use entity::messages::{self, Column, Entity as Messages};
 use sea_orm::sea_query::{Alias, Expr, Order};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -64,6 +64,36 @@ pub async fn insert_batch<'a>(
     db: &DatabaseConnection,
     batch: impl IntoIterator<Item = &'a messages::Model>,
 ) -> Result<(), PersistenceError> {
+    insert_rows(db, batch, false).await
+}
+
+/// The writer's batch on SQLite: inserts `batch` and records `audience`
+/// counts (of messages written earlier) in one transaction, so pages the
+/// two touch are written to the log once and committed once. SQLite runs
+/// in-process, where preparing a statement for each batch size cost more
+/// than executing it, so rows and ids go in chunks of power-of-two sizes
+/// whose few statements stay prepared.
+///
+/// # Errors
+/// Database failures (nothing is written); [`PersistenceError::Duplicate`]
+/// if an id exists.
+pub async fn write_batch_in_one_transaction<'a>(
+    db: &DatabaseConnection,
+    batch: impl IntoIterator<Item = &'a messages::Model>,
+    audience: &[(Uuid, i32)],
+) -> Result<(), PersistenceError> {
+    let txn = db.begin().await.map_err(PersistenceError::from_write)?;
+    insert_rows(&txn, batch, true).await?;
+    update_counts(&txn, Column::WsAudienceCount, audience, true).await?;
+    txn.commit().await.map_err(PersistenceError::from_write)?;
+    Ok(())
+}
+
+async fn insert_rows<'a, C: ConnectionTrait>(
+    conn: &C,
+    batch: impl IntoIterator<Item = &'a messages::Model>,
+    chunked: bool,
+) -> Result<(), PersistenceError> {
     let rows: Vec<messages::ActiveModel> = batch
         .into_iter()
         .map(|message| messages::ActiveModel {
@@ -80,14 +110,29 @@ pub async fn insert_batch<'a>(
             created_at: Set(message.created_at),
         })
         .collect();
-    if rows.is_empty() {
-        return Ok(());
+    let sizes = statement_sizes(rows.len(), chunked);
+    let mut rows = rows.into_iter();
+    for size in sizes {
+        Messages::insert_many(rows.by_ref().take(size))
+            .exec_without_returning(conn)
+            .await
+            .map_err(PersistenceError::from_write)?;
     }
-    Messages::insert_many(rows)
-        .exec_without_returning(db)
-        .await
-        .map_err(PersistenceError::from_write)?;
     Ok(())
+}
+
+/// How many rows (or ids) each statement takes for `n` of them: all at once,
+/// or, `chunked`, the powers of two that add up to `n` (the bits of `n`),
+/// largest first, so that only a few distinct statements are ever prepared.
+fn statement_sizes(n: usize, chunked: bool) -> Vec<usize> {
+    if !chunked {
+        return if n == 0 { Vec::new() } else { vec![n] };
+    }
+    (0..usize::BITS)
+        .rev()
+        .map(|bit| 1usize << bit)
+        .filter(|size| n & size != 0)
+        .collect()
 }
 
 /// Sets one integer column of many messages. Messages delivered together
@@ -103,6 +148,15 @@ pub async fn set_counts(
     column: Column,
     counts: &[(Uuid, i32)],
 ) -> Result<u64, PersistenceError> {
+    update_counts(db, column, counts, false).await
+}
+
+async fn update_counts<C: ConnectionTrait>(
+    conn: &C,
+    column: Column,
+    counts: &[(Uuid, i32)],
+    chunked: bool,
+) -> Result<u64, PersistenceError> {
     let mut by_value: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
     for (id, count) in counts {
         by_value.entry(*count).or_default().push(*id);
@@ -110,12 +164,17 @@ pub async fn set_counts(
     let mut changed = 0;
     for (count, ids) in by_value {
         for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
-            let result = Messages::update_many()
-                .col_expr(column, Expr::value(count))
-                .filter(Column::Id.is_in(chunk.iter().copied()))
-                .exec(db)
-                .await?;
-            changed += result.rows_affected;
+            let mut rest = chunk;
+            for size in statement_sizes(chunk.len(), chunked) {
+                let (ids, tail) = rest.split_at(size);
+                rest = tail;
+                let result = Messages::update_many()
+                    .col_expr(column, Expr::value(count))
+                    .filter(Column::Id.is_in(ids.iter().copied()))
+                    .exec(conn)
+                    .await?;
+                changed += result.rows_affected;
+            }
         }
     }
     Ok(changed)

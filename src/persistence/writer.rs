@@ -14,7 +14,7 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture,
 };
 use entity::messages;
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use super::{messages as queries, PersistenceError};
@@ -124,12 +124,22 @@ impl MessageWriter {
         let db = self.db.clone();
         let write = async move {
             let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
-            let inserted = write_with_retries(&db, &rows).await;
-            if let Err(err) =
-                queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
-            {
-                tracing::error!(error = %err, "could not record audience counts");
-            }
+            let inserted = if db.get_database_backend() == DbBackend::Sqlite {
+                // In-process: one transaction for both (see
+                // `write_batch_in_one_transaction`).
+                write_with_retries(&db, &rows, Some(&audience)).await
+            } else {
+                // A network round trip each: the counts are a separate
+                // statement that cannot fail the batch.
+                let inserted = write_with_retries(&db, &rows, None).await;
+                if let Err(err) =
+                    queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
+                {
+                    tracing::error!(error = %err, "could not record audience counts");
+                }
+                inserted
+            };
+            drop(rows);
             (batch, inserted)
         };
         ctx.spawn(
@@ -153,16 +163,25 @@ impl MessageWriter {
     }
 }
 
+/// Writes `rows`, with `audience` counts in the same transaction when
+/// given, retrying failures.
 async fn write_with_retries(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
+    audience: Option<&[(Uuid, i32)]>,
 ) -> Result<(), PersistenceError> {
-    if rows.is_empty() {
+    if rows.is_empty() && audience.is_none_or(<[_]>::is_empty) {
         return Ok(());
     }
     let mut attempt = 0;
     loop {
-        match queries::insert_batch(db, rows.iter().copied()).await {
+        let written = match audience {
+            Some(audience) => {
+                queries::write_batch_in_one_transaction(db, rows.iter().copied(), audience).await
+            }
+            None => queries::insert_batch(db, rows.iter().copied()).await,
+        };
+        match written {
             Ok(()) => return Ok(()),
             // After a failed attempt, a duplicate id means that attempt
             // committed after all; on the first attempt it is a real error.

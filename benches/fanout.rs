@@ -1,11 +1,14 @@
 //! The fan-out step of a channel: a message is encoded once and the same
 //! bytes are handed to every subscriber. This measures that step for 1,000
-//! subscribers without the sockets (the load generator measures those).
+//! subscribers without the sockets (the load generator measures those),
+//! and the step after it: each session framing the delivery into its
+//! WebSocket outbox.
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use realtime::channel::encode_event;
+use realtime::engineio::websocket::WsLink;
 use realtime::protocol::engineio::Frame;
 use serde_json::json;
 use std::hint::black_box;
@@ -31,6 +34,23 @@ fn fanout(c: &mut Criterion) {
                 queue.push(frames.clone());
             }
         })
+    });
+    let frames: Arc<[Frame]> = Arc::new([encode_event("b", &body)]);
+    group.bench_function("frame into 1,000 idle outboxes", |b| {
+        b.iter_batched(
+            || {
+                (0..1000)
+                    .map(|_| WsLink::new(4096, b"").0)
+                    .collect::<Vec<_>>()
+            },
+            |links| {
+                for link in &links {
+                    link.push(&frames).unwrap();
+                }
+                links
+            },
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

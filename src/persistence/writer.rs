@@ -65,6 +65,13 @@ pub struct MessageWriter {
     audience: Vec<(Uuid, i32)>,
     /// True while a flush runs; the next one waits for it.
     flushing: bool,
+    /// Whether audience counts go in their own statement, beside the
+    /// inserts (PostgreSQL: a round trip each, so the next batch's insert
+    /// does not wait for the counts of the last one) rather than in the
+    /// batch's transaction (SQLite, in-process, one writer at a time).
+    counts_apart: bool,
+    /// True while counts are being written apart.
+    counting: bool,
     /// The timer that flushes a batch that did not fill up.
     window_timer: Option<SpawnHandle>,
     /// Callers of [`Drain`] waiting for the queues to empty.
@@ -75,25 +82,31 @@ impl MessageWriter {
     /// A writer over `db` with the given batch bounds.
     pub fn new(db: DatabaseConnection, batch_size: usize, batch_window: Duration) -> Self {
         MessageWriter {
+            counts_apart: db.get_database_backend() != DbBackend::Sqlite,
             db,
             batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
             batch_window,
             rows: Vec::new(),
             audience: Vec::new(),
             flushing: false,
+            counting: false,
             window_timer: None,
             drain_waiters: Vec::new(),
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.rows.is_empty() && self.audience.is_empty() && !self.flushing
+        self.rows.is_empty() && self.audience.is_empty() && !self.flushing && !self.counting
     }
 
     /// Flushes now if a batch is full (or a drain waits), else makes sure
     /// the window timer runs.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || (self.rows.is_empty() && self.audience.is_empty()) {
+        if self.counts_apart {
+            self.write_counts(ctx);
+        }
+        let counts_waiting = !self.counts_apart && !self.audience.is_empty();
+        if self.flushing || (self.rows.is_empty() && !counts_waiting) {
             return;
         }
         if self.rows.len() >= self.batch_size || !self.drain_waiters.is_empty() {
@@ -115,30 +128,24 @@ impl MessageWriter {
         }
         let take = self.rows.len().min(self.batch_size);
         let batch: Vec<_> = self.rows.drain(..take).collect();
-        let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
-        let audience: Vec<_> = self.audience.drain(..take).collect();
+        let audience: Vec<_> = if self.counts_apart {
+            Vec::new()
+        } else {
+            let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
+            self.audience.drain(..take).collect()
+        };
         if batch.is_empty() && audience.is_empty() {
             return;
         }
         self.flushing = true;
         let db = self.db.clone();
+        let counts_apart = self.counts_apart;
         let write = async move {
             let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
-            let inserted = if db.get_database_backend() == DbBackend::Sqlite {
-                // In-process: one transaction for both (see
-                // `write_batch_in_one_transaction`).
-                write_with_retries(&db, &rows, Some(&audience)).await
-            } else {
-                // A network round trip each: the counts are a separate
-                // statement that cannot fail the batch.
-                let inserted = write_with_retries(&db, &rows, None).await;
-                if let Err(err) =
-                    queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
-                {
-                    tracing::error!(error = %err, "could not record audience counts");
-                }
-                inserted
-            };
+            // SQLite: one transaction for both (see
+            // `write_batch_in_one_transaction`).
+            let audience = (!counts_apart).then_some(audience.as_slice());
+            let inserted = write_with_retries(&db, &rows, audience).await;
             drop(rows);
             (batch, inserted)
         };
@@ -152,14 +159,43 @@ impl MessageWriter {
                         crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
                     }
                     notify_channels(batch, inserted.map_err(|err| err.to_string()));
-                    if writer.is_idle() {
-                        for waiter in writer.drain_waiters.drain(..) {
-                            let _ = waiter.send(());
-                        }
-                    }
-                    writer.schedule(ctx);
+                    writer.after_write(ctx);
                 }),
         );
+    }
+
+    /// Writes waiting audience counts in their own statement, one such
+    /// write at a time (`counts_apart`). They cannot fail a batch: a
+    /// failure is logged.
+    fn write_counts(&mut self, ctx: &mut Context<Self>) {
+        if self.counting || self.audience.is_empty() {
+            return;
+        }
+        let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
+        let audience: Vec<_> = self.audience.drain(..take).collect();
+        self.counting = true;
+        let db = self.db.clone();
+        let write = async move {
+            if let Err(err) =
+                queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
+            {
+                tracing::error!(error = %err, "could not record audience counts");
+            }
+        };
+        ctx.spawn(write.into_actor(self).map(|(), writer, ctx| {
+            writer.counting = false;
+            writer.after_write(ctx);
+        }));
+    }
+
+    /// A write finished: release drain waiters once idle, start the next.
+    fn after_write(&mut self, ctx: &mut Context<Self>) {
+        if self.is_idle() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        self.schedule(ctx);
     }
 }
 

@@ -66,8 +66,12 @@ impl UpgradeRoutes {
         match self.routes.iter().find(|(route, _)| route == path) {
             Some((_, upgrade)) => upgrade(req, io, leftover).await,
             None => {
-                let body = r#"{"error":"NOT_FOUND","message":"No such endpoint","statusCode":404}"#;
-                refuse(io, "404 Not Found", body, None).await;
+                let body = serde_json::json!({
+                    "error": "NOT_FOUND",
+                    "message": format!("no WebSocket endpoint at {}", req.path()),
+                    "statusCode": 404,
+                });
+                refuse(io, "404 Not Found", &body.to_string(), None).await;
             }
         }
     }

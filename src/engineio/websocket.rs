@@ -133,6 +133,16 @@ impl Outbox {
         }
     }
 
+    /// Ready once the session has asked to close.
+    fn poll_closing(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if state.closing {
+            return Poll::Ready(());
+        }
+        state.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Ready once the writer has ended, so the reader stops too.
     fn poll_finished(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
         let mut state = self.state.lock();
@@ -277,12 +287,21 @@ async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>) {
     while written.is_ok() {
         let (bytes, closing) = poll_fn(|cx| outbox.poll_take(cx)).await;
         if !bytes.is_empty() {
-            written = io.write_all(&bytes).await;
+            // A client that stopped reading fills the socket and the write
+            // waits; once the session gives up on it (a slow client), the
+            // write gets CLOSE_LINGER more, then the connection is dropped.
+            written = tokio::select! {
+                written = io.write_all(&bytes) => written,
+                () = async {
+                    poll_fn(|cx| outbox.poll_closing(cx)).await;
+                    tokio::time::sleep(CLOSE_LINGER).await;
+                } => Err(io::ErrorKind::TimedOut.into()),
+            };
         }
         outbox.recycle(bytes);
         if closing {
             if written.is_ok() {
-                let _ = io.write_all(&CLOSE_FRAME).await;
+                let _ = tokio::time::timeout(CLOSE_LINGER, io.write_all(&CLOSE_FRAME)).await;
             }
             break;
         }

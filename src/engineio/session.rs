@@ -1,7 +1,7 @@
 //! The `Session` actor: one Engine.IO connection, whatever its transport.
 //!
 //! It owns the transport state (a polling queue with its waiting GET, a
-//! WebSocket writer, or both during an upgrade), the heartbeat timers, and
+//! WebSocket outbox, or both during an upgrade), the heartbeat timers, and
 //! the handler that gives the messages meaning. HTTP handlers and the
 //! WebSocket reader talk to it only through messages.
 
@@ -101,7 +101,8 @@ impl Core {
         self.send_frames(std::slice::from_ref(&frame), ctx)
     }
 
-    /// Queues a batch of frames; on a WebSocket they travel as one command.
+    /// Queues a batch of frames; on a WebSocket they are framed into the
+    /// outbox in one go.
     pub(crate) fn send_many<A>(&mut self, frames: Arc<[Frame]>, ctx: &mut Context<A>) -> bool
     where
         A: Actor<Context = Context<A>>,

@@ -5,10 +5,12 @@
 //! the Socket.IO CONNECT handler are thin adapters over it.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::config::AuthSettings;
 
@@ -60,7 +62,7 @@ pub struct Claims {
 }
 
 /// A verified caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Principal {
     /// Holder of an `ik_` admin API key.
     ApiKey,
@@ -74,6 +76,9 @@ pub enum Principal {
         role: Role,
         /// The `email` claim, if any.
         email: Option<String>,
+        /// Every claim of the token, as signed: the permission layer hands
+        /// them to PostgreSQL as `request.jwt.claims`.
+        claims: Arc<Map<String, Value>>,
     },
 }
 
@@ -99,9 +104,12 @@ pub enum AuthError {
     /// No credential at all.
     #[error("no credentials provided")]
     Missing,
-    /// Something shaped like an API key that is not one of ours.
+    /// An API key (`ik_…`, or whatever came as one) that is not one of ours.
     #[error("invalid api key")]
     InvalidApiKey,
+    /// An `anon_…` key that is not one of ours.
+    #[error("unknown anon key")]
+    UnknownAnonKey,
     /// A JWT that does not verify: bad signature, expired, malformed.
     #[error("invalid token: {0}")]
     InvalidToken(String),
@@ -119,8 +127,19 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the authenticator from the `[auth]` settings.
     pub fn new(settings: &AuthSettings) -> Self {
+        // HS256 only: a token signed with any other algorithm (`none`, RS256
+        // with our secret as a "public key") is refused by the header check.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // InsForge's own anon and project-admin tokens carry no `exp`; it
+        // accepts them, so we do unless the operator asks for `exp`.
+        if settings.require_exp {
+            validation.set_required_spec_claims(&["exp", "sub"]);
+        } else {
+            validation.set_required_spec_claims(&["sub"]);
+        }
+        validation.validate_nbf = true;
+        // No audience is configured, so an `aud` claim is not ours to judge.
+        validation.validate_aud = false;
         validation.leeway = 0;
         Authenticator {
             decoding_key: DecodingKey::from_secret(settings.jwt_secret.as_bytes()),
@@ -128,6 +147,22 @@ impl Authenticator {
             validation,
             api_keys: settings.api_keys.iter().cloned().collect(),
             anon_keys: settings.anon_keys.iter().cloned().collect(),
+        }
+    }
+
+    /// Verifies a credential that can only be an admin API key (the
+    /// `x-api-key` header, the socket's `apiKey`).
+    ///
+    /// # Errors
+    /// [`AuthError::Missing`] when empty, else [`AuthError::InvalidApiKey`].
+    pub fn verify_api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let key = key.trim();
+        if key.is_empty() {
+            Err(AuthError::Missing)
+        } else if self.api_keys.contains(key) {
+            Ok(Principal::ApiKey)
+        } else {
+            Err(AuthError::InvalidApiKey)
         }
     }
 
@@ -141,20 +176,16 @@ impl Authenticator {
             return Err(AuthError::Missing);
         }
         if credential.starts_with("ik_") {
-            return if self.api_keys.contains(credential) {
-                Ok(Principal::ApiKey)
-            } else {
-                Err(AuthError::InvalidApiKey)
-            };
+            return self.verify_api_key(credential);
         }
         if credential.starts_with("anon_") {
             return if self.anon_keys.contains(credential) {
                 Ok(Principal::AnonKey)
             } else {
-                Err(AuthError::InvalidApiKey)
+                Err(AuthError::UnknownAnonKey)
             };
         }
-        let data = jsonwebtoken::decode::<serde_json::Value>(
+        let data = jsonwebtoken::decode::<Map<String, Value>>(
             credential,
             &self.decoding_key,
             &self.validation,
@@ -182,6 +213,7 @@ impl Authenticator {
             sub: sub.to_owned(),
             role,
             email,
+            claims: Arc::new(claims),
         })
     }
 
@@ -215,12 +247,28 @@ pub fn generate_key(prefix: &str) -> String {
 mod tests {
     use super::*;
 
-    fn authenticator() -> Authenticator {
-        Authenticator::new(&AuthSettings {
+    fn settings(require_exp: bool) -> AuthSettings {
+        AuthSettings {
             jwt_secret: "a-test-secret-that-is-long-enough-000".into(),
             api_keys: vec!["ik_testtesttest".into()],
             anon_keys: vec!["anon_testtesttest".into()],
-        })
+            require_exp,
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(&settings(false))
+    }
+
+    fn sign(auth: &Authenticator, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding_key).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[test]
@@ -229,7 +277,80 @@ mod tests {
         assert_eq!(auth.verify("ik_testtesttest"), Ok(Principal::ApiKey));
         assert_eq!(auth.verify("anon_testtesttest"), Ok(Principal::AnonKey));
         assert_eq!(auth.verify("ik_other"), Err(AuthError::InvalidApiKey));
+        assert_eq!(auth.verify("anon_other"), Err(AuthError::UnknownAnonKey));
         assert_eq!(auth.verify(""), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn api_key_slot_takes_only_api_keys() {
+        let auth = authenticator();
+        assert_eq!(
+            auth.verify_api_key("ik_testtesttest"),
+            Ok(Principal::ApiKey)
+        );
+        assert_eq!(
+            auth.verify_api_key("anon_testtesttest"),
+            Err(AuthError::InvalidApiKey)
+        );
+        let token = auth.mint(Role::ProjectAdmin, "admin", None, 60);
+        assert_eq!(auth.verify_api_key(&token), Err(AuthError::InvalidApiKey));
+        assert_eq!(auth.verify_api_key(" "), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn token_without_exp_is_accepted_unless_required() {
+        let claims = serde_json::json!({"sub": "u", "role": "anon", "iat": now()});
+        let token = sign(&authenticator(), claims);
+        assert!(matches!(
+            authenticator().verify(&token),
+            Ok(Principal::Jwt {
+                role: Role::Anon,
+                ..
+            })
+        ));
+        let strict = Authenticator::new(&settings(true));
+        assert!(matches!(
+            strict.verify(&token),
+            Err(AuthError::InvalidToken(reason)) if reason.contains("exp")
+        ));
+    }
+
+    #[test]
+    fn token_not_yet_valid_is_refused() {
+        let auth = authenticator();
+        let claims = serde_json::json!({"sub": "u", "role": "anon", "nbf": now() + 3600});
+        assert!(matches!(
+            auth.verify(&sign(&auth, claims)),
+            Err(AuthError::InvalidToken(reason)) if reason.contains("immature")
+        ));
+        let claims = serde_json::json!({"sub": "u", "role": "anon", "nbf": now() - 10});
+        assert!(auth.verify(&sign(&auth, claims)).is_ok());
+    }
+
+    #[test]
+    fn unsigned_token_is_refused() {
+        use base64::Engine as _;
+        let encode = |value: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let header = encode(serde_json::json!({"alg": "none", "typ": "JWT"}));
+        let body = encode(serde_json::json!({"sub": "u", "role": "project_admin"}));
+        for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert!(matches!(
+                authenticator().verify(&token),
+                Err(AuthError::InvalidToken(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn claims_are_kept_whole() {
+        let auth = authenticator();
+        let claims = serde_json::json!({"sub": "u", "role": "authenticated", "org": {"id": 7}});
+        let Ok(Principal::Jwt { claims, .. }) = auth.verify(&sign(&auth, claims)) else {
+            panic!("token refused");
+        };
+        assert_eq!(claims["org"], serde_json::json!({"id": 7}));
     }
 
     #[test]
@@ -237,13 +358,15 @@ mod tests {
         let auth = authenticator();
         let token = auth.mint(Role::Authenticated, "user-1", Some("a@b.c"), 60);
         let principal = auth.verify(&token).unwrap();
+        let Principal::Jwt {
+            sub, role, email, ..
+        } = &principal
+        else {
+            panic!("not a JWT principal: {principal:?}");
+        };
         assert_eq!(
-            principal,
-            Principal::Jwt {
-                sub: "user-1".into(),
-                role: Role::Authenticated,
-                email: Some("a@b.c".into())
-            }
+            (sub.as_str(), *role, email.as_deref()),
+            ("user-1", Role::Authenticated, Some("a@b.c"))
         );
         assert!(!principal.is_admin());
     }
@@ -252,7 +375,7 @@ mod tests {
     fn expired_token_is_refused() {
         let auth = authenticator();
         let claims = serde_json::json!({"sub": "u", "role": "authenticated", "exp": 1});
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding_key).unwrap();
+        let token = sign(&auth, claims);
         assert!(
             matches!(auth.verify(&token), Err(AuthError::InvalidToken(reason)) if reason.contains("expired"))
         );
@@ -262,7 +385,7 @@ mod tests {
     fn token_without_role_is_refused() {
         let auth = authenticator();
         let claims = serde_json::json!({"sub": "u", "exp": u64::MAX / 2});
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding_key).unwrap();
+        let token = sign(&auth, claims);
         assert_eq!(
             auth.verify(&token),
             Err(AuthError::InvalidToken("missing role claim".into()))
@@ -273,8 +396,7 @@ mod tests {
     fn token_with_other_secret_is_refused() {
         let other = Authenticator::new(&AuthSettings {
             jwt_secret: "another-secret-that-is-long-enough-0000".into(),
-            api_keys: vec![],
-            anon_keys: vec![],
+            ..settings(false)
         });
         let token = other.mint(Role::ProjectAdmin, "admin", None, 60);
         assert!(matches!(

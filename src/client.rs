@@ -540,11 +540,27 @@ impl SocketHandler for Client {
         _namespace: &str,
         auth: Option<&Value>,
     ) -> Result<(), Refusal> {
-        let credential = auth
-            .and_then(|auth| auth.get("token").or_else(|| auth.get("apiKey")))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        match self.hub.auth.verify(credential) {
+        // `apiKey` first, as InsForge: only a bad API key is reported as
+        // such; every other failure is "invalid credentials".
+        let field = |name: &str| {
+            auth.and_then(|auth| auth.get(name))
+                .filter(|value| !value.is_null() && value.as_str() != Some(""))
+        };
+        let verified = match (field("apiKey"), field("token")) {
+            (Some(key), _) => match key.as_str() {
+                Some(key) => self.hub.auth.verify_api_key(key),
+                None => Err(AuthError::InvalidApiKey),
+            },
+            (None, Some(token)) => match token.as_str() {
+                Some(token) => self.hub.auth.verify(token).map_err(|err| match err {
+                    AuthError::InvalidApiKey => AuthError::InvalidToken("unknown key".into()),
+                    other => other,
+                }),
+                None => Err(AuthError::InvalidToken("token must be a string".into())),
+            },
+            (None, None) => Err(AuthError::Missing),
+        };
+        match verified {
             Ok(principal) => {
                 self.principal = Some(principal);
                 Ok(())
@@ -557,6 +573,9 @@ impl SocketHandler for Client {
                     ),
                     AuthError::InvalidApiKey => {
                         ("AUTH_INVALID_API_KEY", "invalid api key".to_owned())
+                    }
+                    AuthError::UnknownAnonKey => {
+                        ("AUTH_INVALID_CREDENTIALS", "unknown anon key".to_owned())
                     }
                     AuthError::InvalidToken(reason) => (
                         "AUTH_INVALID_CREDENTIALS",

@@ -110,6 +110,9 @@ pub struct AuthSettings {
     pub api_keys: Vec<String>,
     /// Anonymous client keys (`anon_…`). Defaults to one development-only key.
     pub anon_keys: Vec<String>,
+    /// Refuse JWTs without an `exp` claim. Defaults to false, as InsForge,
+    /// whose own anon and project-admin tokens never expire.
+    pub require_exp: bool,
 }
 
 /// The `[engineio]` section.

@@ -208,7 +208,15 @@ async fn channel_body_errors(backend: Backend) {
             json!({ "pattern": "a:b", "webhookUrls": ["ftp://x.y/z"] }),
             "REALTIME_INVALID_CHANNEL_REQUEST",
         ),
-        (json!({ "pattern": "" }), "REALTIME_INVALID_CHANNEL_PATTERN"),
+        (json!({ "pattern": "" }), "REALTIME_INVALID_CHANNEL_REQUEST"),
+        (
+            json!({ "pattern": null }),
+            "REALTIME_INVALID_CHANNEL_REQUEST",
+        ),
+        (
+            json!({ "pattern": ["order:%"] }),
+            "REALTIME_INVALID_CHANNEL_REQUEST",
+        ),
         (
             json!({ "pattern": "order:room_1" }),
             "REALTIME_INVALID_CHANNEL_PATTERN",
@@ -251,14 +259,17 @@ async fn channel_body_errors(backend: Backend) {
         )
         .await;
     assert_error(&response, 400, "REALTIME_INVALID_CHANNEL_PATTERN");
-    let response = server
-        .admin(
-            "PUT",
-            &format!("{path}/{id}"),
-            Some(json!({ "enabled": null })),
-        )
-        .await;
-    assert_error(&response, 400, "REALTIME_INVALID_CHANNEL_REQUEST");
+    for body in [
+        json!({ "enabled": null }),
+        json!({ "pattern": "" }),
+        json!({ "pattern": 1 }),
+        json!({ "description": [] }),
+    ] {
+        let response = server
+            .admin("PUT", &format!("{path}/{id}"), Some(body))
+            .await;
+        assert_error(&response, 400, "REALTIME_INVALID_CHANNEL_REQUEST");
+    }
     let (_, unchanged) = server.admin("GET", &format!("{path}/{id}"), None).await;
     assert_eq!(unchanged, channel);
 }
@@ -326,10 +337,34 @@ async fn admin_auth(backend: Backend) {
     let anon_jwt = server.token(Role::Anon, "anon");
     let bearer = |token: &str| format!("Bearer {token}");
 
+    let timeless_admin = {
+        // InsForge's own project-admin tokens carry no `exp`.
+        let claims = json!({ "sub": "admin", "role": "project_admin" });
+        let key = jsonwebtoken::EncodingKey::from_secret(common::JWT_SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
     for headers in [
         vec![("x-api-key", API_KEY.to_string())],
         vec![("authorization", bearer(API_KEY))],
         vec![("authorization", bearer(&admin_jwt))],
+        vec![("authorization", bearer(&timeless_admin))],
+        // The credential that counts wins; the other header is ignored.
+        vec![
+            ("authorization", bearer(API_KEY)),
+            ("x-api-key", "ik_some_other_value".into()),
+        ],
+        vec![
+            ("authorization", bearer(API_KEY)),
+            ("x-api-key", "not even a key".into()),
+        ],
+        vec![
+            ("authorization", bearer(&user_jwt)),
+            ("x-api-key", API_KEY.to_string()),
+        ],
+        vec![
+            ("authorization", "Basic abc".into()),
+            ("x-api-key", API_KEY.to_string()),
+        ],
     ] {
         let headers: Vec<_> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (status, body) = server.send("GET", path, &headers, None).await;
@@ -338,6 +373,11 @@ async fn admin_auth(backend: Backend) {
 
     let expired = {
         let claims = json!({ "sub": "admin", "role": "project_admin", "exp": 1_000_000 });
+        let key = jsonwebtoken::EncodingKey::from_secret(common::JWT_SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let immature = {
+        let claims = json!({ "sub": "admin", "role": "project_admin", "nbf": 4_000_000_000_u64 });
         let key = jsonwebtoken::EncodingKey::from_secret(common::JWT_SECRET.as_bytes());
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
     };
@@ -380,6 +420,24 @@ async fn admin_auth(backend: Backend) {
             "AUTH_INVALID_CREDENTIALS",
         ),
         (
+            vec![("authorization", bearer(&immature))],
+            401,
+            "AUTH_INVALID_CREDENTIALS",
+        ),
+        (
+            vec![("authorization", bearer("anon_wrong_key_123"))],
+            401,
+            "AUTH_INVALID_CREDENTIALS",
+        ),
+        (
+            vec![
+                ("authorization", bearer(&admin_jwt)),
+                ("x-api-key", "ik_wrong_key_123".into()),
+            ],
+            401,
+            "AUTH_INVALID_API_KEY",
+        ),
+        (
             vec![("authorization", bearer(&user_jwt))],
             403,
             "AUTH_UNAUTHORIZED",
@@ -396,6 +454,7 @@ async fn admin_auth(backend: Backend) {
         ),
     ];
     for (headers, status, code) in cases {
+        let sent_credentials = !headers.is_empty();
         let headers: Vec<_> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         for (method, body) in [
             ("GET", None),
@@ -403,6 +462,13 @@ async fn admin_auth(backend: Backend) {
         ] {
             let response = server.send(method, path, &headers, body).await;
             assert_error(&response, status, code);
+            // The message says what was wrong with what was sent.
+            let message = response.1["message"].as_str().unwrap();
+            assert_eq!(
+                message.contains("no credentials"),
+                !sent_credentials,
+                "{headers:?}: {message}"
+            );
         }
     }
     // Refused writes wrote nothing; /health needs no credentials.

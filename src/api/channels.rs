@@ -200,6 +200,11 @@ impl ChannelFields {
 fn parse_pattern(object: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match object.get("pattern") {
         None => Ok(None),
+        // Empty is a schema error (the field is required to have content);
+        // only a non-empty string can break the pattern grammar.
+        Some(Value::String(pattern)) if pattern.is_empty() => Err(
+            ApiError::invalid_channel_request("pattern: Channel pattern is required"),
+        ),
         Some(Value::String(pattern)) => {
             validate_pattern(pattern)
                 .map_err(|err| ApiError::invalid_channel_pattern(format!("pattern: {err}")))?;
@@ -299,5 +304,28 @@ mod tests {
         assert_eq!(err.message, "enabled: Expected boolean");
         let err = ChannelFields::parse(&json!({"webhookUrls": ["https://a.b", 3]})).unwrap_err();
         assert_eq!(err.message, "webhookUrls.1: Expected string");
+    }
+
+    #[test]
+    fn only_a_nonempty_pattern_can_break_the_grammar() {
+        for (body, code) in [
+            (json!({"pattern": ""}), "REALTIME_INVALID_CHANNEL_REQUEST"),
+            (json!({"pattern": 7}), "REALTIME_INVALID_CHANNEL_REQUEST"),
+            (json!({"pattern": null}), "REALTIME_INVALID_CHANNEL_REQUEST"),
+            (
+                json!({"pattern": "a_b"}),
+                "REALTIME_INVALID_CHANNEL_PATTERN",
+            ),
+            (
+                json!({"pattern": "%:x"}),
+                "REALTIME_INVALID_CHANNEL_PATTERN",
+            ),
+        ] {
+            assert_eq!(
+                ChannelFields::parse(&body).unwrap_err().code,
+                code,
+                "{body}"
+            );
+        }
     }
 }

@@ -522,10 +522,14 @@ impl<H: EngineHandler> Handler<WsAttach> for Session<H> {
                 Ok(())
             }
             other => {
-                // Already on a WebSocket, or upgrading: refuse the newcomer.
+                // Already on a WebSocket, or upgrading: the newcomer gets
+                // its handshake answered and is then closed at once, as the
+                // reference server does (a stock `ws` client reports any
+                // non-101 answer as an error, not a close). Its reader's
+                // messages carry an id the session ignores.
                 self.core.transport = other;
                 ws.close();
-                Err(RequestError::BadRequest)
+                Ok(())
             }
         }
     }

@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
+import WebSocket from "ws";
 import { startConformance, nextEvent } from "./helpers.mjs";
 
 let server;
@@ -107,3 +108,40 @@ test("the client reconnects after the server goes away and comes back", async ()
     socket.close();
   }
 });
+
+test("a second WebSocket for an upgraded session is opened, then closed by the server", async () => {
+  const ws = (query) => new WebSocket(`${server.url.replace("http", "ws")}/engine.io/?EIO=4&transport=websocket&${query}`);
+  const open = await fetch(`${server.url}/engine.io/?EIO=4&transport=polling`);
+  const { sid } = JSON.parse((await open.text()).slice(1));
+
+  const first = ws(`sid=${sid}`);
+  const frames = [];
+  first.on("message", (data) => frames.push(data.toString()));
+  await nextEvent(first, "open");
+  first.send("2probe");
+  await waitFor(() => frames.includes("3probe"));
+  first.send("5");
+
+  const second = ws(`sid=${sid}`);
+  const seen = [];
+  second.on("open", () => seen.push("open"));
+  second.on("message", (data) => seen.push(`message ${data}`));
+  second.on("error", (error) => seen.push(`error ${error.message}`));
+  second.on("close", () => seen.push("close"));
+  await waitFor(() => seen.includes("close"));
+  // The handshake is answered with 101, then the server closes at once:
+  // a close, with no packet and no error event.
+  assert.deepEqual(seen, ["open", "close"]);
+
+  first.send("4hello");
+  await waitFor(() => frames.includes("4hello"));
+  first.close();
+});
+
+async function waitFor(condition, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

@@ -140,10 +140,14 @@ export async function startRealtime(backend, extraEnv = {}) {
   };
 }
 
-/** An HS256 JWT signed with the test secret. */
-export function jwt(claims) {
+/**
+ * An HS256 JWT signed with the test secret, expiring in 10 minutes unless
+ * `expires` is false (InsForge's own anon and admin tokens have no `exp`).
+ */
+export function jwt(claims, { expires = true } = {}) {
   const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
+  const exp = expires ? { exp: Math.floor(Date.now() / 1000) + 600 } : {};
+  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ ...exp, ...claims })}`;
   const signature = crypto.createHmac("sha256", JWT_SECRET).update(body).digest("base64url");
   return `${body}.${signature}`;
 }

@@ -49,13 +49,22 @@ for (const backend of backends()) {
       await connected({ token: ANON_KEY });
       await connected({ token: jwt({ sub: USER_A, role: "authenticated" }) });
       await connected({ apiKey: API_KEY }, { transports: ["polling"] });
+      // Tokens without `exp`, as InsForge issues them, are accepted.
+      await connected({ token: jwt({ sub: USER_A, role: "anon" }, { expires: false }) });
+      // `apiKey` counts first: a good one wins over a bad token.
+      await connected({ apiKey: API_KEY, token: "nope" });
+      const later = Math.floor(Date.now() / 1000) + 3600;
       for (const [auth, code] of [
         [{}, "AUTH_INVALID_CREDENTIALS"],
         [{ token: "nope" }, "AUTH_INVALID_CREDENTIALS"],
         [{ token: jwt({ sub: USER_A, role: "authenticated", exp: 1 }) }, "AUTH_INVALID_CREDENTIALS"],
+        [{ token: jwt({ sub: USER_A, role: "authenticated", nbf: later }) }, "AUTH_INVALID_CREDENTIALS"],
         [{ token: jwt({ sub: USER_A }) }, "AUTH_INVALID_CREDENTIALS"],
+        [{ token: "anon_wrong_wrong" }, "AUTH_INVALID_CREDENTIALS"],
+        [{ token: "ik_wrong_wrong" }, "AUTH_INVALID_CREDENTIALS"],
         [{ apiKey: "ik_wrong_wrong" }, "AUTH_INVALID_API_KEY"],
-        [{ token: "anon_wrong_wrong" }, "AUTH_INVALID_API_KEY"],
+        [{ apiKey: "ik_wrong_wrong", token: ANON_KEY }, "AUTH_INVALID_API_KEY"],
+        [{ apiKey: 42 }, "AUTH_INVALID_API_KEY"],
       ]) {
         const socket = connect(auth);
         const [error] = await nextEvent(socket, "connect_error");
@@ -311,6 +320,29 @@ for (const backend of backends()) {
       } finally {
         client.realtime.disconnect();
         other.realtime.disconnect();
+      }
+    });
+
+    test("@insforge/sdk: an InsForge anon JWT (no exp) connects; bad keys fail with their code", async () => {
+      const insforgeAnon = jwt({ sub: "12345678-1234-5678-90ab-cdef12345678", role: "anon" }, { expires: false });
+      const good = createClient({ baseUrl: server.url, anonKey: insforgeAnon });
+      try {
+        await good.realtime.connect();
+        const joined = await good.realtime.subscribe("chat:sdk-anon");
+        assert.equal(joined.ok, true, JSON.stringify(joined));
+      } finally {
+        good.realtime.disconnect();
+      }
+      for (const anonKey of ["anon_wrong_wrong", jwt({ sub: USER_A, role: "anon", exp: 1 })]) {
+        const bad = createClient({ baseUrl: server.url, anonKey });
+        try {
+          await assert.rejects(bad.realtime.connect(), (error) => {
+            assert.equal(error.data?.code, "AUTH_INVALID_CREDENTIALS", error.message);
+            return true;
+          });
+        } finally {
+          bad.realtime.disconnect();
+        }
       }
     });
   });

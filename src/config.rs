@@ -61,7 +61,7 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// Wait for a pooled connection. Defaults to 5000 ms.
     pub acquire_timeout_ms: u64,
-    /// Most messages per group-commit INSERT. Defaults to 512.
+    /// Most messages per group-commit INSERT. Defaults to 256.
     pub batch_size: usize,
     /// Longest wait for a batch to fill. Defaults to 2 ms.
     pub batch_window_ms: u64,

@@ -7,6 +7,8 @@
 //! - [`persistence`]: every database query, and the group-commit writer.
 //! - [`channel`]: channel actors, their registry and the channel catalog.
 //! - [`client`]: the realtime Socket.IO handler of one connection.
+//! - [`publish`]: a publish request, its sender, and the publish error.
+//! - [`rate_limit`]: the token bucket of per-socket publish rates.
 //! - [`realtime`]: the hub the handlers share, and system publishing.
 //! - [`permissions`]: the subscribe/publish permission hook.
 //! - [`api`]: the REST admin surface.
@@ -29,6 +31,8 @@ pub mod pattern;
 pub mod permissions;
 pub mod persistence;
 pub mod protocol;
+pub mod publish;
+pub mod rate_limit;
 pub mod realtime;
 pub mod server;
 pub mod socketio;

@@ -3,7 +3,9 @@
 //! PostgreSQL (and their SQLite equivalent) plug in here.
 //!
 //! Decisions are taken when a socket subscribes and kept for the life of
-//! that subscription, as Supabase does; never shared between sockets.
+//! that subscription, as Supabase does; never shared between sockets. A
+//! hook that cannot decide (the database is down) says so: the caller
+//! reports an error the client can retry, never a silent deny.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,8 +22,20 @@ pub enum Action {
     Publish,
 }
 
-/// A pending decision.
-pub type Decision = Pin<Box<dyn Future<Output = bool> + Send>>;
+/// The answer to a permission check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The policies allow it.
+    Allow,
+    /// The policies deny it.
+    Deny,
+    /// No decision could be taken (the hook logged why, once); the
+    /// request fails with `INTERNAL_ERROR` and may be retried.
+    Unavailable,
+}
+
+/// A decision on its way.
+pub type PendingDecision = Pin<Box<dyn Future<Output = Decision> + Send>>;
 
 /// Decides subscribe and publish requests.
 pub trait PermissionHook: Send + Sync + 'static {
@@ -33,14 +47,14 @@ pub trait PermissionHook: Send + Sync + 'static {
         action: Action,
         name: &str,
         channel: &ChannelDef,
-    ) -> Decision;
+    ) -> PendingDecision;
 }
 
 /// Allows everything: InsForge's behaviour while row-level security is off.
 pub struct AllowAll;
 
 impl PermissionHook for AllowAll {
-    fn check(&self, _: &Principal, _: Action, _: &str, _: &ChannelDef) -> Decision {
-        Box::pin(async { true })
+    fn check(&self, _: &Principal, _: Action, _: &str, _: &ChannelDef) -> PendingDecision {
+        Box::pin(async { Decision::Allow })
     }
 }

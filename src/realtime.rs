@@ -7,80 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use serde_json::{Map, Value};
+use entity::messages;
 use tokio::sync::oneshot;
 
 use crate::auth::Authenticator;
 use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
-use crate::channel::{Delivered, Outgoing, Publish, PublishFailure, Reply, Sender};
+use crate::channel::{Publish, Reply};
 use crate::config::{LimitSettings, Settings};
 use crate::permissions::{AllowAll, PermissionHook};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
-
-/// Why a publish was refused before or after it reached a channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublishError {
-    /// A code from the SPEC: `INVALID_INPUT`, `REALTIME_INVALID_EVENT`,
-    /// `REALTIME_UNAUTHORIZED`, `INTERNAL_ERROR`…
-    pub code: &'static str,
-    /// For people.
-    pub message: String,
-}
-
-impl PublishError {
-    /// An error with `code` and `message`.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        PublishError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<PublishFailure> for PublishError {
-    fn from(failure: PublishFailure) -> Self {
-        PublishError::new(failure.code, failure.message)
-    }
-}
-
-/// Event names that clients may not publish: the server's own events and
-/// the ones socket.io-client reserves.
-const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
-
-/// Longest event name, in bytes.
-pub const MAX_EVENT_LEN: usize = 255;
-
-/// Checks an event name a client wants to publish.
-///
-/// # Errors
-/// `REALTIME_INVALID_EVENT` for empty, long or reserved names.
-pub fn check_event_name(event: &str) -> Result<(), PublishError> {
-    if event.is_empty() || event.len() > MAX_EVENT_LEN {
-        return Err(PublishError::new(
-            "REALTIME_INVALID_EVENT",
-            format!("event must be 1 to {MAX_EVENT_LEN} characters"),
-        ));
-    }
-    if RESERVED_EVENTS.contains(&event)
-        || event.starts_with("realtime:")
-        || event.starts_with("presence:")
-    {
-        return Err(PublishError::new(
-            "REALTIME_INVALID_EVENT",
-            format!("event name {event:?} is reserved"),
-        ));
-    }
-    Ok(())
-}
+use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
 
 /// The shared state of the realtime pipeline.
 pub struct Realtime {
@@ -144,48 +82,38 @@ impl Realtime {
     /// returns the stored row with its audience.
     ///
     /// # Errors
-    /// [`PublishError`] with `INVALID_INPUT`, `REALTIME_INVALID_EVENT`,
-    /// `REALTIME_CHANNEL_NOT_FOUND` or `INTERNAL_ERROR`.
+    /// [`PublishError::ChannelNotFound`] when no enabled channel matches,
+    /// else what the channel or the writer reported.
     pub async fn publish_system(
         &self,
-        name: &str,
-        event: &str,
-        payload: Map<String, Value>,
-    ) -> Result<Delivered, PublishError> {
-        crate::pattern::validate_name(name)
-            .map_err(|err| PublishError::new("INVALID_INPUT", format!("channel: {err}")))?;
-        check_event_name(event)?;
-        let channel = self.catalog.resolve(name).ok_or_else(|| {
-            PublishError::new(
-                "REALTIME_CHANNEL_NOT_FOUND",
-                format!("no enabled channel matches {name:?}"),
-            )
+        request: PublishRequest,
+    ) -> Result<messages::Model, PublishError> {
+        let channel = self.catalog.resolve(&request.channel).ok_or_else(|| {
+            PublishError::ChannelNotFound(format!(
+                "no enabled channel matches {:?}",
+                request.channel
+            ))
         })?;
         let (tx, rx) = oneshot::channel();
         let publish = Publish {
             message: Outgoing {
-                event: event.to_owned(),
-                payload,
-                sender: Sender {
-                    sender_type: "system",
-                    sender_id: None,
-                },
-                channel_id: channel.id,
+                event: request.event,
+                payload: request.payload,
+                sender: Sender::SYSTEM,
+                channel,
             },
             reply: Reply::Http(tx),
             via_registry: false,
         };
         self.registry.do_send(PublishTo {
-            name: name.to_owned(),
+            name: request.channel,
             publish,
         });
-        match rx.await {
-            Ok(result) => result.map_err(PublishError::from),
-            Err(_) => Err(PublishError::new(
-                "INTERNAL_ERROR",
-                "the channel stopped before answering",
-            )),
-        }
+        rx.await.unwrap_or_else(|_| {
+            Err(PublishError::Internal(
+                "the channel stopped before answering".into(),
+            ))
+        })
     }
 
     /// Waits until every message accepted so far is written: first every

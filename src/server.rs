@@ -21,6 +21,9 @@ use crate::realtime::Realtime;
 use crate::socketio::SocketIo;
 use crate::{api, persistence};
 
+/// The realtime Socket.IO endpoint: its settings and open sessions.
+pub type Sockets = EngineServer<SocketIo<Client>>;
+
 /// What every request handler can reach. Built once, shared by all workers.
 pub struct AppState {
     /// The connection pool.
@@ -29,6 +32,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The realtime pipeline.
     pub realtime: Arc<Realtime>,
+    /// The `/socket.io/` endpoint. Its session table lets REST handlers
+    /// find a session and talk to it through messages.
+    pub sockets: Sockets,
 }
 
 impl AppState {
@@ -43,6 +49,11 @@ impl AppState {
         persistence::migrate(&db).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let realtime = Arc::new(Realtime::start(&db, &settings, auth).await?);
+        let hub = realtime.clone();
+        let socketio_config = settings.engineio.socketio_config();
+        let sockets = EngineServer::new(settings.engineio.engine_config(), move |_| {
+            SocketIo::new(Client::new(hub.clone()), socketio_config.clone())
+        });
         RetentionSweeper::new(
             db.clone(),
             Duration::from_millis(settings.retention.sweep_interval_ms),
@@ -53,6 +64,7 @@ impl AppState {
             db,
             settings: Arc::new(settings),
             realtime,
+            sockets,
         })
     }
 }
@@ -74,11 +86,7 @@ pub struct Running {
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
     let settings = state.settings.clone();
     let max_body_bytes = settings.server.max_body_bytes;
-    let hub = state.realtime.clone();
-    let socketio_config = settings.engineio.socketio_config();
-    let sockets = EngineServer::new(settings.engineio.engine_config(), move |_| {
-        SocketIo::new(Client::new(hub.clone()), socketio_config.clone())
-    });
+    let sockets = state.sockets.clone();
     let sessions = sockets.registry.clone();
     let state = web::Data::new(state);
     let routes = UpgradeRoutes::default().engine("/socket.io/", sockets.clone());

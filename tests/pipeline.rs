@@ -20,6 +20,10 @@ backend_tests!(
     publishes_beyond_the_rate_are_refused,
     a_channel_refuses_publishes_when_storage_lags,
     metrics_count_the_pipeline,
+    rest_and_socket_publishes_are_checked_alike,
+    a_storage_failure_is_503_and_the_server_recovers,
+    rest_publish_over_capacity_is_429,
+    an_app_closes_a_session_through_its_session_table,
 );
 
 async fn create_channel(server: &TestServer, pattern: &str) {
@@ -399,4 +403,148 @@ async fn metrics_count_the_pipeline(backend: Backend) {
     }
     assert!(metric(&after, "realtime_sessions_open") >= 1);
     assert!(metric(&after, "realtime_channels_live") >= 1);
+}
+
+/// Publishes over REST; returns status and body.
+async fn rest_publish(server: &TestServer, body: serde_json::Value) -> (u16, serde_json::Value) {
+    server
+        .admin("POST", "/api/realtime/messages", Some(body))
+        .await
+}
+
+async fn rest_and_socket_publishes_are_checked_alike(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    create_channel(&server, "same:%").await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "same:1").await;
+    for (body, status, code) in [
+        (json!(["x"]), 400, "INVALID_INPUT"),
+        (json!({ "event": "e" }), 400, "INVALID_INPUT"),
+        (json!({ "channel": "same:1" }), 400, "INVALID_INPUT"),
+        (
+            json!({ "channel": "same:1", "event": "e", "payload": 3 }),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            json!({ "channel": "same:1", "event": "presence:join" }),
+            400,
+            "REALTIME_INVALID_EVENT",
+        ),
+        (
+            json!({ "channel": "same:1", "event": "x".repeat(256) }),
+            400,
+            "REALTIME_INVALID_EVENT",
+        ),
+    ] {
+        let rest = rest_publish(&server, body.clone()).await;
+        common::assert_error(&rest, status, code);
+        let ack = client.call("realtime:publish", body.clone()).await;
+        assert_eq!(ack["ok"], false, "{body}");
+        assert_eq!(ack["error"]["code"], code, "{body}");
+        assert_eq!(ack["error"]["message"], rest.1["message"], "{body}");
+    }
+    let rest = rest_publish(&server, json!({ "channel": "other:1", "event": "e" })).await;
+    common::assert_error(&rest, 404, "REALTIME_CHANNEL_NOT_FOUND");
+    let ack = client
+        .call(
+            "realtime:publish",
+            json!({ "channel": "same:2", "event": "e" }),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "REALTIME_NOT_SUBSCRIBED");
+}
+
+async fn a_storage_failure_is_503_and_the_server_recovers(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let server = TestServer::start(backend).await;
+    create_channel(&server, "fragile").await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "fragile").await;
+    // Take the history table away: every write fails (after the writer's
+    // retries) until it is back.
+    server
+        .db
+        .execute_unprepared("ALTER TABLE messages RENAME TO messages_away")
+        .await
+        .unwrap();
+    let (status, body) =
+        rest_publish(&server, json!({ "channel": "fragile", "event": "lost" })).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "INTERNAL_ERROR");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        !message.contains("messages") && !message.contains("database error"),
+        "no database details reach the caller: {message}"
+    );
+    let ack = client
+        .call(
+            "realtime:publish",
+            json!({ "channel": "fragile", "event": "lost" }),
+        )
+        .await;
+    assert_eq!(ack["ok"], false);
+    assert_eq!(ack["error"]["code"], "INTERNAL_ERROR");
+    assert_eq!(ack["error"]["message"], message);
+
+    server
+        .db
+        .execute_unprepared("ALTER TABLE messages_away RENAME TO messages")
+        .await
+        .unwrap();
+    let (status, body) =
+        rest_publish(&server, json!({ "channel": "fragile", "event": "kept" })).await;
+    assert_eq!(status, 201, "{body}");
+    // The subscriber got only what was stored.
+    let (name, delivered) = client.next_event().await.unwrap();
+    assert_eq!(name, "kept");
+    assert_eq!(delivered["meta"]["messageId"], body["id"]);
+    let (_, rows) = server.admin("GET", "/api/realtime/messages", None).await;
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+}
+
+async fn rest_publish_over_capacity_is_429(backend: Backend) {
+    // Storage that takes 1 s per batch, and room for one unstored message.
+    let server = TestServer::start_with(
+        backend,
+        "[database]\nbatch_window_ms = 1000\n[limits]\nmax_pending_per_channel = 1\n",
+    )
+    .await;
+    create_channel(&server, "narrow").await;
+    let body = || json!({ "channel": "narrow", "event": "e" });
+    let (first, second) =
+        futures_util::join!(rest_publish(&server, body()), rest_publish(&server, body()));
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 429], "{first:?} {second:?}");
+    let refused = if first.0 == 429 { first } else { second };
+    common::assert_error(&refused, 429, "RATE_LIMITED");
+}
+
+async fn an_app_closes_a_session_through_its_session_table(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    create_channel(&server, "watched").await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "watched").await;
+    assert!(!server
+        .sockets
+        .registry
+        .close("no-such-sid", realtime::engineio::CloseReason::ServerClose));
+    assert!(server
+        .sockets
+        .registry
+        .close(&client.sid, realtime::engineio::CloseReason::ServerClose));
+    // The transport closes, with no Socket.IO DISCONNECT first: the stock
+    // client then reconnects by itself.
+    loop {
+        match client.ws.recv_skipping_pings().await {
+            common::wire::WsFrame::Closed => break,
+            common::wire::WsFrame::Text(text) => assert!(!text.starts_with("41"), "{text}"),
+            common::wire::WsFrame::Binary(_) => {}
+        }
+    }
+    wait_until("the session is gone", || async {
+        server.sockets.registry.get(&client.sid).is_none()
+    })
+    .await;
 }

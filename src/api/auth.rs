@@ -30,24 +30,21 @@ enum Credential<'a> {
 /// starts `ik_`, else `x-api-key`, else the Bearer as a token. So a valid
 /// credential is never spoiled by another header beside it.
 fn credential(req: &HttpRequest) -> Result<Credential<'_>, ApiError> {
-    let bearer = match req.headers().get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim())
-                .filter(|token| !token.is_empty())
-                .ok_or_else(|| {
-                    unauthorized(
-                        "AUTH_INVALID_CREDENTIALS",
-                        "authorization header must be 'Bearer <token>'",
-                    )
-                }),
-        ),
-    };
+    let bearer = req.headers().get(header::AUTHORIZATION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                unauthorized(
+                    "AUTH_INVALID_CREDENTIALS",
+                    "authorization header must be 'Bearer <token>'",
+                )
+            })
+    });
     if let Some(Ok(key)) = &bearer {
         if key.starts_with("ik_") {
             return Ok(Credential::ApiKey(key));

@@ -13,6 +13,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::query::QueryParams;
 use crate::persistence::{self, messages::MessageFilter};
+use crate::publish::{PublishError, PublishRequest};
 use crate::server::AppState;
 
 /// A history row as the API shows it.
@@ -91,34 +92,19 @@ async fn publish(
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let invalid = |message: &str| ApiError::invalid_input(message.to_owned());
-    let Some(body) = body.as_object() else {
-        return Err(invalid("request body must be a JSON object"));
-    };
-    let channel = body
-        .get("channel")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| invalid("channel: Expected string"))?;
-    let event = body
-        .get("event")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| invalid("event: Expected string"))?;
-    let payload = match body.get("payload") {
-        None => serde_json::Map::new(),
-        Some(serde_json::Value::Object(payload)) => payload.clone(),
-        Some(_) => return Err(invalid("payload: Expected object")),
-    };
-    match state.realtime.publish_system(channel, event, payload).await {
-        Ok(delivered) => Ok(HttpResponse::Created().json(MessageView::from(delivered.row))),
-        Err(err) => {
-            let status = match err.code {
-                "REALTIME_CHANNEL_NOT_FOUND" => actix_web::http::StatusCode::NOT_FOUND,
-                "INTERNAL_ERROR" => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                _ => actix_web::http::StatusCode::BAD_REQUEST,
-            };
-            Err(ApiError::new(status, err.code, err.message))
-        }
-    }
+    let request = PublishRequest::parse(body.into_inner()).map_err(publish_error)?;
+    let row = state
+        .realtime
+        .publish_system(request)
+        .await
+        .map_err(publish_error)?;
+    Ok(HttpResponse::Created().json(MessageView::from(row)))
+}
+
+/// A failed publish as a REST error: its code and status, and its message
+/// (never database details: the writer logged those).
+fn publish_error(err: PublishError) -> ApiError {
+    ApiError::new(err.status(), err.code(), err.to_string())
 }
 
 async fn clear(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -1,6 +1,7 @@
 //! The channel definitions in memory: which names resolve to which enabled
 //! channel. Read on every subscribe and publish, rebuilt from the database
 //! whenever the REST API changes a channel, so a change applies at once.
+//! Definitions are shared (`Arc`), never copied per publish.
 
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ pub struct ChannelDef {
 /// (an `Arc`) and never wait for a rebuild.
 #[derive(Default)]
 pub struct ChannelCatalog {
-    index: RwLock<Arc<PatternIndex<ChannelDef>>>,
+    index: RwLock<Arc<PatternIndex<Arc<ChannelDef>>>>,
 }
 
 impl ChannelCatalog {
@@ -48,11 +49,11 @@ impl ChannelCatalog {
         let channels = persistence::channels::list(db).await?;
         let index = PatternIndex::new(channels.into_iter().filter(|channel| channel.enabled).map(
             |channel| {
-                let def = ChannelDef {
+                let def = Arc::new(ChannelDef {
                     id: channel.id,
                     pattern: channel.pattern.clone(),
                     webhook_urls: channel.webhook_urls.map(|urls| urls.0).unwrap_or_default(),
-                };
+                });
                 (channel.pattern, def)
             },
         ));
@@ -61,7 +62,7 @@ impl ChannelCatalog {
     }
 
     /// The enabled channel that `name` resolves to.
-    pub fn resolve(&self, name: &str) -> Option<ChannelDef> {
+    pub fn resolve(&self, name: &str) -> Option<Arc<ChannelDef>> {
         let index = self.index.read().clone();
         index.resolve(name).map(|(_, def)| def.clone())
     }

@@ -1,8 +1,8 @@
 //! The `ChannelRegistry` actor: maps resolved channel names to their
 //! `Channel` actors, creating one on first use and retiring it once idle.
 //!
-//! Joins and REST publishes reach a channel through the registry, which
-//! counts what it forwarded. A channel that has gone idle reports how many
+//! Joins, REST publishes and stored messages reach a channel through the
+//! registry, which counts what it forwarded. A channel that has gone idle reports how many
 //! messages it received; the registry retires it only if that equals what
 //! it forwarded, so a join already on its way is never lost. Sockets that
 //! joined publish to their channel directly.
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 
-use super::{Barrier, Channel, Join, Publish, Retire};
+use super::{Barrier, Channel, Join, Publish, Retire, Stored};
 use crate::persistence::writer::MessageWriter;
 
 struct Entry {
@@ -136,6 +136,25 @@ impl Handler<PublishTo> for ChannelRegistry {
         let mut publish = message.publish;
         publish.via_registry = true;
         entry.channel.do_send(publish);
+    }
+}
+
+/// Deliver a message already in history to the live subscribers of
+/// `name`; nothing happens when nobody listens (the channel is not
+/// started for it).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct DeliverStored(pub Stored);
+
+impl Handler<DeliverStored> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, DeliverStored(mut stored): DeliverStored, _: &mut Context<Self>) {
+        if let Some(entry) = self.channels.get_mut(stored.row.channel_name.as_str()) {
+            entry.n_forwarded += 1;
+            stored.via_registry = true;
+            entry.channel.do_send(stored);
+        }
     }
 }
 

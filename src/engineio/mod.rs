@@ -180,6 +180,12 @@ impl<H: EngineHandler> Link<'_, H> {
         self.core.send(frame, self.ctx)
     }
 
+    /// Queues several frames at once (a channel's delivery batch, encoded
+    /// once for every recipient). Returns false as [`Link::send`] does.
+    pub fn send_frames(&mut self, frames: &[Frame]) -> bool {
+        self.core.send_frames(frames, self.ctx)
+    }
+
     /// Closes the session; the client sees its transport close.
     pub fn close(&mut self, reason: CloseReason) {
         self.core.begin_close(reason, self.ctx);
@@ -243,6 +249,19 @@ impl<H: EngineHandler> Registry<H> {
 
     pub(crate) fn remove(&self, sid: &Sid) {
         self.sessions.write().remove(sid);
+    }
+
+    /// Closes the session `sid` if it is open (an admin's disconnect): the
+    /// client sees its transport close and reconnects by itself. Returns
+    /// whether such a session was open.
+    pub fn close(&self, sid: &str, reason: CloseReason) -> bool {
+        match self.get(sid) {
+            Some(addr) => {
+                addr.do_send(session::Close(reason));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes every open session (server shutdown): clients see their

@@ -101,18 +101,10 @@ impl Core {
         self.send_frames(std::slice::from_ref(&frame), ctx)
     }
 
-    /// Queues a batch of frames; on a WebSocket they are framed into the
-    /// outbox in one go.
-    pub(crate) fn send_many<A>(&mut self, frames: Arc<[Frame]>, ctx: &mut Context<A>) -> bool
-    where
-        A: Actor<Context = Context<A>>,
-    {
-        self.send_frames(&frames, ctx)
-    }
-
-    /// Queues `frames` on the current transport. Closes the session if its
-    /// queue overflows.
-    fn send_frames<A>(&mut self, frames: &[Frame], ctx: &mut Context<A>) -> bool
+    /// Queues `frames` on the current transport; on a WebSocket they are
+    /// framed into the outbox in one go. Closes the session if its queue
+    /// overflows.
+    pub(crate) fn send_frames<A>(&mut self, frames: &[Frame], ctx: &mut Context<A>) -> bool
     where
         A: Actor<Context = Context<A>>,
     {
@@ -604,33 +596,6 @@ impl<H: EngineHandler> Handler<WsGone> for Session<H> {
             }
             _ => {}
         }
-    }
-}
-
-/// Queues an already encoded frame: the fan-out path, where one encoded
-/// packet is shared by every recipient.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct Push(pub Frame);
-
-impl<H: EngineHandler> Handler<Push> for Session<H> {
-    type Result = ();
-
-    fn handle(&mut self, Push(frame): Push, ctx: &mut Context<Self>) {
-        self.core.send(frame, ctx);
-    }
-}
-
-/// Queues several encoded frames at once: a channel's delivery batch.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct PushMany(pub Arc<[Frame]>);
-
-impl<H: EngineHandler> Handler<PushMany> for Session<H> {
-    type Result = ();
-
-    fn handle(&mut self, PushMany(frames): PushMany, ctx: &mut Context<Self>) {
-        self.core.send_many(frames, ctx);
     }
 }
 

@@ -18,6 +18,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use super::{messages as queries, PersistenceError};
+use crate::publish::PublishError;
 
 /// Most rows in one INSERT, under SQLite's bound-parameter limit.
 const MAX_ROWS_PER_INSERT: usize = 1000;
@@ -40,8 +41,9 @@ pub struct Persist {
 pub struct Persisted {
     /// The messages, in the order they were sent.
     pub ids: Vec<Uuid>,
-    /// `Err` when the batch could not be written.
-    pub result: Result<(), String>,
+    /// [`PublishError::Storage`] when the batch could not be written; the
+    /// writer has logged why.
+    pub result: Result<(), PublishError>,
 }
 
 /// Record how many sockets received each message.
@@ -158,7 +160,8 @@ impl MessageWriter {
                         crate::metrics::METRICS.writer_batches.inc();
                         crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
                     }
-                    notify_channels(batch, inserted.map_err(|err| err.to_string()));
+                    // write_with_retries logged the database's words.
+                    notify_channels(batch, inserted.map_err(|_| PublishError::Storage));
                     writer.after_write(ctx);
                 }),
         );
@@ -242,7 +245,7 @@ async fn write_with_retries(
 /// Tells each channel about its messages of the batch, in order.
 fn notify_channels(
     batch: Vec<(messages::Model, Recipient<Persisted>)>,
-    result: Result<(), String>,
+    result: Result<(), PublishError>,
 ) {
     let mut by_channel: HashMap<String, (Recipient<Persisted>, Vec<Uuid>)> = HashMap::new();
     for (row, notify) in batch {

@@ -164,9 +164,9 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
         sent
     }
 
-    /// Sends an already encoded frame (the fan-out path).
-    pub fn send_frame(&mut self, frame: Frame) -> bool {
-        self.link.send(frame)
+    /// Sends already encoded frames (the fan-out path).
+    pub fn send_frames(&mut self, frames: &[Frame]) -> bool {
+        self.link.send_frames(frames)
     }
 
     /// Emits `name` with `args` on `namespace`.
@@ -244,9 +244,10 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
         }
     }
 
-    /// Closes the whole connection; the stock client reconnects.
-    pub fn close(&mut self) {
-        self.link.close(CloseReason::ServerClose);
+    /// Closes the whole connection for `reason`; the stock client
+    /// reconnects.
+    pub fn close(&mut self, reason: CloseReason) {
+        self.link.close(reason);
     }
 
     /// Runs `callback` after `delay`, unless cancelled.

@@ -104,6 +104,8 @@ pub struct TestServer {
     pub db: DatabaseConnection,
     /// The realtime pipeline, for looking at its actors.
     pub realtime: std::sync::Arc<realtime::realtime::Realtime>,
+    /// The `/socket.io/` endpoint and its open sessions.
+    pub sockets: realtime::server::Sockets,
     pub backend: Backend,
     handle: ServerHandle,
     client: awc::Client,
@@ -123,6 +125,7 @@ impl TestServer {
         let state = AppState::open(settings).await.unwrap();
         let db = state.db.clone();
         let realtime = state.realtime.clone();
+        let sockets = state.sockets.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let server = server::serve(listener, state).unwrap().server;
@@ -135,6 +138,7 @@ impl TestServer {
             base_url,
             db,
             realtime,
+            sockets,
             backend,
             handle,
             client,

@@ -190,6 +190,8 @@ impl WsClient {
 /// A raw Socket.IO client over a WebSocket, connected to namespace `/`.
 pub struct SioClient {
     pub ws: WsClient,
+    /// The Engine.IO session id.
+    pub sid: String,
     next_ack: u64,
 }
 
@@ -200,13 +202,23 @@ impl SioClient {
         let mut ws = WsClient::connect(&format!("{base}/socket.io/?EIO=4&transport=websocket"))
             .await
             .expect("websocket refused");
-        assert!(matches!(ws.recv().await, WsFrame::Text(open) if open.starts_with('0')));
+        let sid = match ws.recv().await {
+            WsFrame::Text(open) if open.starts_with('0') => {
+                let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+                open["sid"].as_str().unwrap().to_owned()
+            }
+            other => panic!("no open packet: {other:?}"),
+        };
         ws.send_text(&format!("40{auth}")).await;
         match ws.recv().await {
             WsFrame::Text(answer) if answer.starts_with("40{") => {}
             other => panic!("connect refused: {other:?}"),
         }
-        SioClient { ws, next_ack: 1 }
+        SioClient {
+            ws,
+            sid,
+            next_ack: 1,
+        }
     }
 
     /// Emits `event` with one argument and waits for its ack (skipping any

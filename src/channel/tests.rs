@@ -1,0 +1,430 @@
+//! The channel actor driven directly: plain test actors subscribe, and a
+//! real `MessageWriter` stores into a SQLite file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, Context, Handler};
+use entity::messages;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::catalog::ChannelDef;
+use super::registry::ChannelRegistry;
+use super::*;
+use crate::config::DatabaseSettings;
+use crate::persistence::messages::MessageFilter;
+use crate::persistence::writer::{Drain, MessageWriter};
+use crate::persistence::{self, channels::NewChannel};
+use crate::publish::{Outgoing, Sender};
+
+/// A subscriber that hands every event to the test.
+struct Probe {
+    events: mpsc::UnboundedSender<SubscriberEvent>,
+    /// Its mailbox bound (the channel's `try_send` sees it full).
+    capacity: usize,
+    /// Blocks its thread this long on the first event: a slow client.
+    stall_first: Option<Duration>,
+}
+
+impl Actor for Probe {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.capacity);
+    }
+}
+
+impl Handler<SubscriberEvent> for Probe {
+    type Result = ();
+
+    fn handle(&mut self, event: SubscriberEvent, _: &mut Context<Self>) {
+        if let Some(stall) = self.stall_first.take() {
+            std::thread::sleep(stall);
+        }
+        let _ = self.events.send(event);
+    }
+}
+
+/// A probe's end in the test.
+struct Inbox {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<SubscriberEvent>,
+    addr: Addr<Probe>,
+    member: Member,
+}
+
+impl Inbox {
+    fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            id: self.id,
+            events: self.addr.clone().recipient(),
+            member: self.member.clone(),
+        }
+    }
+
+    async fn next(&mut self) -> SubscriberEvent {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("no event in time")
+            .expect("probe stopped")
+    }
+
+    /// The next event, which must be frames; decoded as `[event, body]`.
+    async fn frames(&mut self) -> Vec<(String, Value)> {
+        match self.next().await {
+            SubscriberEvent::Frames(frames) => frames.iter().map(decode).collect(),
+            other => panic!("expected frames, got {other:?}"),
+        }
+    }
+
+    async fn joined(&mut self) -> Vec<Value> {
+        match self.next().await {
+            SubscriberEvent::Joined(joined) => serde_json::from_str(&joined.members).unwrap(),
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+
+    fn nothing_pending(&mut self) -> bool {
+        self.rx.try_recv().is_err()
+    }
+}
+
+fn decode(frame: &Frame) -> (String, Value) {
+    let Frame::Text(text) = frame else {
+        panic!("binary frame")
+    };
+    let text: &str = text;
+    let mut array: Vec<Value> = serde_json::from_str(&text[2..]).unwrap();
+    let body = array.pop().unwrap();
+    (array[0].as_str().unwrap().to_owned(), body)
+}
+
+struct Setup {
+    db: sea_orm::DatabaseConnection,
+    writer: Addr<MessageWriter>,
+    registry: Addr<ChannelRegistry>,
+    definition: Arc<ChannelDef>,
+    next_id: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = DatabaseSettings {
+            url: format!("sqlite://{}", dir.path().join("channel.db").display()),
+            pool_size: 2,
+            acquire_timeout_ms: 5000,
+            batch_size: 64,
+            batch_window_ms: 1,
+        };
+        let db = persistence::connect(&settings).await.unwrap();
+        persistence::migrate(&db).await.unwrap();
+        let row = persistence::channels::create(
+            &db,
+            NewChannel {
+                pattern: "room:%".into(),
+                description: None,
+                webhook_urls: None,
+                enabled: true,
+            },
+        )
+        .await
+        .unwrap();
+        let writer = MessageWriter::new(db.clone(), 64, Duration::from_millis(1)).start();
+        let registry = ChannelRegistry::new(writer.clone(), 1, 1000).start();
+        Setup {
+            db,
+            writer,
+            registry,
+            definition: Arc::new(ChannelDef {
+                id: row.id,
+                pattern: row.pattern,
+                webhook_urls: Vec::new(),
+            }),
+            next_id: 0,
+            _dir: dir,
+        }
+    }
+
+    fn channel(&self, name: &str) -> Addr<Channel> {
+        Channel::new(
+            name.into(),
+            self.registry.clone(),
+            self.writer.clone(),
+            1000,
+        )
+        .start()
+    }
+
+    /// A subscriber on the test's thread, or on a thread of its own when
+    /// it stalls (so the channel keeps running meanwhile).
+    fn probe(
+        &mut self,
+        presence_id: &str,
+        capacity: usize,
+        stall_first: Option<Duration>,
+    ) -> Inbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let probe = Probe {
+            events: tx,
+            capacity,
+            stall_first,
+        };
+        let addr = match stall_first {
+            None => probe.start(),
+            Some(_) => Probe::start_in_arbiter(&Arbiter::new().handle(), |_| probe),
+        };
+        self.next_id += 1;
+        Inbox {
+            id: self.next_id,
+            rx,
+            addr,
+            member: Member {
+                presence_id: presence_id.to_owned(),
+                kind: subscriber::MemberKind::Anonymous,
+            },
+        }
+    }
+
+    fn publish(
+        &self,
+        channel: &Addr<Channel>,
+        n: usize,
+    ) -> oneshot::Receiver<Result<messages::Model, PublishError>> {
+        let (tx, rx) = oneshot::channel();
+        channel.do_send(Publish {
+            message: Outgoing {
+                event: "e".into(),
+                payload: json!({ "n": n }).as_object().unwrap().clone(),
+                sender: Sender::SYSTEM,
+                channel: self.definition.clone(),
+            },
+            reply: Reply::Http(tx),
+            via_registry: false,
+        });
+        rx
+    }
+}
+
+#[actix::test]
+async fn published_and_stored_messages_share_one_order() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:1");
+    let mut inbox = setup.probe("a", 256, None);
+    channel.do_send(Join(inbox.subscriber()));
+    inbox.joined().await;
+
+    // A message that is already in history (as the PostgreSQL listener
+    // would find it), arriving between two runs of publishes.
+    let stored = messages::Model {
+        id: Uuid::now_v7(),
+        event_name: "from-sql".into(),
+        channel_id: Some(setup.definition.id),
+        channel_name: "room:1".into(),
+        payload: json!({ "n": "stored" }),
+        sender_type: "system".into(),
+        sender_id: None,
+        ws_audience_count: 0,
+        wh_audience_count: 0,
+        wh_delivered_count: 0,
+        created_at: persistence::now(),
+    };
+    persistence::messages::insert_batch(&setup.db, [&stored])
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for n in 0..25 {
+        acks.push(setup.publish(&channel, n));
+    }
+    channel.do_send(Stored {
+        row: stored.clone(),
+        via_registry: false,
+    });
+    for n in 25..50 {
+        acks.push(setup.publish(&channel, n));
+    }
+    for ack in acks {
+        assert_eq!(ack.await.unwrap().unwrap().ws_audience_count, 1);
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < 51 {
+        seen.extend(inbox.frames().await);
+    }
+    let order: Vec<String> = seen.iter().map(|(_, body)| body["n"].to_string()).collect();
+    let mut expected: Vec<String> = (0..25).map(|n| n.to_string()).collect();
+    expected.push("\"stored\"".into());
+    expected.extend((25..50).map(|n| n.to_string()));
+    assert_eq!(order, expected);
+    let (event, body) = &seen[25];
+    assert_eq!(event, "from-sql");
+    assert_eq!(body["meta"]["messageId"], stored.id.to_string());
+    assert_eq!(body["meta"]["senderType"], "system");
+
+    // The stored message's audience is recorded like any other.
+    setup.writer.send(Drain).await.unwrap();
+    let rows = persistence::messages::list(&setup.db, &MessageFilter::default(), 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 51);
+    assert!(
+        rows.iter().all(|row| row.ws_audience_count == 1),
+        "{rows:?}"
+    );
+}
+
+#[actix::test]
+async fn a_burst_of_joins_reaches_each_subscriber_as_one_push() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:2");
+    let mut first = setup.probe("first", 256, None);
+    channel.do_send(Join(first.subscriber()));
+    assert_eq!(first.joined().await.len(), 1);
+
+    let mut burst: Vec<Inbox> = ["b", "c", "d"]
+        .into_iter()
+        .map(|id| setup.probe(id, 256, None))
+        .collect();
+    for inbox in &burst {
+        channel.do_send(Join(inbox.subscriber()));
+    }
+    for (i, inbox) in burst.iter_mut().enumerate() {
+        assert_eq!(inbox.joined().await.len(), i + 2);
+    }
+    // The one who was there sees all three joins in one push.
+    let joins = first.frames().await;
+    let ids: Vec<&Value> = joins
+        .iter()
+        .map(|(_, body)| &body["member"]["presenceId"])
+        .collect();
+    assert_eq!(ids, ["b", "c", "d"]);
+    assert!(joins.iter().all(|(event, _)| event == "presence:join"));
+    // Joiners see only who came after them, never themselves.
+    let after_b = burst[0].frames().await;
+    let ids: Vec<&Value> = after_b
+        .iter()
+        .map(|(_, body)| &body["member"]["presenceId"])
+        .collect();
+    assert_eq!(ids, ["c", "d"]);
+    let after_c = burst[1].frames().await;
+    assert_eq!(after_c.len(), 1);
+    assert_eq!(after_c[0].1["member"]["presenceId"], "d");
+
+    // A leave reaches the others once, and the leaver nothing more.
+    let mut gone = burst.pop().unwrap();
+    channel.do_send(Leave {
+        subscriber_id: gone.id,
+    });
+    for inbox in std::iter::once(&mut first).chain(burst.iter_mut()) {
+        let leave = inbox.frames().await;
+        assert_eq!(leave.len(), 1);
+        assert_eq!(leave[0].0, "presence:leave");
+        assert_eq!(leave[0].1["member"]["presenceId"], "d");
+    }
+    channel.send(Barrier).await.unwrap();
+    assert!(gone.nothing_pending(), "d heard nothing after it left");
+}
+
+#[actix::test]
+async fn a_full_mailbox_evicts_only_that_subscriber() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:3");
+    let mut fast = setup.probe("fast", 256, None);
+    // Takes one event, then stalls its thread while two more wait.
+    let mut slow = setup.probe("slow", 1, Some(Duration::from_millis(800)));
+    channel.do_send(Join(fast.subscriber()));
+    fast.joined().await;
+    channel.do_send(Join(slow.subscriber()));
+    // The slow probe's join answer is its first event: it stalls on it.
+    assert_eq!(fast.frames().await[0].0, "presence:join");
+
+    // One push per message: wait for each to be delivered.
+    let mut delivered = Vec::new();
+    let mut left = Vec::new();
+    for n in 0..6 {
+        setup.publish(&channel, n).await.unwrap().unwrap();
+        while delivered.len() <= n {
+            for (event, body) in fast.frames().await {
+                match event.as_str() {
+                    "presence:leave" => left.push(body["member"]["presenceId"].clone()),
+                    _ => delivered.push(body["n"].clone()),
+                }
+            }
+        }
+    }
+    // The fast subscriber got every message, in order.
+    assert_eq!(delivered, (0..6).map(|n| json!(n)).collect::<Vec<_>>());
+    // The slow one was evicted before the end, and told so.
+    let mut n_messages = 0;
+    loop {
+        match slow.next().await {
+            SubscriberEvent::Evicted => break,
+            SubscriberEvent::Frames(frames) => n_messages += frames.len(),
+            SubscriberEvent::Joined(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(n_messages < 6, "evicted only after {n_messages} messages");
+    // Nothing more goes to it; the others hear it left, once.
+    let last = setup.publish(&channel, 99).await.unwrap().unwrap();
+    assert_eq!(last.ws_audience_count, 1);
+    loop {
+        let frames = fast.frames().await;
+        match frames[0].0.as_str() {
+            "presence:leave" => left.push(frames[0].1["member"]["presenceId"].clone()),
+            _ => {
+                assert_eq!(frames[0].1["n"], 99);
+                break;
+            }
+        }
+    }
+    assert_eq!(left, [json!("slow")]);
+    channel.send(Barrier).await.unwrap();
+    assert!(slow.nothing_pending());
+}
+
+#[actix::test]
+async fn stored_messages_reach_only_live_channels() {
+    use super::registry::{CountChannels, DeliverStored, JoinChannel};
+    let mut setup = Setup::new().await;
+    let mut inbox = setup.probe("a", 256, None);
+    setup.registry.do_send(JoinChannel {
+        name: "room:live".into(),
+        join: Join(inbox.subscriber()),
+    });
+    inbox.joined().await;
+    let row = |name: &str| messages::Model {
+        id: Uuid::now_v7(),
+        event_name: "sql".into(),
+        channel_id: Some(setup.definition.id),
+        channel_name: name.into(),
+        payload: json!(["not", "an", "object"]),
+        sender_type: "system".into(),
+        sender_id: None,
+        ws_audience_count: 0,
+        wh_audience_count: 0,
+        wh_delivered_count: 0,
+        created_at: persistence::now(),
+    };
+    // Nobody listens on room:idle: no channel is started for it.
+    setup.registry.do_send(DeliverStored(Stored {
+        row: row("room:idle"),
+        via_registry: false,
+    }));
+    let live = row("room:live");
+    setup.registry.do_send(DeliverStored(Stored {
+        row: live.clone(),
+        via_registry: false,
+    }));
+    let frames = inbox.frames().await;
+    assert_eq!(frames.len(), 1);
+    let (event, body) = &frames[0];
+    assert_eq!(event, "sql");
+    // A payload that is not an object adds no fields, as `{...payload}`.
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    assert_eq!(body["meta"]["messageId"], live.id.to_string());
+    assert_eq!(setup.registry.send(CountChannels).await.unwrap(), 1);
+}

@@ -1,0 +1,157 @@
+//! Admitting a connection (SPEC §3): which credential of the CONNECT auth
+//! object counts, and who the socket then is: its principal, its presence
+//! identity and the sender its messages carry.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{AuthError, Authenticator, Principal, Role};
+use crate::channel::{subscriber::MemberKind, Member};
+use crate::publish::{Sender, SenderType};
+use crate::socketio::Refusal;
+
+/// Verifies the CONNECT auth object: `apiKey` first, as InsForge, then
+/// `token` (a JWT or an `anon_` key). Only a bad `apiKey` is reported as
+/// `AUTH_INVALID_API_KEY`; every other failure, no credential included,
+/// is `AUTH_INVALID_CREDENTIALS`.
+///
+/// # Errors
+/// The [`Refusal`] the client gets as CONNECT_ERROR.
+pub(super) fn admit(auth: &Authenticator, object: Option<&Value>) -> Result<Principal, Refusal> {
+    let field = |name: &str| {
+        object
+            .and_then(|object| object.get(name))
+            .filter(|value| !value.is_null() && value.as_str() != Some(""))
+    };
+    let verified = match (field("apiKey"), field("token")) {
+        (Some(key), _) => match key.as_str() {
+            Some(key) => auth.verify_api_key(key),
+            None => Err(AuthError::InvalidApiKey),
+        },
+        (None, Some(token)) => match token.as_str() {
+            Some(token) => auth.verify(token).map_err(|err| match err {
+                // An `ik_` key sent as a token is not an API-key failure.
+                AuthError::InvalidApiKey => AuthError::InvalidToken("unknown key".into()),
+                other => other,
+            }),
+            None => Err(AuthError::InvalidToken("token must be a string".into())),
+        },
+        (None, None) => Err(AuthError::Missing),
+    };
+    verified.map_err(|err| {
+        let (code, message) = match &err {
+            AuthError::Missing => (
+                "AUTH_INVALID_CREDENTIALS",
+                "missing credentials: send auth {token} or {apiKey}".to_owned(),
+            ),
+            AuthError::InvalidApiKey => ("AUTH_INVALID_API_KEY", "invalid api key".to_owned()),
+            AuthError::UnknownAnonKey => {
+                ("AUTH_INVALID_CREDENTIALS", "unknown anon key".to_owned())
+            }
+            AuthError::InvalidToken(reason) => (
+                "AUTH_INVALID_CREDENTIALS",
+                format!("invalid token: {reason}"),
+            ),
+        };
+        Refusal {
+            message,
+            data: Some(json!({ "code": code })),
+        }
+    })
+}
+
+/// Who a socket counts as in presence: a signed-in user is one member
+/// however many sockets it has; anyone else is its socket.
+pub(super) fn member(principal: &Principal, socket_id: &str) -> Member {
+    match principal {
+        Principal::Jwt { sub, role, .. } if *role != Role::Anon => Member {
+            presence_id: sub.clone(),
+            kind: MemberKind::User,
+        },
+        _ => Member {
+            presence_id: socket_id.to_owned(),
+            kind: MemberKind::Anonymous,
+        },
+    }
+}
+
+/// The sender a socket's messages carry: users and anon keys are `user`
+/// (with `senderId` for authenticated users whose `sub` is a uuid),
+/// API keys are the `system`.
+pub(super) fn sender(principal: &Principal) -> Sender {
+    match principal {
+        Principal::ApiKey => Sender::SYSTEM,
+        Principal::AnonKey => Sender {
+            sender_type: SenderType::User,
+            sender_id: None,
+        },
+        Principal::Jwt { sub, role, .. } => Sender {
+            sender_type: SenderType::User,
+            sender_id: (*role == Role::Authenticated)
+                .then(|| Uuid::parse_str(sub).ok())
+                .flatten(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthSettings;
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(&AuthSettings {
+            jwt_secret: "a-test-secret-that-is-long-enough-000".into(),
+            api_keys: vec!["ik_testtesttest".into()],
+            anon_keys: vec!["anon_testtesttest".into()],
+            require_exp: false,
+        })
+    }
+
+    fn code(auth: Value) -> String {
+        let refusal = admit(&authenticator(), Some(&auth)).unwrap_err();
+        refusal.data.unwrap()["code"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn api_key_counts_first_and_only_it_is_an_api_key_failure() {
+        let auth = authenticator();
+        let both = json!({"apiKey": "ik_testtesttest", "token": "garbage"});
+        assert_eq!(admit(&auth, Some(&both)), Ok(Principal::ApiKey));
+        assert_eq!(
+            code(json!({"apiKey": "ik_nope", "token": "anon_testtesttest"})),
+            "AUTH_INVALID_API_KEY"
+        );
+        assert_eq!(code(json!({"apiKey": 7})), "AUTH_INVALID_API_KEY");
+        for auth in [
+            json!({}),
+            json!({"token": ""}),
+            json!({"token": "anon_unknown"}),
+            json!({"token": "ik_unknown"}),
+            json!({"token": "not.a.jwt"}),
+            json!({"token": 5}),
+        ] {
+            assert_eq!(code(auth.clone()), "AUTH_INVALID_CREDENTIALS", "{auth}");
+        }
+        assert!(admit(&auth, None).is_err());
+    }
+
+    #[test]
+    fn identity_follows_the_principal() {
+        let user = Uuid::new_v4();
+        let authenticator = authenticator();
+        let token = authenticator.mint(Role::Authenticated, &user.to_string(), None, 60);
+        let principal = authenticator.verify(&token).unwrap();
+        assert_eq!(
+            member(&principal, "sock"),
+            Member {
+                presence_id: user.to_string(),
+                kind: MemberKind::User
+            }
+        );
+        assert_eq!(sender(&principal).sender_id, Some(user));
+        assert_eq!(member(&Principal::AnonKey, "sock").presence_id, "sock");
+        assert_eq!(sender(&Principal::AnonKey).sender_type, SenderType::User);
+        assert_eq!(sender(&Principal::ApiKey), Sender::SYSTEM);
+    }
+}

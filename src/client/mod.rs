@@ -1,0 +1,226 @@
+//! `Client`: the realtime Socket.IO handler of one connection. It admits
+//! the connection (SPEC §3), then serves `realtime:subscribe`,
+//! `realtime:unsubscribe` and `realtime:publish` (SPEC §5) by talking to
+//! the channel registry and the channel actors, and passes on what the
+//! channels send it. Its state dies with the connection: on disconnect it
+//! leaves every channel.
+//!
+//! # Layout
+//! - [`connection`]: admitting a CONNECT, and who the socket then is.
+//! - [`subscribe`]: subscribing and unsubscribing.
+//! - [`publish`]: publishing and its outcome.
+
+mod connection;
+mod publish;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::{Context, Handler};
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::channel::{Member, SubscriberEvent};
+use crate::engineio::session::Session;
+use crate::engineio::{CloseReason, SessionEvent};
+use crate::publish::Sender;
+use crate::rate_limit::TokenBucket;
+use crate::realtime::Realtime;
+use crate::socketio::{
+    DisconnectReason, Event, Refusal, Socket, SocketAddr, SocketHandler, SocketIo,
+};
+pub use subscribe::Authorization;
+use subscribe::Subscription;
+
+/// The address of a realtime client session.
+pub type ClientAddr = SocketAddr<Client>;
+
+/// The only namespace realtime clients use.
+const NAMESPACE: &str = "/";
+
+/// What reaches a client from other actors.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// The permission hook decided a subscribe.
+    Authorized {
+        /// The requested name.
+        name: String,
+        /// What it decided.
+        authorization: Authorization,
+    },
+    /// One of the socket's channels tells it something.
+    Channel(SubscriberEvent),
+}
+
+/// Channels hold a session as a recipient of their events; they reach the
+/// client like any other [`SessionEvent`].
+impl Handler<SubscriberEvent> for Session<SocketIo<Client>> {
+    type Result = ();
+
+    fn handle(&mut self, event: SubscriberEvent, ctx: &mut Context<Self>) {
+        <Self as Handler<SessionEvent<ClientEvent>>>::handle(
+            self,
+            SessionEvent(ClientEvent::Channel(event)),
+            ctx,
+        );
+    }
+}
+
+/// One realtime connection.
+pub struct Client {
+    hub: Arc<Realtime>,
+    /// Set once CONNECT is accepted.
+    principal: Option<Principal>,
+    /// What the socket's messages carry as `senderType`/`senderId`; set
+    /// with the principal.
+    sender: Sender,
+    /// Unique per connection; the channels key their subscribers by it.
+    subscriber_id: u64,
+    /// The presence identity, known once the socket id is.
+    member: Option<Member>,
+    /// By channel name, in every state from request to live.
+    subscriptions: HashMap<String, Subscription>,
+    /// The socket's publish rate (`limits.publish_rate`, `publish_burst`).
+    publish_bucket: TokenBucket,
+}
+
+impl Client {
+    /// A client of `hub`, not yet connected.
+    pub fn new(hub: Arc<Realtime>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Client {
+            principal: None,
+            sender: Sender::SYSTEM,
+            subscriber_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            member: None,
+            subscriptions: HashMap::new(),
+            publish_bucket: TokenBucket::new(hub.limits.publish_rate, hub.limits.publish_burst),
+            hub,
+        }
+    }
+
+    /// Emits `realtime:error {channel?, code, message}`.
+    fn emit_error(
+        socket: &mut Socket<'_, '_, Self>,
+        channel: Option<&str>,
+        code: &str,
+        message: &str,
+    ) {
+        let mut body = Map::new();
+        if let Some(channel) = channel {
+            body.insert("channel".into(), Value::String(channel.to_owned()));
+        }
+        body.insert("code".into(), Value::String(code.to_owned()));
+        body.insert("message".into(), Value::String(message.to_owned()));
+        socket.emit(NAMESPACE, "realtime:error", vec![Value::Object(body)]);
+    }
+}
+
+/// The `channel` string of a `{channel}` argument.
+fn channel_arg(args: &[Value]) -> Option<&str> {
+    args.first()?
+        .get("channel")?
+        .as_str()
+        .filter(|name| !name.is_empty())
+}
+
+impl SocketHandler for Client {
+    type Event = ClientEvent;
+
+    fn accepts_namespace(&self, namespace: &str) -> bool {
+        namespace == NAMESPACE
+    }
+
+    fn on_connect(
+        &mut self,
+        _socket: &mut Socket<'_, '_, Self>,
+        _namespace: &str,
+        auth: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let principal = connection::admit(&self.hub.auth, auth)?;
+        self.sender = connection::sender(&principal);
+        self.principal = Some(principal);
+        Ok(())
+    }
+
+    fn on_connected(
+        &mut self,
+        socket: &mut Socket<'_, '_, Self>,
+        namespace: &str,
+        _auth: Option<Value>,
+    ) {
+        let socket_id = socket
+            .socket_id(namespace)
+            .map(|sid| sid.to_string())
+            .unwrap_or_default();
+        self.member = self
+            .principal
+            .as_ref()
+            .map(|principal| connection::member(principal, &socket_id));
+    }
+
+    fn on_event(&mut self, socket: &mut Socket<'_, '_, Self>, _namespace: &str, event: Event) {
+        if !event.attachments.is_empty() {
+            let message = "binary attachments are not supported; send JSON";
+            return match event.ack_id {
+                Some(ack_id) => Self::refuse_event(socket, ack_id, "INVALID_INPUT", message),
+                None => Self::emit_error(socket, None, "INVALID_INPUT", message),
+            };
+        }
+        match event.name.as_str() {
+            "realtime:subscribe" => self.on_subscribe(socket, &event.args, event.ack_id),
+            "realtime:unsubscribe" => self.on_unsubscribe(socket, &event.args, event.ack_id),
+            "realtime:publish" => self.on_publish(socket, event.args, event.ack_id),
+            other => {
+                let message = format!("unknown event {other:?}");
+                match event.ack_id {
+                    Some(ack_id) => {
+                        Self::refuse_event(socket, ack_id, "REALTIME_INVALID_EVENT", &message)
+                    }
+                    None => Self::emit_error(socket, None, "REALTIME_INVALID_EVENT", &message),
+                }
+            }
+        }
+    }
+
+    fn on_app_event(&mut self, socket: &mut Socket<'_, '_, Self>, event: ClientEvent) {
+        match event {
+            ClientEvent::Authorized {
+                name,
+                authorization,
+            } => self.on_authorized(socket, name, authorization),
+            ClientEvent::Channel(SubscriberEvent::Frames(frames)) => {
+                socket.send_frames(&frames);
+            }
+            ClientEvent::Channel(SubscriberEvent::Evicted) => {
+                socket.close(CloseReason::SlowClient);
+            }
+            ClientEvent::Channel(SubscriberEvent::Joined(joined)) => self.on_joined(socket, joined),
+            ClientEvent::Channel(SubscriberEvent::Published(published)) => {
+                Self::on_published(socket, published)
+            }
+        }
+    }
+
+    fn on_disconnect(
+        &mut self,
+        _socket: &mut Socket<'_, '_, Self>,
+        _namespace: &str,
+        _reason: DisconnectReason,
+    ) {
+        self.leave_all();
+    }
+}
+
+impl Client {
+    /// Answers an event the client wanted acknowledged with an error.
+    fn refuse_event(socket: &mut Socket<'_, '_, Self>, ack_id: u64, code: &str, message: &str) {
+        socket.ack(
+            NAMESPACE,
+            ack_id,
+            vec![serde_json::json!({ "ok": false, "error": { "code": code, "message": message } })],
+        );
+    }
+}

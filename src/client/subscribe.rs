@@ -1,0 +1,307 @@
+//! `realtime:subscribe` and `realtime:unsubscribe` (SPEC §5): resolve the
+//! name, ask the permission hook, join the channel through the registry,
+//! and answer with the presence snapshot.
+
+use actix::Addr;
+use serde_json::{json, Value};
+
+use super::{channel_arg, Client, ClientEvent, NAMESPACE};
+use crate::channel::registry::JoinChannel;
+use crate::channel::{Channel, Join, Joined, Leave, Subscriber};
+use crate::engineio::SessionEvent;
+use crate::pattern::validate_name;
+use crate::permissions::{Action, Decision};
+use crate::socketio::Socket;
+
+/// A subscription, from request to live.
+pub(super) enum Subscription {
+    /// Waiting for the permission hook.
+    Authorizing { acks: Vec<u64> },
+    /// Waiting for the channel to add us; `cancelled` if the client
+    /// unsubscribed meanwhile.
+    Joining {
+        acks: Vec<u64>,
+        can_publish: bool,
+        cancelled: bool,
+    },
+    /// Live.
+    Joined {
+        channel: Addr<Channel>,
+        can_publish: bool,
+    },
+}
+
+/// What the permission hook said of a subscribe.
+#[derive(Debug)]
+pub enum Authorization {
+    /// Subscribing is allowed; so is publishing when `can_publish`.
+    Granted {
+        /// The publish decision, kept for the subscription's life.
+        can_publish: bool,
+    },
+    /// The subscribe policy denies it.
+    Denied,
+    /// The hook could not decide.
+    Unavailable,
+}
+
+impl Client {
+    /// Answers a subscribe with `{ok: false, channel, error}`, as an ack
+    /// when the client asked for one, else as `realtime:error`.
+    fn refuse_subscribe(
+        socket: &mut Socket<'_, '_, Self>,
+        ack_id: Option<u64>,
+        channel: &str,
+        code: &'static str,
+        message: &str,
+    ) {
+        match ack_id {
+            Some(ack_id) => {
+                socket.ack(
+                    NAMESPACE,
+                    ack_id,
+                    vec![json!({ "ok": false, "channel": channel, "error": { "code": code, "message": message } })],
+                );
+            }
+            None => Self::emit_error(socket, Some(channel), code, message),
+        }
+    }
+
+    pub(super) fn on_subscribe(
+        &mut self,
+        socket: &mut Socket<'_, '_, Self>,
+        args: &[Value],
+        ack_id: Option<u64>,
+    ) {
+        let Some(name) = channel_arg(args) else {
+            return Self::refuse_subscribe(
+                socket,
+                ack_id,
+                "",
+                "INVALID_INPUT",
+                "expected {channel: string}",
+            );
+        };
+        let name = name.to_owned();
+        if let Err(err) = validate_name(&name) {
+            return Self::refuse_subscribe(
+                socket,
+                ack_id,
+                &name,
+                "INVALID_INPUT",
+                &err.to_string(),
+            );
+        }
+        match self.subscriptions.get_mut(&name) {
+            Some(Subscription::Authorizing { acks } | Subscription::Joining { acks, .. }) => {
+                acks.extend(ack_id);
+                return;
+            }
+            Some(Subscription::Joined { can_publish, .. }) => {
+                // Already live: join again (the channel keeps one entry per
+                // socket) for a fresh snapshot. Through the registry, which
+                // counts joins before it retires a channel.
+                let can_publish = *can_publish;
+                if let Some(subscriber) = self.subscriber(socket) {
+                    self.join(name, subscriber, ack_id.into_iter().collect(), can_publish);
+                }
+                return;
+            }
+            None => {}
+        }
+        if self.subscriptions.len() >= self.hub.limits.max_channels_per_socket {
+            let limit = self.hub.limits.max_channels_per_socket;
+            let message = format!("a socket may subscribe to at most {limit} channels");
+            return Self::refuse_subscribe(socket, ack_id, &name, "INVALID_INPUT", &message);
+        }
+        let Some(channel) = self.hub.catalog.resolve(&name) else {
+            return Self::refuse_subscribe(
+                socket,
+                ack_id,
+                &name,
+                "REALTIME_UNAUTHORIZED",
+                "no enabled channel matches this name",
+            );
+        };
+        let Some(principal) = self.principal.clone() else {
+            return Self::refuse_subscribe(
+                socket,
+                ack_id,
+                &name,
+                "REALTIME_UNAUTHORIZED",
+                "not connected",
+            );
+        };
+        self.subscriptions.insert(
+            name.clone(),
+            Subscription::Authorizing {
+                acks: ack_id.into_iter().collect(),
+            },
+        );
+        let permissions = self.hub.permissions.clone();
+        let client = socket.address();
+        actix::spawn(async move {
+            let subscribe = permissions
+                .check(&principal, Action::Subscribe, &name, &channel)
+                .await;
+            let authorization = match subscribe {
+                Decision::Deny => Authorization::Denied,
+                Decision::Unavailable => Authorization::Unavailable,
+                Decision::Allow => match permissions
+                    .check(&principal, Action::Publish, &name, &channel)
+                    .await
+                {
+                    Decision::Allow => Authorization::Granted { can_publish: true },
+                    Decision::Deny => Authorization::Granted { can_publish: false },
+                    Decision::Unavailable => Authorization::Unavailable,
+                },
+            };
+            client.do_send(SessionEvent(ClientEvent::Authorized {
+                name,
+                authorization,
+            }));
+        });
+    }
+
+    pub(super) fn on_authorized(
+        &mut self,
+        socket: &mut Socket<'_, '_, Self>,
+        name: String,
+        authorization: Authorization,
+    ) {
+        let Some(Subscription::Authorizing { acks }) = self.subscriptions.remove(&name) else {
+            return;
+        };
+        let refusal = match authorization {
+            Authorization::Granted { can_publish } => match self.subscriber(socket) {
+                Some(subscriber) => return self.join(name, subscriber, acks, can_publish),
+                None => ("REALTIME_UNAUTHORIZED", "not connected"),
+            },
+            Authorization::Denied => ("REALTIME_UNAUTHORIZED", "not allowed to subscribe"),
+            Authorization::Unavailable => {
+                ("INTERNAL_ERROR", "the permission check failed; retry later")
+            }
+        };
+        for ack_id in acks {
+            Self::refuse_subscribe(socket, Some(ack_id), &name, refusal.0, refusal.1);
+        }
+    }
+
+    /// This socket as a subscriber, once it is connected.
+    fn subscriber(&self, socket: &Socket<'_, '_, Self>) -> Option<Subscriber> {
+        Some(Subscriber {
+            id: self.subscriber_id,
+            events: socket.address().recipient(),
+            member: self.member.clone()?,
+        })
+    }
+
+    /// Asks the registry to add `subscriber` to `name` (it counts joins
+    /// before it retires a channel) and waits for `Joined`.
+    fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>, can_publish: bool) {
+        self.hub.registry.do_send(JoinChannel {
+            name: name.clone(),
+            join: Join(subscriber),
+        });
+        self.subscriptions.insert(
+            name,
+            Subscription::Joining {
+                acks,
+                can_publish,
+                cancelled: false,
+            },
+        );
+    }
+
+    pub(super) fn on_joined(&mut self, socket: &mut Socket<'_, '_, Self>, joined: Joined) {
+        let Joined {
+            name,
+            channel,
+            members,
+        } = joined;
+        let Some(Subscription::Joining {
+            acks,
+            can_publish,
+            cancelled,
+        }) = self.subscriptions.remove(name.as_ref())
+        else {
+            return;
+        };
+        // The members come encoded from the channel; the rest of the answer
+        // is spliced around them.
+        let answer = format!(
+            r#"[{{"ok":true,"channel":{},"presence":{{"members":{members}}}}}]"#,
+            Value::String(name.to_string())
+        );
+        for ack_id in acks {
+            socket.ack_encoded(NAMESPACE, ack_id, &answer);
+        }
+        if cancelled {
+            channel.do_send(Leave {
+                subscriber_id: self.subscriber_id,
+            });
+        } else {
+            self.subscriptions.insert(
+                name.to_string(),
+                Subscription::Joined {
+                    channel,
+                    can_publish,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        socket: &mut Socket<'_, '_, Self>,
+        args: &[Value],
+        ack_id: Option<u64>,
+    ) {
+        let Some(name) = channel_arg(args) else {
+            return Self::emit_error(socket, None, "INVALID_INPUT", "expected {channel: string}");
+        };
+        match self.subscriptions.get_mut(name) {
+            Some(Subscription::Joined { channel, .. }) => {
+                channel.do_send(Leave {
+                    subscriber_id: self.subscriber_id,
+                });
+                self.subscriptions.remove(name);
+            }
+            Some(Subscription::Joining { cancelled, .. }) => *cancelled = true,
+            Some(Subscription::Authorizing { .. }) => {
+                self.subscriptions.remove(name);
+            }
+            None => {}
+        }
+        if let Some(ack_id) = ack_id {
+            socket.ack(
+                NAMESPACE,
+                ack_id,
+                vec![json!({ "ok": true, "channel": name })],
+            );
+        }
+    }
+
+    /// Leaves every channel (the connection closed).
+    pub(super) fn leave_all(&mut self) {
+        for (_, subscription) in self.subscriptions.drain() {
+            if let Subscription::Joined { channel, .. } = subscription {
+                channel.do_send(Leave {
+                    subscriber_id: self.subscriber_id,
+                });
+            }
+            // Joins still in flight find the session gone and are dropped.
+        }
+    }
+
+    /// The live channel and publish permission of `name`, if subscribed.
+    pub(super) fn joined(&self, name: &str) -> Option<(&Addr<Channel>, bool)> {
+        match self.subscriptions.get(name)? {
+            Subscription::Joined {
+                channel,
+                can_publish,
+            } => Some((channel, *can_publish)),
+            _ => None,
+        }
+    }
+}

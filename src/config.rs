@@ -31,6 +31,8 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     /// Per-socket limits.
     pub limits: LimitSettings,
+    /// Posting messages to channels' webhook URLs.
+    pub webhooks: WebhookSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -151,6 +153,54 @@ impl EngineIoSettings {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             max_attachment_bytes: self.max_payload,
         }
+    }
+}
+
+/// The `[webhooks]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whole-request deadline of one attempt. Defaults to 10000 ms.
+    pub timeout_ms: u64,
+    /// Waits before the retries of a connection failure or timeout; their
+    /// count is the number of retries. Defaults to `[1000, 2000]`.
+    pub retry_delays_ms: Vec<u64>,
+    /// `whsec_<base64>` to sign requests the Standard Webhooks way; empty
+    /// for unsigned requests. Defaults to empty.
+    pub signing_secret: String,
+    /// Requests in flight to one URL at a time. Defaults to 16.
+    pub max_in_flight_per_url: usize,
+    /// Open connections to all receivers. Defaults to 256.
+    pub max_connections: usize,
+    /// Deliveries held in memory (queued or in flight); past it, messages
+    /// wait in the durable backlog. Defaults to 10000.
+    pub max_queued: usize,
+    /// Refuse to post to loopback, private, link-local and other
+    /// non-public addresses. Defaults to false (turn it on in production).
+    pub block_private_addresses: bool,
+}
+
+impl WebhookSettings {
+    /// The signing key: the bytes after `whsec_`, base64-decoded.
+    ///
+    /// # Errors
+    /// A secret without the prefix or that is not base64.
+    pub fn signing_key(&self) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine as _;
+        if self.signing_secret.is_empty() {
+            return Ok(None);
+        }
+        let encoded = self
+            .signing_secret
+            .strip_prefix("whsec_")
+            .ok_or("must start with whsec_ (make one with `realtime keys --kind webhook`)")?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|err| format!("the part after whsec_ is not base64: {err}"))?;
+        if key.len() < 16 {
+            return Err("the key must be at least 16 bytes".into());
+        }
+        Ok(Some(key))
     }
 }
 
@@ -323,6 +373,34 @@ impl Settings {
                 "must be at least 1 when publish_rate is set",
             ));
         }
+        let webhooks = &self.webhooks;
+        if webhooks.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "webhooks.timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if webhooks.retry_delays_ms.len() > 10 {
+            return Err(ConfigError::new(
+                "webhooks.retry_delays_ms",
+                "at most 10 retries",
+            ));
+        }
+        for (key, value) in [
+            (
+                "webhooks.max_in_flight_per_url",
+                webhooks.max_in_flight_per_url,
+            ),
+            ("webhooks.max_connections", webhooks.max_connections),
+            ("webhooks.max_queued", webhooks.max_queued),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        webhooks
+            .signing_key()
+            .map_err(|reason| ConfigError::new("webhooks.signing_secret", reason))?;
         if self.limits.max_channels_per_socket == 0 {
             return Err(ConfigError::new(
                 "limits.max_channels_per_socket",

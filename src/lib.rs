@@ -11,6 +11,7 @@
 //! - [`rate_limit`]: the token bucket of per-socket publish rates.
 //! - [`realtime`]: the hub the handlers share, and system publishing.
 //! - [`permissions`]: the subscribe/publish permission hook.
+//! - [`webhooks`]: posting durable messages to channels' webhook URLs.
 //! - [`api`]: the REST admin surface.
 //! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
 //! - [`engineio`]: the Engine.IO server: session actors and transports.
@@ -36,3 +37,4 @@ pub mod rate_limit;
 pub mod realtime;
 pub mod server;
 pub mod socketio;
+pub mod webhooks;

@@ -45,7 +45,8 @@ enum Command {
     },
     /// Print a new random key to put in the configuration.
     Keys {
-        /// `api` for an admin key (ik_…), `anon` for an anon key (anon_…).
+        /// `api` for an admin key (ik_…), `anon` for an anon key (anon_…),
+        /// `webhook` for a webhook signing secret (whsec_…).
         #[arg(long, value_enum, default_value = "api")]
         kind: KeyKind,
     },
@@ -62,18 +63,18 @@ enum TokenRole {
 enum KeyKind {
     Api,
     Anon,
+    Webhook,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keys { kind }) = cli.command {
-        println!(
-            "{}",
-            auth::generate_key(match kind {
-                KeyKind::Api => "ik_",
-                KeyKind::Anon => "anon_",
-            })
-        );
+        let key = match kind {
+            KeyKind::Api => auth::generate_key("ik_"),
+            KeyKind::Anon => auth::generate_key("anon_"),
+            KeyKind::Webhook => realtime::webhooks::signing::generate_secret(),
+        };
+        println!("{key}");
         return ExitCode::SUCCESS;
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -146,6 +147,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     tracing::info!(%address, %database, "realtime server listening");
     let realtime = state.realtime.clone();
+    let grace = state.settings.shutdown_grace();
     let running = server::serve(listener, state)?;
     let handle = running.server.handle();
     let sessions = running.sessions.clone();
@@ -157,7 +159,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     running.server.await?;
     // Messages accepted before the stop may still be on their way to the
     // database: nothing accepted is lost.
-    realtime.drain().await;
+    realtime.shutdown(grace).await;
     tracing::info!("realtime server stopped; accepted messages written");
     Ok(())
 }

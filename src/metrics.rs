@@ -56,6 +56,57 @@ pub struct Metrics {
     pub writer_batches: Counter,
     /// Rows written by those batches.
     pub writer_rows: Counter,
+    /// Webhook requests by outcome (indexed as [`WEBHOOK_OUTCOMES`]).
+    pub webhook_requests: [Counter; 4],
+    /// Webhook attempts that were retries.
+    pub webhook_retries: Counter,
+    /// Messages whose webhooks are held in memory now (set, not added).
+    pub webhook_in_memory: Counter,
+    /// Messages in the durable webhook backlog, as last counted (set).
+    pub webhook_backlog: Counter,
+    /// Deliveries left in the database because memory was full.
+    pub webhook_deferred: Counter,
+    /// Webhook request durations.
+    pub webhook_latency: Histogram,
+}
+
+/// How a webhook request ended, for [`Metrics::webhook_requests`].
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["2xx", "http_error", "network_error", "timeout"];
+
+/// Upper bounds of the webhook latency buckets, in milliseconds.
+const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// A latency histogram with fixed buckets (cumulative when rendered).
+pub struct Histogram {
+    buckets: [Counter; LATENCY_BOUNDS_MS.len() + 1],
+    sum_ms: Counter,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            buckets: [const { Counter::new() }; LATENCY_BOUNDS_MS.len() + 1],
+            sum_ms: Counter::new(),
+        }
+    }
+
+    /// Counts one observation.
+    pub fn observe(&self, duration: std::time::Duration) {
+        let ms = duration.as_millis() as u64;
+        let index = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.buckets[index].inc();
+        self.sum_ms.add(ms);
+    }
+}
+
+impl Counter {
+    /// Replaces the value (for gauges kept in a counter).
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
 }
 
 /// The process's metrics.
@@ -78,6 +129,12 @@ pub static METRICS: Metrics = Metrics {
     publishes_rate_limited: Counter::new(),
     writer_batches: Counter::new(),
     writer_rows: Counter::new(),
+    webhook_requests: [const { Counter::new() }; 4],
+    webhook_retries: Counter::new(),
+    webhook_in_memory: Counter::new(),
+    webhook_backlog: Counter::new(),
+    webhook_deferred: Counter::new(),
+    webhook_latency: Histogram::new(),
 };
 
 const CLOSE_REASONS: [CloseReason; 6] = [
@@ -189,6 +246,61 @@ pub fn render() -> String {
         "realtime_writer_rows_total",
         "Message rows written.",
         m.writer_rows.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP realtime_webhook_requests_total Webhook requests, by outcome.\n# TYPE realtime_webhook_requests_total counter"
+    );
+    for (outcome, count) in WEBHOOK_OUTCOMES.iter().zip(&m.webhook_requests) {
+        let _ = writeln!(
+            out,
+            "realtime_webhook_requests_total{{outcome=\"{outcome}\"}} {}",
+            count.get()
+        );
+    }
+    counter(
+        &mut out,
+        "realtime_webhook_retries_total",
+        "Webhook requests that were retries.",
+        m.webhook_retries.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_webhook_deferred_total",
+        "Webhook deliveries left in the database because memory was full.",
+        m.webhook_deferred.get(),
+    );
+    gauge(
+        &mut out,
+        "realtime_webhook_in_memory",
+        "Messages whose webhooks are being sent from memory now.",
+        m.webhook_in_memory.get(),
+    );
+    gauge(
+        &mut out,
+        "realtime_webhook_backlog",
+        "Messages whose webhooks have not finished, in the database, as last counted.",
+        m.webhook_backlog.get(),
+    );
+    let latency = &m.webhook_latency;
+    let _ = writeln!(
+        out,
+        "# HELP realtime_webhook_request_seconds Webhook request durations.\n# TYPE realtime_webhook_request_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, count) in LATENCY_BOUNDS_MS.iter().zip(&latency.buckets) {
+        cumulative += count.get();
+        let _ = writeln!(
+            out,
+            "realtime_webhook_request_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1000.0
+        );
+    }
+    cumulative += latency.buckets[LATENCY_BOUNDS_MS.len()].get();
+    let _ = writeln!(
+        out,
+        "realtime_webhook_request_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nrealtime_webhook_request_seconds_sum {}\nrealtime_webhook_request_seconds_count {cumulative}",
+        latency.sum_ms.get() as f64 / 1000.0
     );
     out
 }

@@ -19,6 +19,7 @@ use crate::permissions::{AllowAll, PermissionHook};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
+use crate::webhooks::{WebhookDispatcher, Webhooks};
 
 /// The shared state of the realtime pipeline.
 pub struct Realtime {
@@ -28,6 +29,8 @@ pub struct Realtime {
     pub registry: Addr<ChannelRegistry>,
     /// Group commit of messages.
     pub writer: Addr<MessageWriter>,
+    /// Posts durable messages to their channels' webhook URLs.
+    pub webhooks: Webhooks,
     /// Verifies credentials on CONNECT.
     pub auth: Arc<Authenticator>,
     /// Subscribe and publish decisions.
@@ -55,6 +58,12 @@ impl Realtime {
             Duration::from_millis(database.batch_window_ms),
         );
         let writer = MessageWriter::start_in_arbiter(&actix::Arbiter::new().handle(), |_| writer);
+        let webhooks = WebhookDispatcher::start(
+            settings.webhooks.clone(),
+            db.clone(),
+            catalog.clone(),
+            writer.clone(),
+        );
         let n_threads = match settings.pipeline.channel_threads {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -63,6 +72,7 @@ impl Realtime {
         };
         let registry = ChannelRegistry::new(
             writer.clone(),
+            webhooks.clone(),
             n_threads,
             settings.limits.max_pending_per_channel,
         )
@@ -71,6 +81,7 @@ impl Realtime {
             catalog,
             registry,
             writer,
+            webhooks,
             auth,
             permissions: Arc::new(AllowAll),
             limits: settings.limits.clone(),
@@ -120,6 +131,16 @@ impl Realtime {
     /// channel hands on what it received, then the writer commits it.
     pub async fn drain(&self) {
         let _ = self.registry.send(SyncChannels).await;
+        let _ = self.writer.send(Drain).await;
+    }
+
+    /// The end of a graceful shutdown, once no request comes in any more:
+    /// every accepted message is written, webhook requests in flight get
+    /// `grace` to finish, and what finished is recorded. Deliveries left
+    /// over stay in the webhook backlog for the next start.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.drain().await;
+        self.webhooks.shutdown(grace).await;
         let _ = self.writer.send(Drain).await;
     }
 }

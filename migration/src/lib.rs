@@ -7,6 +7,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_create_realtime_schema;
+mod m20261201_000001_create_webhook_pending;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -14,6 +15,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20250101_000001_create_realtime_schema::Migration)]
+        vec![
+            Box::new(m20250101_000001_create_realtime_schema::Migration),
+            Box::new(m20261201_000001_create_webhook_pending::Migration),
+        ]
     }
 }

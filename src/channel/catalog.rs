@@ -3,6 +3,7 @@
 //! whenever the REST API changes a channel, so a change applies at once.
 //! Definitions are shared (`Arc`), never copied per publish.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -23,11 +24,17 @@ pub struct ChannelDef {
     pub webhook_urls: Vec<String>,
 }
 
-/// The enabled channels, indexed for resolution. Readers take a snapshot
-/// (an `Arc`) and never wait for a rebuild.
+/// The enabled channels, indexed for resolution and by id. Readers take a
+/// snapshot (an `Arc`) and never wait for a rebuild.
 #[derive(Default)]
 pub struct ChannelCatalog {
-    index: RwLock<Arc<PatternIndex<Arc<ChannelDef>>>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    by_pattern: PatternIndex<Arc<ChannelDef>>,
+    by_id: HashMap<Uuid, Arc<ChannelDef>>,
 }
 
 impl ChannelCatalog {
@@ -47,23 +54,43 @@ impl ChannelCatalog {
     /// Database failures; the previous index stays in place.
     pub async fn reload(&self, db: &DatabaseConnection) -> Result<(), PersistenceError> {
         let channels = persistence::channels::list(db).await?;
-        let index = PatternIndex::new(channels.into_iter().filter(|channel| channel.enabled).map(
-            |channel| {
-                let def = Arc::new(ChannelDef {
+        let definitions: Vec<Arc<ChannelDef>> = channels
+            .into_iter()
+            .filter(|channel| channel.enabled)
+            .map(|channel| {
+                Arc::new(ChannelDef {
                     id: channel.id,
-                    pattern: channel.pattern.clone(),
+                    pattern: channel.pattern,
                     webhook_urls: channel.webhook_urls.map(|urls| urls.0).unwrap_or_default(),
-                });
-                (channel.pattern, def)
-            },
-        ));
-        *self.index.write() = Arc::new(index);
+                })
+            })
+            .collect();
+        let snapshot = Snapshot {
+            by_id: definitions
+                .iter()
+                .map(|def| (def.id, def.clone()))
+                .collect(),
+            by_pattern: PatternIndex::new(
+                definitions
+                    .into_iter()
+                    .map(|def| (def.pattern.clone(), def)),
+            ),
+        };
+        *self.snapshot.write() = Arc::new(snapshot);
         Ok(())
     }
 
     /// The enabled channel that `name` resolves to.
     pub fn resolve(&self, name: &str) -> Option<Arc<ChannelDef>> {
-        let index = self.index.read().clone();
-        index.resolve(name).map(|(_, def)| def.clone())
+        let snapshot = self.snapshot.read().clone();
+        snapshot
+            .by_pattern
+            .resolve(name)
+            .map(|(_, def)| def.clone())
+    }
+
+    /// The enabled channel with this id.
+    pub fn by_id(&self, id: Uuid) -> Option<Arc<ChannelDef>> {
+        self.snapshot.read().by_id.get(&id).cloned()
     }
 }

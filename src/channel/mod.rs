@@ -40,6 +40,7 @@ use crate::metrics::METRICS;
 use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
 use crate::protocol::engineio::Frame;
 use crate::publish::{Outgoing, PublishError, Sender, SenderType};
+use crate::webhooks::{WebhookMessage, Webhooks};
 pub use delivery::{encode_delivery, encode_event};
 use registry::{ChannelRegistry, Idle};
 pub use subscriber::{Joined, Member, Published, Subscriber, SubscriberEvent};
@@ -124,6 +125,8 @@ struct Pending {
     reply: Option<Reply>,
     /// `None` until the writer answers; `Stored` messages start durable.
     outcome: Option<Result<(), PublishError>>,
+    /// For the channel's webhook URLs, once durable (if it has any).
+    webhook: Option<WebhookMessage>,
 }
 
 struct PresenceEvent {
@@ -151,6 +154,8 @@ pub struct Channel {
     name: Arc<str>,
     registry: Addr<ChannelRegistry>,
     writer: Addr<MessageWriter>,
+    /// Where durable messages go for their webhooks.
+    webhooks: Webhooks,
     /// Subscribed sockets by subscriber id; changed by Join and Leave, and
     /// when a subscriber is found too slow or gone.
     subscribers: HashMap<u64, Subscriber>,
@@ -186,12 +191,14 @@ impl Channel {
         name: Arc<str>,
         registry: Addr<ChannelRegistry>,
         writer: Addr<MessageWriter>,
+        webhooks: Webhooks,
         max_pending: usize,
     ) -> Self {
         Channel {
             name,
             registry,
             writer,
+            webhooks,
             subscribers: HashMap::new(),
             presence: HashMap::new(),
             members_json: None,
@@ -319,6 +326,9 @@ impl Channel {
                     // unwrap: front() just returned Some.
                     let pending = self.pending.pop_front().unwrap();
                     frames.push(pending.frame);
+                    if let Some(webhook) = pending.webhook {
+                        self.webhooks.dispatch(webhook);
+                    }
                     delivered.push((pending.id, pending.row, pending.reply));
                 }
                 Some(Err(_)) => {
@@ -517,6 +527,15 @@ impl Handler<Publish> for Channel {
         let created_at = crate::persistence::now();
         let meta = delivery::meta(&self.name, id, &message.sender, created_at);
         let frame = encode_delivery(&message.event, &message.payload, &meta);
+        let n_webhooks = message.channel.webhook_urls.len();
+        let webhook = (n_webhooks > 0).then(|| WebhookMessage {
+            id,
+            channel: self.name.clone(),
+            event: message.event.clone(),
+            // unwrap: a map of JSON values always serializes.
+            body: serde_json::to_vec(&message.payload).unwrap().into(),
+            definition: message.channel.clone(),
+        });
         let row = messages::Model {
             id,
             event_name: message.event,
@@ -526,7 +545,8 @@ impl Handler<Publish> for Channel {
             sender_type: message.sender.sender_type.as_str().to_owned(),
             sender_id: message.sender.sender_id,
             ws_audience_count: 0,
-            wh_audience_count: 0,
+            // Also what puts the message in the webhook backlog.
+            wh_audience_count: n_webhooks as i32,
             wh_delivered_count: 0,
             created_at,
         };
@@ -545,6 +565,7 @@ impl Handler<Publish> for Channel {
             frame,
             reply: Some(reply),
             outcome: None,
+            webhook,
         });
     }
 }
@@ -573,6 +594,9 @@ impl Handler<Stored> for Channel {
             frame,
             reply: None,
             outcome: Some(Ok(())),
+            // Webhooks of stored messages are sent by whoever stored them
+            // (the SQL listener will hand them over itself).
+            webhook: None,
         });
         self.deliver_ready(ctx);
     }

@@ -19,6 +19,7 @@ use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler}
 
 use super::{Barrier, Channel, Join, Publish, Retire, Stored};
 use crate::persistence::writer::MessageWriter;
+use crate::webhooks::Webhooks;
 
 struct Entry {
     channel: Addr<Channel>,
@@ -30,6 +31,8 @@ struct Entry {
 pub struct ChannelRegistry {
     channels: HashMap<Arc<str>, Entry>,
     writer: Addr<MessageWriter>,
+    /// Given to each channel: where durable messages go for webhooks.
+    webhooks: Webhooks,
     /// Given to each channel: the bound of its queue of unstored messages.
     max_pending: usize,
     /// Threads the channels run on; they live as long as the registry.
@@ -37,13 +40,19 @@ pub struct ChannelRegistry {
 }
 
 impl ChannelRegistry {
-    /// A registry whose channels write through `writer`, run on
-    /// `n_threads` arbiters and hold at most `max_pending` unstored
-    /// messages each.
-    pub fn new(writer: Addr<MessageWriter>, n_threads: usize, max_pending: usize) -> Self {
+    /// A registry whose channels write through `writer`, hand webhooks to
+    /// `webhooks`, run on `n_threads` arbiters and hold at most
+    /// `max_pending` unstored messages each.
+    pub fn new(
+        writer: Addr<MessageWriter>,
+        webhooks: Webhooks,
+        n_threads: usize,
+        max_pending: usize,
+    ) -> Self {
         ChannelRegistry {
             channels: HashMap::new(),
             writer,
+            webhooks,
             max_pending,
             arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
         }
@@ -67,10 +76,11 @@ impl ChannelRegistry {
             let name: Arc<str> = name.into();
             let registry = ctx.address();
             let writer = self.writer.clone();
+            let webhooks = self.webhooks.clone();
             let channel_name = name.clone();
             let max_pending = self.max_pending;
             let channel = Channel::start_in_arbiter(&self.arbiter_for(&name), move |_| {
-                Channel::new(channel_name, registry, writer, max_pending)
+                Channel::new(channel_name, registry, writer, webhooks, max_pending)
             });
             tracing::debug!(channel = %name, "channel started");
             crate::metrics::METRICS.channels_started.inc();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::catalog::ChannelDef;
+use super::catalog::{ChannelCatalog, ChannelDef};
 use super::registry::ChannelRegistry;
 use super::*;
 use crate::config::DatabaseSettings;
@@ -18,6 +18,7 @@ use crate::persistence::messages::MessageFilter;
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::{self, channels::NewChannel};
 use crate::publish::{Outgoing, Sender};
+use crate::webhooks::{WebhookDispatcher, Webhooks};
 
 /// A subscriber that hands every event to the test.
 struct Probe {
@@ -105,6 +106,7 @@ struct Setup {
     db: sea_orm::DatabaseConnection,
     writer: Addr<MessageWriter>,
     registry: Addr<ChannelRegistry>,
+    webhooks: Webhooks,
     definition: Arc<ChannelDef>,
     next_id: u64,
     _dir: tempfile::TempDir,
@@ -134,11 +136,16 @@ impl Setup {
         .await
         .unwrap();
         let writer = MessageWriter::new(db.clone(), 64, Duration::from_millis(1)).start();
-        let registry = ChannelRegistry::new(writer.clone(), 1, 1000).start();
+        let catalog = Arc::new(ChannelCatalog::load(&db).await.unwrap());
+        let settings = crate::config::Settings::from_toml_overlay("").unwrap();
+        let webhooks =
+            WebhookDispatcher::start(settings.webhooks, db.clone(), catalog, writer.clone());
+        let registry = ChannelRegistry::new(writer.clone(), webhooks.clone(), 1, 1000).start();
         Setup {
             db,
             writer,
             registry,
+            webhooks,
             definition: Arc::new(ChannelDef {
                 id: row.id,
                 pattern: row.pattern,
@@ -154,6 +161,7 @@ impl Setup {
             name.into(),
             self.registry.clone(),
             self.writer.clone(),
+            self.webhooks.clone(),
             1000,
         )
         .start()

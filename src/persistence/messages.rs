@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::webhooks::WebhookOutcome;
 use super::PersistenceError;
 
 /// Filters shared by listing and statistics.
@@ -78,15 +79,76 @@ pub async fn insert_batch<'a>(
 /// # Errors
 /// Database failures (nothing is written); [`PersistenceError::Duplicate`]
 /// if an id exists.
-pub async fn write_batch_in_one_transaction<'a>(
+pub async fn write_batch_in_one_transaction(
     db: &DatabaseConnection,
-    batch: impl IntoIterator<Item = &'a messages::Model>,
+    batch: &[&messages::Model],
     audience: &[(Uuid, i32)],
+    webhooks: &[WebhookOutcome],
 ) -> Result<(), PersistenceError> {
     let txn = db.begin().await.map_err(PersistenceError::from_write)?;
-    insert_rows(&txn, batch, true).await?;
+    insert_rows(&txn, batch.iter().copied(), true).await?;
+    insert_pending(&txn, batch).await?;
     update_counts(&txn, Column::WsAudienceCount, audience, true).await?;
+    super::webhooks::finish(&txn, webhooks).await?;
     txn.commit().await.map_err(PersistenceError::from_write)?;
+    Ok(())
+}
+
+/// The writer's batch on PostgreSQL: one statement inserts the rows and
+/// puts those that have webhook URLs (`wh_audience_count > 0`) in the
+/// webhook backlog, so durable webhooks cost no extra round trip.
+///
+/// # Errors
+/// Database failures (nothing is written); [`PersistenceError::Duplicate`]
+/// if an id exists.
+pub async fn insert_batch_with_webhooks(
+    db: &DatabaseConnection,
+    batch: &[&messages::Model],
+) -> Result<(), PersistenceError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if batch.iter().all(|row| row.wh_audience_count == 0) {
+        return insert_rows(db, batch.iter().copied(), false).await;
+    }
+    let insert = Messages::insert_many(batch.iter().map(|row| active_model(row)))
+        .build(db.get_database_backend());
+    let sql = format!(
+        "WITH inserted AS ({} RETURNING id, wh_audience_count) \
+         INSERT INTO webhook_pending (message_id) \
+         SELECT id FROM inserted WHERE wh_audience_count > 0",
+        insert.sql
+    );
+    db.execute(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        sql,
+        insert.values.map(|values| values.0).unwrap_or_default(),
+    ))
+    .await
+    .map_err(PersistenceError::from_write)?;
+    Ok(())
+}
+
+/// Adds the rows that have webhook URLs to the webhook backlog.
+async fn insert_pending<C: ConnectionTrait>(
+    conn: &C,
+    batch: &[&messages::Model],
+) -> Result<(), PersistenceError> {
+    let ids: Vec<Uuid> = batch
+        .iter()
+        .filter(|row| row.wh_audience_count > 0)
+        .map(|row| row.id)
+        .collect();
+    for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
+        entity::webhook_pending::Entity::insert_many(chunk.iter().map(|id| {
+            entity::webhook_pending::ActiveModel {
+                message_id: Set(*id),
+            }
+        }))
+        .exec_without_returning(conn)
+        .await
+        .map_err(PersistenceError::from_write)?;
+    }
     Ok(())
 }
 
@@ -201,7 +263,7 @@ pub async fn set_counts(
     update_counts(db, column, counts, false).await
 }
 
-async fn update_counts<C: ConnectionTrait>(
+pub(super) async fn update_counts<C: ConnectionTrait>(
     conn: &C,
     column: Column,
     counts: &[(Uuid, i32)],

@@ -7,6 +7,7 @@
 //! - [`permissions`]: the row-level-security policies of realtime.
 //! - [`retention`]: the `config` singleton row.
 //! - [`sweeper`]: the `RetentionSweeper` actor, which deletes expired history.
+//! - [`webhooks`]: the durable backlog of webhook deliveries.
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
@@ -14,6 +15,7 @@ pub mod messages;
 pub mod permissions;
 pub mod retention;
 pub mod sweeper;
+pub mod webhooks;
 pub mod writer;
 
 use std::path::Path;

@@ -3,9 +3,11 @@
 //! Channels send it each accepted message; it inserts them in batches (one
 //! statement per batch, at most `batch_size` rows, at most `batch_window`
 //! after the first row waited) and tells each channel which of its
-//! messages are durable. Audience counts recorded after delivery go out in
-//! the same cycle, as one `UPDATE … CASE` statement. One flush runs at a
-//! time, so batches commit in the order their messages arrived.
+//! messages are durable. Messages with webhook URLs enter the webhook
+//! backlog in the same statement or transaction. Audience counts recorded
+//! after delivery, and finished webhooks, go out in the same cycle. One
+//! flush runs at a time, so batches commit in the order their messages
+//! arrived.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use entity::messages;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
+use super::webhooks::{self as webhook_queries, WebhookOutcome};
 use super::{messages as queries, PersistenceError};
 use crate::publish::PublishError;
 
@@ -51,10 +54,37 @@ pub struct Persisted {
 #[rtype(result = "()")]
 pub struct RecordAudience(pub Vec<(Uuid, i32)>);
 
+/// Record how messages' webhooks ended and take them out of the backlog;
+/// `notify` hears of their ids once written (or given up on).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RecordWebhooks {
+    /// One per finished message.
+    pub outcomes: Vec<WebhookOutcome>,
+    /// Told when the write is over.
+    pub notify: Recipient<WebhooksRecorded>,
+}
+
+/// The ids of a [`RecordWebhooks`] are written (or the write failed for
+/// good, and they stay in the backlog).
+#[derive(actix::Message, Debug)]
+#[rtype(result = "()")]
+pub struct WebhooksRecorded(pub Vec<Uuid>);
+
 /// Resolves once everything received so far is written (shutdown, tests).
 #[derive(actix::Message)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// Webhook outcomes to write, and who to tell once they are.
+type Finished = (Vec<WebhookOutcome>, Recipient<WebhooksRecorded>);
+
+/// What a SQLite batch updates beside its inserts.
+#[derive(Clone, Copy)]
+struct Updates<'a> {
+    audience: &'a [(Uuid, i32)],
+    webhooks: &'a [WebhookOutcome],
+}
 
 /// The group-commit writer.
 pub struct MessageWriter {
@@ -65,6 +95,8 @@ pub struct MessageWriter {
     rows: Vec<(messages::Model, Recipient<Persisted>)>,
     /// Audience counts waiting for the next flush.
     audience: Vec<(Uuid, i32)>,
+    /// Finished webhooks waiting for the next flush, and who to tell.
+    webhooks: Vec<Finished>,
     /// True while a flush runs; the next one waits for it.
     flushing: bool,
     /// Whether audience counts go in their own statement, beside the
@@ -90,6 +122,7 @@ impl MessageWriter {
             batch_window,
             rows: Vec::new(),
             audience: Vec::new(),
+            webhooks: Vec::new(),
             flushing: false,
             counting: false,
             window_timer: None,
@@ -98,7 +131,17 @@ impl MessageWriter {
     }
 
     fn is_idle(&self) -> bool {
-        self.rows.is_empty() && self.audience.is_empty() && !self.flushing && !self.counting
+        self.rows.is_empty()
+            && self.audience.is_empty()
+            && self.webhooks.is_empty()
+            && !self.flushing
+            && !self.counting
+    }
+
+    /// Counts and webhook outcomes waiting, which a flush (SQLite) or a
+    /// write apart (PostgreSQL) takes.
+    fn has_updates(&self) -> bool {
+        !self.audience.is_empty() || !self.webhooks.is_empty()
     }
 
     /// Flushes now if a batch is full (or a drain waits), else makes sure
@@ -107,7 +150,7 @@ impl MessageWriter {
         if self.counts_apart {
             self.write_counts(ctx);
         }
-        let counts_waiting = !self.counts_apart && !self.audience.is_empty();
+        let counts_waiting = !self.counts_apart && self.has_updates();
         if self.flushing || (self.rows.is_empty() && !counts_waiting) {
             return;
         }
@@ -130,13 +173,12 @@ impl MessageWriter {
         }
         let take = self.rows.len().min(self.batch_size);
         let batch: Vec<_> = self.rows.drain(..take).collect();
-        let audience: Vec<_> = if self.counts_apart {
-            Vec::new()
+        let (audience, webhooks) = if self.counts_apart {
+            (Vec::new(), Vec::new())
         } else {
-            let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
-            self.audience.drain(..take).collect()
+            self.take_updates()
         };
-        if batch.is_empty() && audience.is_empty() {
+        if batch.is_empty() && audience.is_empty() && webhooks.is_empty() {
             return;
         }
         self.flushing = true;
@@ -144,17 +186,24 @@ impl MessageWriter {
         let counts_apart = self.counts_apart;
         let write = async move {
             let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
-            // SQLite: one transaction for both (see
+            // SQLite: one transaction for all three (see
             // `write_batch_in_one_transaction`).
-            let audience = (!counts_apart).then_some(audience.as_slice());
-            let inserted = write_with_retries(&db, &rows, audience).await;
+            let outcomes: Vec<WebhookOutcome> = webhooks
+                .iter()
+                .flat_map(|(outcomes, _)| outcomes.iter().copied())
+                .collect();
+            let updates = (!counts_apart).then_some(Updates {
+                audience: &audience,
+                webhooks: &outcomes,
+            });
+            let inserted = write_with_retries(&db, &rows, updates).await;
             drop(rows);
-            (batch, inserted)
+            (batch, webhooks, inserted)
         };
         ctx.spawn(
             write
                 .into_actor(self)
-                .map(move |(batch, inserted), writer, ctx| {
+                .map(move |(batch, webhooks, inserted), writer, ctx| {
                     writer.flushing = false;
                     if inserted.is_ok() && !batch.is_empty() {
                         crate::metrics::METRICS.writer_batches.inc();
@@ -162,6 +211,7 @@ impl MessageWriter {
                     }
                     // write_with_retries logged the database's words.
                     notify_channels(batch, inserted.map_err(|_| PublishError::Storage));
+                    notify_webhooks(webhooks);
                     writer.after_write(ctx);
                 }),
         );
@@ -171,11 +221,10 @@ impl MessageWriter {
     /// write at a time (`counts_apart`). They cannot fail a batch: a
     /// failure is logged.
     fn write_counts(&mut self, ctx: &mut Context<Self>) {
-        if self.counting || self.audience.is_empty() {
+        if self.counting || !self.has_updates() {
             return;
         }
-        let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
-        let audience: Vec<_> = self.audience.drain(..take).collect();
+        let (audience, webhooks) = self.take_updates();
         self.counting = true;
         let db = self.db.clone();
         let write = async move {
@@ -184,11 +233,40 @@ impl MessageWriter {
             {
                 tracing::error!(error = %err, "could not record audience counts");
             }
+            let outcomes: Vec<WebhookOutcome> = webhooks
+                .iter()
+                .flat_map(|(outcomes, _)| outcomes.iter().copied())
+                .collect();
+            if let Err(err) = webhook_queries::finish(&db, &outcomes).await {
+                tracing::error!(error = %err, "could not record webhook outcomes; they stay in the backlog");
+            }
+            webhooks
         };
-        ctx.spawn(write.into_actor(self).map(|(), writer, ctx| {
+        ctx.spawn(write.into_actor(self).map(|webhooks, writer, ctx| {
             writer.counting = false;
+            notify_webhooks(webhooks);
             writer.after_write(ctx);
         }));
+    }
+
+    /// Takes the waiting audience counts and webhook outcomes, up to one
+    /// statement's worth of each.
+    fn take_updates(&mut self) -> (Vec<(Uuid, i32)>, Vec<Finished>) {
+        let take = self.audience.len().min(MAX_ROWS_PER_INSERT);
+        let audience = self.audience.drain(..take).collect();
+        let mut n_outcomes = 0;
+        let take = self
+            .webhooks
+            .iter()
+            .take_while(|(outcomes, _)| {
+                n_outcomes += outcomes.len();
+                n_outcomes <= MAX_ROWS_PER_INSERT
+            })
+            .count()
+            .max(1)
+            .min(self.webhooks.len());
+        let webhooks = self.webhooks.drain(..take).collect();
+        (audience, webhooks)
     }
 
     /// A write finished: release drain waiters once idle, start the next.
@@ -202,23 +280,32 @@ impl MessageWriter {
     }
 }
 
-/// Writes `rows`, with `audience` counts in the same transaction when
-/// given, retrying failures.
+/// Writes `rows` (and their webhook backlog entries), with audience counts
+/// and finished webhooks in the same transaction when given (SQLite),
+/// retrying failures.
 async fn write_with_retries(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
-    audience: Option<&[(Uuid, i32)]>,
+    updates: Option<Updates<'_>>,
 ) -> Result<(), PersistenceError> {
-    if rows.is_empty() && audience.is_none_or(<[_]>::is_empty) {
+    if rows.is_empty()
+        && updates.is_none_or(|updates| updates.audience.is_empty() && updates.webhooks.is_empty())
+    {
         return Ok(());
     }
     let mut attempt = 0;
     loop {
-        let written = match audience {
-            Some(audience) => {
-                queries::write_batch_in_one_transaction(db, rows.iter().copied(), audience).await
+        let written = match updates {
+            Some(updates) => {
+                queries::write_batch_in_one_transaction(
+                    db,
+                    rows,
+                    updates.audience,
+                    updates.webhooks,
+                )
+                .await
             }
-            None => queries::insert_batch(db, rows.iter().copied()).await,
+            None => queries::insert_batch_with_webhooks(db, rows).await,
         };
         match written {
             Ok(()) => return Ok(()),
@@ -263,6 +350,15 @@ fn notify_channels(
     }
 }
 
+/// Tells the dispatcher its outcomes are written (or given up on).
+fn notify_webhooks(webhooks: Vec<Finished>) {
+    for (outcomes, notify) in webhooks {
+        notify.do_send(WebhooksRecorded(
+            outcomes.iter().map(|outcome| outcome.message_id).collect(),
+        ));
+    }
+}
+
 impl Actor for MessageWriter {
     type Context = Context<Self>;
 }
@@ -281,6 +377,15 @@ impl Handler<RecordAudience> for MessageWriter {
 
     fn handle(&mut self, RecordAudience(counts): RecordAudience, ctx: &mut Context<Self>) {
         self.audience.extend(counts);
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<RecordWebhooks> for MessageWriter {
+    type Result = ();
+
+    fn handle(&mut self, record: RecordWebhooks, ctx: &mut Context<Self>) {
+        self.webhooks.push((record.outcomes, record.notify));
         self.schedule(ctx);
     }
 }

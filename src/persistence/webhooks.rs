@@ -1,0 +1,108 @@
+//! The durable webhook backlog (`webhook_pending`): the messages whose
+//! webhook deliveries have not finished. Rows are added in the writer's
+//! batch, with their messages; this module reads the backlog after a
+//! restart or an overflow, and finishes messages in batches.
+
+use chrono::{DateTime, Utc};
+use entity::messages::{self, Column, Entity as Messages};
+use entity::webhook_pending::{self, Entity as Pending};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use super::messages::update_counts;
+use super::PersistenceError;
+
+/// How a message's webhook deliveries ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookOutcome {
+    /// The message.
+    pub message_id: Uuid,
+    /// How many URLs it was posted to (`whAudienceCount`).
+    pub audience: i32,
+    /// How many answered 2xx (`whDeliveredCount`).
+    pub delivered: i32,
+}
+
+/// Most ids bound in one statement, under SQLite's parameter limit.
+const MAX_IDS: usize = 1000;
+
+/// Up to `limit` pending messages, oldest first, after `after` (the
+/// `(created_at, id)` of the last one of the previous page).
+///
+/// # Errors
+/// Database failures.
+pub async fn pending_page(
+    db: &DatabaseConnection,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: u64,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    let mut select = Messages::find().filter(
+        Column::Id.in_subquery(
+            Query::select()
+                .column(webhook_pending::Column::MessageId)
+                .from(Pending)
+                .to_owned(),
+        ),
+    );
+    if let Some((created_at, id)) = after {
+        select = select.filter(
+            Expr::col(Column::CreatedAt)
+                .gt(created_at)
+                .or(Expr::col(Column::CreatedAt)
+                    .eq(created_at)
+                    .and(Expr::col(Column::Id).gt(id))),
+        );
+    }
+    Ok(select
+        .order_by_asc(Column::CreatedAt)
+        .order_by_asc(Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// How many messages wait for their webhooks.
+///
+/// # Errors
+/// Database failures.
+pub async fn count_pending(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
+    Ok(Pending::find().count(db).await?)
+}
+
+/// Marks messages' webhooks done: records their counts and takes them out
+/// of the backlog.
+///
+/// # Errors
+/// Database failures.
+pub async fn finish<C: ConnectionTrait>(
+    conn: &C,
+    outcomes: &[WebhookOutcome],
+) -> Result<(), PersistenceError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let audience: Vec<(Uuid, i32)> = outcomes
+        .iter()
+        .map(|outcome| (outcome.message_id, outcome.audience))
+        .collect();
+    let delivered: Vec<(Uuid, i32)> = outcomes
+        .iter()
+        .map(|outcome| (outcome.message_id, outcome.delivered))
+        .collect();
+    update_counts(conn, Column::WhAudienceCount, &audience, false).await?;
+    update_counts(conn, Column::WhDeliveredCount, &delivered, false).await?;
+    for chunk in outcomes.chunks(MAX_IDS) {
+        Pending::delete_many()
+            .filter(
+                webhook_pending::Column::MessageId
+                    .is_in(chunk.iter().map(|outcome| outcome.message_id)),
+            )
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}

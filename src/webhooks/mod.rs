@@ -1,0 +1,686 @@
+//! Webhooks (SPEC §7): every durable message is POSTed to each webhook URL
+//! of its channel, by the `WebhookDispatcher` actor on a thread of its own.
+//!
+//! - **Durable.** A message with webhook URLs enters the `webhook_pending`
+//!   backlog in the same write as the message itself, and leaves it once
+//!   every URL answered or gave up (recorded in batches, with the
+//!   `whAudienceCount`/`whDeliveredCount` counts). After a crash, the
+//!   dispatcher reads the backlog at start and sends what is left: at least
+//!   once, so receivers deduplicate by `webhook-id`.
+//! - **Isolated and bounded.** Channels hand messages over with `try_send`
+//!   and never wait. Each URL has its own queue with a bounded number of
+//!   requests in flight, so a slow receiver only slows itself. At most
+//!   `webhooks.max_queued` deliveries are held in memory; past that, new
+//!   messages stay in the backlog and are read back as room frees up.
+//! - **Retries.** A connection failure or a timeout is retried after each
+//!   of `webhooks.retry_delays_ms`; an HTTP answer is final (2xx counts as
+//!   delivered).
+//! - **Signed** the Standard Webhooks way when a secret is configured.
+//!
+//! # Layout
+//! - [`address`]: which addresses may be posted to.
+//! - [`signing`]: Standard Webhooks signatures.
+
+pub mod address;
+pub mod signing;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseFuture, WrapFuture,
+};
+use actix_tls::connect::{Connector as TcpConnector, Resolver};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use entity::messages;
+use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::channel::catalog::{ChannelCatalog, ChannelDef};
+use crate::config::WebhookSettings;
+use crate::metrics::METRICS;
+use crate::persistence::webhooks::{self as queries, WebhookOutcome};
+use crate::persistence::writer::{MessageWriter, RecordWebhooks, WebhooksRecorded};
+
+/// A durable message on its way to its channel's webhook URLs.
+#[derive(Debug)]
+pub struct WebhookMessage {
+    /// The message id: `X-InsForge-Message-Id` and `webhook-id`.
+    pub id: Uuid,
+    /// The resolved channel name (`X-InsForge-Channel`).
+    pub channel: Arc<str>,
+    /// The event name (`X-InsForge-Event`).
+    pub event: String,
+    /// The payload as published, serialized once: the request body.
+    pub body: Bytes,
+    /// The channel definition, whose URLs get the message.
+    pub definition: Arc<ChannelDef>,
+}
+
+impl WebhookMessage {
+    /// The message of a stored row going to `definition`'s URLs.
+    pub fn from_row(row: &messages::Model, definition: Arc<ChannelDef>) -> WebhookMessage {
+        WebhookMessage {
+            id: row.id,
+            channel: row.channel_name.as_str().into(),
+            event: row.event_name.clone(),
+            // unwrap: a JSON value always serializes.
+            body: serde_json::to_vec(&row.payload).unwrap().into(),
+            definition,
+        }
+    }
+}
+
+/// What channels hold to hand messages to the dispatcher without waiting.
+#[derive(Clone)]
+pub struct Webhooks {
+    addr: Addr<WebhookDispatcher>,
+    /// Set when a message could not be handed over (the dispatcher's
+    /// mailbox or memory was full): it waits in the backlog, and the
+    /// dispatcher reads the backlog again.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Webhooks {
+    /// Hands a durable message over, or leaves it in the backlog.
+    pub fn dispatch(&self, message: WebhookMessage) {
+        if self.addr.try_send(Dispatch(Arc::new(message))).is_err() {
+            self.overflowed.store(true, Ordering::Relaxed);
+            METRICS.webhook_deferred.inc();
+        }
+    }
+
+    /// Lets requests in flight finish (up to `grace`), records what
+    /// finished, and stops sending; what is left stays in the backlog for
+    /// the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.addr.send(Shutdown(grace)).await;
+    }
+}
+
+/// A message for the dispatcher (channels use [`Webhooks::dispatch`]).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Dispatch(Arc<WebhookMessage>);
+
+/// See [`Webhooks::shutdown`].
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Shutdown(Duration);
+
+/// How one request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// A 2xx answer.
+    Delivered,
+    /// Any other HTTP answer: final.
+    HttpError(u16),
+    /// No connection, or it broke: retried.
+    NetworkError(String),
+    /// No answer in time: retried.
+    Timeout,
+    /// The address may not be posted to, or does not resolve: final.
+    Refused(String),
+}
+
+impl Attempt {
+    fn metric_index(&self) -> usize {
+        match self {
+            Attempt::Delivered => 0,
+            Attempt::HttpError(_) => 1,
+            Attempt::NetworkError(_) | Attempt::Refused(_) => 2,
+            Attempt::Timeout => 3,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(self, Attempt::NetworkError(_) | Attempt::Timeout)
+    }
+}
+
+/// One message for one URL.
+struct Delivery {
+    message: Arc<WebhookMessage>,
+    /// 0 for the first attempt.
+    attempt: usize,
+}
+
+/// The deliveries of one URL.
+#[derive(Default)]
+struct UrlQueue {
+    waiting: VecDeque<Delivery>,
+    in_flight: usize,
+}
+
+/// A message some of whose URLs have not finished.
+struct Tracked {
+    audience: i32,
+    delivered: i32,
+    remaining: usize,
+}
+
+/// Where the read of the backlog stands.
+#[derive(Default)]
+struct Scan {
+    /// A page is being read.
+    running: bool,
+    /// The last row of the previous page, while a pass is under way.
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    /// Another pass is wanted (start-up, or an overflow during a pass).
+    wanted: bool,
+}
+
+/// Rows read from the backlog per query.
+const SCAN_PAGE: usize = 500;
+/// How often the dispatcher looks at the backlog, its flag and gauges.
+const TICK: Duration = Duration::from_secs(1);
+/// Messages the dispatcher's mailbox holds before `try_send` fails.
+const MAILBOX_CAPACITY: usize = 4096;
+/// Most of a response body read (and thrown away) to keep the connection.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Sends webhooks; see the module documentation.
+pub struct WebhookDispatcher {
+    settings: WebhookSettings,
+    /// The signing key, when requests are signed.
+    key: Option<Arc<[u8]>>,
+    db: DatabaseConnection,
+    catalog: Arc<ChannelCatalog>,
+    writer: Addr<MessageWriter>,
+    /// Made on the dispatcher's own thread when it starts (not `Send`).
+    client: Option<awc::Client>,
+    overflowed: Arc<AtomicBool>,
+    /// Per URL, while it has deliveries; removed when it has none.
+    urls: HashMap<String, UrlQueue>,
+    /// Messages with deliveries in memory, by id.
+    tracked: HashMap<Uuid, Tracked>,
+    /// Deliveries queued, in flight or waiting for a retry.
+    n_held: usize,
+    /// Finished messages not yet handed to the writer.
+    finished: Vec<WebhookOutcome>,
+    /// Handed to the writer, not yet written: still in the backlog, so a
+    /// scan must not load them again.
+    recording: HashSet<Uuid>,
+    scan: Scan,
+    /// Set by [`Shutdown`]: start nothing new.
+    stopping: bool,
+    /// Who waits for the requests in flight to end.
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl WebhookDispatcher {
+    /// Starts the dispatcher on a thread of its own and returns the handle
+    /// channels use. It reads the backlog first: deliveries a crash or a
+    /// shutdown left are sent again.
+    ///
+    /// # Panics
+    /// If `settings.signing_secret` is invalid (the configuration check
+    /// refuses it before).
+    pub fn start(
+        settings: WebhookSettings,
+        db: DatabaseConnection,
+        catalog: Arc<ChannelCatalog>,
+        writer: Addr<MessageWriter>,
+    ) -> Webhooks {
+        let key = settings
+            .signing_key()
+            .expect("webhooks.signing_secret was validated")
+            .map(Arc::from);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        let addr =
+            WebhookDispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                WebhookDispatcher {
+                    settings,
+                    key,
+                    db,
+                    catalog,
+                    writer,
+                    client: None,
+                    overflowed: flag,
+                    urls: HashMap::new(),
+                    tracked: HashMap::new(),
+                    n_held: 0,
+                    finished: Vec::new(),
+                    recording: HashSet::new(),
+                    scan: Scan {
+                        wanted: true,
+                        ..Scan::default()
+                    },
+                    stopping: false,
+                    shutdown_waiters: Vec::new(),
+                }
+            });
+        Webhooks { addr, overflowed }
+    }
+
+    fn build_client(&self) -> awc::Client {
+        let resolver = Resolver::custom(address::GuardedResolver {
+            block_private: self.settings.block_private_addresses,
+        });
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        let connector = awc::Connector::new()
+            .connector(TcpConnector::new(resolver).service())
+            .limit(self.settings.max_connections)
+            .timeout(timeout.min(Duration::from_secs(5)));
+        awc::Client::builder()
+            .connector(connector)
+            .timeout(timeout)
+            // A redirect is an answer (not 2xx), never a second address.
+            .disable_redirects()
+            .add_default_header(("user-agent", "realtime-webhooks"))
+            .finish()
+    }
+
+    fn is_known(&self, id: &Uuid) -> bool {
+        self.tracked.contains_key(id) || self.recording.contains(id)
+    }
+
+    /// Takes a message's deliveries into memory, one per URL (it has some).
+    fn track(&mut self, message: Arc<WebhookMessage>, ctx: &mut Context<Self>) {
+        let urls = &message.definition.webhook_urls;
+        self.tracked.insert(
+            message.id,
+            Tracked {
+                audience: urls.len() as i32,
+                delivered: 0,
+                remaining: urls.len(),
+            },
+        );
+        for url in urls {
+            self.n_held += 1;
+            let delivery = Delivery {
+                message: message.clone(),
+                attempt: 0,
+            };
+            match self.urls.get_mut(url.as_str()) {
+                Some(queue) => queue.waiting.push_back(delivery),
+                None => {
+                    let mut queue = UrlQueue::default();
+                    queue.waiting.push_back(delivery);
+                    self.urls.insert(url.clone(), queue);
+                }
+            }
+            self.pump(url, ctx);
+        }
+        METRICS.webhook_in_memory.set(self.tracked.len() as u64);
+    }
+
+    /// Starts as many waiting requests of `url` as its bound allows.
+    fn pump(&mut self, url: &str, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let max_in_flight = self.settings.max_in_flight_per_url;
+        loop {
+            let Some(queue) = self.urls.get_mut(url) else {
+                return;
+            };
+            if queue.in_flight >= max_in_flight {
+                return;
+            }
+            let Some(delivery) = queue.waiting.pop_front() else {
+                if queue.in_flight == 0 {
+                    self.urls.remove(url);
+                }
+                return;
+            };
+            queue.in_flight += 1;
+            self.send(url.to_owned(), delivery, ctx);
+        }
+    }
+
+    /// Sends one request and handles its outcome when it ends.
+    fn send(&mut self, url: String, delivery: Delivery, ctx: &mut Context<Self>) {
+        if self.client.is_none() {
+            self.client = Some(self.build_client());
+        }
+        // unwrap: set just above.
+        let client = self.client.as_ref().unwrap();
+        let request = prepare(
+            client,
+            &url,
+            &delivery.message,
+            self.key.as_deref(),
+            &self.settings,
+        );
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        let body = delivery.message.body.clone();
+        let started = Instant::now();
+        let attempt = async move {
+            match request {
+                Err(refused) => Attempt::Refused(refused),
+                Ok(request) => {
+                    let sent = tokio::time::timeout(timeout, async move {
+                        let response = request.send_body(body).await;
+                        match response {
+                            Ok(mut response) => {
+                                // Read the (small) answer so the connection
+                                // can be reused; its content is not used.
+                                let _ = response.body().limit(MAX_RESPONSE_BODY).await;
+                                let status = response.status();
+                                if status.is_success() {
+                                    Attempt::Delivered
+                                } else {
+                                    Attempt::HttpError(status.as_u16())
+                                }
+                            }
+                            Err(err) => classify(err),
+                        }
+                    })
+                    .await;
+                    sent.unwrap_or(Attempt::Timeout)
+                }
+            }
+        };
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |attempt, dispatcher, ctx| {
+                    METRICS.webhook_latency.observe(started.elapsed());
+                    dispatcher.on_attempt(url, delivery, attempt, ctx);
+                }),
+        );
+    }
+
+    fn on_attempt(
+        &mut self,
+        url: String,
+        mut delivery: Delivery,
+        attempt: Attempt,
+        ctx: &mut Context<Self>,
+    ) {
+        METRICS.webhook_requests[attempt.metric_index()].inc();
+        if let Some(queue) = self.urls.get_mut(&url) {
+            queue.in_flight -= 1;
+        }
+        let retries = &self.settings.retry_delays_ms;
+        if attempt.is_retryable() && delivery.attempt < retries.len() && !self.stopping {
+            let delay = Duration::from_millis(retries[delivery.attempt]);
+            tracing::debug!(%url, message = %delivery.message.id, ?attempt, ?delay, "webhook failed; retrying");
+            delivery.attempt += 1;
+            METRICS.webhook_retries.inc();
+            ctx.run_later(delay, move |dispatcher, ctx| {
+                dispatcher
+                    .urls
+                    .entry(url.clone())
+                    .or_default()
+                    .waiting
+                    .push_front(delivery);
+                dispatcher.pump(&url, ctx);
+            });
+        } else {
+            if attempt != Attempt::Delivered {
+                tracing::warn!(%url, message = %delivery.message.id, ?attempt, "webhook not delivered");
+            }
+            if self.stopping && attempt.is_retryable() {
+                // Shutting down: left in the backlog for the next start.
+                self.n_held -= 1;
+            } else {
+                self.finish_one(delivery.message.id, attempt == Attempt::Delivered, ctx);
+            }
+            self.pump(&url, ctx);
+        }
+        self.check_shutdown(ctx);
+        self.next_scan(ctx);
+    }
+
+    /// A message is done: its outcome goes to the writer with the others
+    /// of this turn.
+    fn finish(&mut self, outcome: WebhookOutcome, ctx: &mut Context<Self>) {
+        self.recording.insert(outcome.message_id);
+        self.finished.push(outcome);
+        if self.finished.len() == 1 {
+            ctx.notify(RecordFinished);
+        }
+    }
+
+    /// One URL of a message is done; the message is once all are.
+    fn finish_one(&mut self, id: Uuid, delivered: bool, ctx: &mut Context<Self>) {
+        self.n_held -= 1;
+        let Some(tracked) = self.tracked.get_mut(&id) else {
+            return;
+        };
+        tracked.delivered += i32::from(delivered);
+        tracked.remaining -= 1;
+        if tracked.remaining > 0 {
+            return;
+        }
+        // unwrap: looked up just above.
+        let tracked = self.tracked.remove(&id).unwrap();
+        METRICS.webhook_in_memory.set(self.tracked.len() as u64);
+        let outcome = WebhookOutcome {
+            message_id: id,
+            audience: tracked.audience,
+            delivered: tracked.delivered,
+        };
+        self.finish(outcome, ctx);
+    }
+
+    /// Reads the next page of the backlog if a pass is wanted and memory
+    /// has room for it.
+    fn next_scan(&mut self, ctx: &mut Context<Self>) {
+        if self.scan.running || self.stopping {
+            return;
+        }
+        if self.scan.cursor.is_none() {
+            if !self.scan.wanted && !self.overflowed.load(Ordering::Relaxed) {
+                return;
+            }
+            // A pass starts: overflows from now on ask for the next one.
+            self.scan.wanted = false;
+            self.overflowed.store(false, Ordering::Relaxed);
+        }
+        let room = self.settings.max_queued.saturating_sub(self.n_held);
+        if room < self.settings.max_queued / 2 {
+            // Not now: a tick or a finished delivery comes back here.
+            if self.scan.cursor.is_none() {
+                self.scan.wanted = true;
+            }
+            return;
+        }
+        self.scan.running = true;
+        let db = self.db.clone();
+        let after = self.scan.cursor;
+        let limit = SCAN_PAGE.min(room);
+        let read = async move { queries::pending_page(&db, after, limit as u64).await };
+        ctx.spawn(read.into_actor(self).map(move |page, dispatcher, ctx| {
+            dispatcher.scan.running = false;
+            match page {
+                Ok(rows) => dispatcher.on_page(rows, limit, ctx),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not read the webhook backlog; retrying");
+                }
+            }
+        }));
+    }
+
+    fn on_page(&mut self, rows: Vec<messages::Model>, limit: usize, ctx: &mut Context<Self>) {
+        let last_page = rows.len() < limit;
+        for row in rows {
+            self.scan.cursor = Some((row.created_at, row.id));
+            if self.is_known(&row.id) {
+                continue;
+            }
+            // The URLs are the channel's as they are now.
+            match row.channel_id.and_then(|id| self.catalog.by_id(id)) {
+                Some(definition) if !definition.webhook_urls.is_empty() => {
+                    let message = WebhookMessage::from_row(&row, definition);
+                    self.track(Arc::new(message), ctx);
+                }
+                // The channel was deleted, disabled, or lost its URLs:
+                // nothing to send; the message counts as not delivered.
+                _ => self.finish(
+                    WebhookOutcome {
+                        message_id: row.id,
+                        audience: row.wh_audience_count,
+                        delivered: 0,
+                    },
+                    ctx,
+                ),
+            }
+        }
+        if last_page {
+            self.scan.cursor = None;
+            // Overflows during the pass ask for another one.
+        }
+        self.next_scan(ctx);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.urls.values().map(|queue| queue.in_flight).sum()
+    }
+
+    fn check_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping && self.in_flight() == 0 && !self.shutdown_waiters.is_empty() {
+            self.record_finished(ctx);
+            for waiter in self.shutdown_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn record_finished(&mut self, ctx: &mut Context<Self>) {
+        if self.finished.is_empty() {
+            return;
+        }
+        self.writer.do_send(RecordWebhooks {
+            outcomes: std::mem::take(&mut self.finished),
+            notify: ctx.address().recipient(),
+        });
+    }
+}
+
+/// Builds a request with its headers, or says why `url` may not be used.
+fn prepare(
+    client: &awc::Client,
+    url: &str,
+    message: &WebhookMessage,
+    key: Option<&[u8]>,
+    settings: &WebhookSettings,
+) -> Result<awc::ClientRequest, String> {
+    let parsed = url::Url::parse(url).map_err(|err| format!("invalid url: {err}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    if let Some(reason) = address::refuse_literal(host, settings.block_private_addresses) {
+        return Err(reason);
+    }
+    let id = message.id.to_string();
+    let mut request = client
+        .post(url)
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-insforge-event", message.event.as_str()))
+        .insert_header(("x-insforge-channel", &*message.channel))
+        .insert_header(("x-insforge-message-id", id.as_str()));
+    if let Some(key) = key {
+        // Computed at each attempt: a retry, or a delivery resumed after a
+        // restart, is within the receivers' timestamp tolerance.
+        let timestamp = Utc::now().timestamp();
+        request = request
+            .insert_header(("webhook-id", id.as_str()))
+            .insert_header(("webhook-timestamp", timestamp.to_string()))
+            .insert_header((
+                "webhook-signature",
+                signing::signature(key, &id, timestamp, &message.body),
+            ));
+    }
+    Ok(request)
+}
+
+/// Sorts a failed request into retried and final failures.
+fn classify(err: awc::error::SendRequestError) -> Attempt {
+    use awc::error::{ConnectError, SendRequestError};
+    match err {
+        SendRequestError::Timeout => Attempt::Timeout,
+        SendRequestError::Connect(ConnectError::Timeout) => Attempt::Timeout,
+        SendRequestError::Connect(ConnectError::Resolver(err)) => Attempt::Refused(err.to_string()),
+        SendRequestError::Connect(ConnectError::NoRecords) => {
+            Attempt::Refused("no DNS records".into())
+        }
+        SendRequestError::Url(err) => Attempt::Refused(err.to_string()),
+        other => Attempt::NetworkError(other.to_string()),
+    }
+}
+
+impl Actor for WebhookDispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.client = Some(self.build_client());
+        ctx.run_interval(TICK, |dispatcher, ctx| {
+            dispatcher.next_scan(ctx);
+            let db = dispatcher.db.clone();
+            ctx.spawn(
+                async move { queries::count_pending(&db).await }
+                    .into_actor(dispatcher)
+                    .map(|count, _, _| {
+                        if let Ok(count) = count {
+                            METRICS.webhook_backlog.set(count);
+                        }
+                    }),
+            );
+        });
+        self.next_scan(ctx);
+    }
+}
+
+impl Handler<Dispatch> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Dispatch(message): Dispatch, ctx: &mut Context<Self>) {
+        if self.is_known(&message.id) {
+            return;
+        }
+        let n_urls = message.definition.webhook_urls.len();
+        if self.stopping || self.n_held + n_urls > self.settings.max_queued {
+            // Durable already: it waits in the backlog for room.
+            self.overflowed.store(true, Ordering::Relaxed);
+            METRICS.webhook_deferred.inc();
+            return;
+        }
+        self.track(message, ctx);
+    }
+}
+
+/// Hands the finished messages to the writer (the dispatcher notifies
+/// itself once per turn).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct RecordFinished;
+
+impl Handler<RecordFinished> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: RecordFinished, ctx: &mut Context<Self>) {
+        self.record_finished(ctx);
+    }
+}
+
+impl Handler<WebhooksRecorded> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, WebhooksRecorded(ids): WebhooksRecorded, ctx: &mut Context<Self>) {
+        for id in ids {
+            self.recording.remove(&id);
+        }
+        self.next_scan(ctx);
+    }
+}
+
+impl Handler<Shutdown> for WebhookDispatcher {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, Shutdown(grace): Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        let (tx, rx) = oneshot::channel();
+        self.shutdown_waiters.push(tx);
+        self.check_shutdown(ctx);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(grace, rx).await;
+        })
+    }
+}

@@ -1,0 +1,327 @@
+//! Webhooks end to end, with real receivers on loopback, on SQLite and
+//! PostgreSQL: what is sent, retries, isolation, counts and the durable
+//! backlog.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::receiver::{closed_port, Receiver};
+use common::wire::SioClient;
+use common::{Backend, TestServer, ANON_KEY};
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::{json, Value};
+
+backend_tests!(
+    each_url_gets_each_durable_message_with_its_headers,
+    signed_requests_carry_the_standard_webhooks_headers,
+    a_refused_connection_is_retried_and_counted_once,
+    an_http_error_is_final,
+    a_hanging_receiver_delays_nobody_else,
+    private_addresses_are_refused_when_blocking,
+);
+
+/// Short retries so the tests do not wait seconds for them.
+const FAST_RETRIES: &str = "[webhooks]\nretry_delays_ms = [100, 200]\ntimeout_ms = 2000\n";
+
+async fn create_channel(server: &TestServer, pattern: &str, urls: &[String]) -> Value {
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": pattern, "webhookUrls": urls })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn rest_publish(server: &TestServer, channel: &str, event: &str, payload: Value) -> Value {
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/realtime/messages",
+            Some(json!({ "channel": channel, "event": event, "payload": payload })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Rows left in the webhook backlog.
+async fn backlog(server: &TestServer) -> i64 {
+    let row = server
+        .db
+        .query_one(Statement::from_string(
+            server.db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM webhook_pending",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+/// The message as the REST API shows it.
+async fn message(server: &TestServer, id: &str) -> Value {
+    let (_, rows) = server
+        .admin("GET", "/api/realtime/messages?limit=1000", None)
+        .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("message {id} not in history"))
+}
+
+/// Waits until the message's webhooks are recorded as finished (out of
+/// the backlog), and returns the message.
+async fn finished(server: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = message(server, id).await;
+        if backlog(server).await == 0 {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhooks of {id} not finished: {row}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn each_url_gets_each_durable_message_with_its_headers(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start(backend).await;
+    let urls = [receiver.url("/ok/a"), receiver.url("/ok/b")];
+    create_channel(&server, "order:%", &urls).await;
+    let mut subscriber = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let ack = subscriber
+        .call("realtime:subscribe", json!({ "channel": "order:7" }))
+        .await;
+    assert_eq!(ack["ok"], true);
+
+    let payload = json!({ "state": "shipped", "items": [1, 2], "note": "ünïcode" });
+    let rest = rest_publish(&server, "order:7", "status", payload.clone()).await;
+    let ack = subscriber
+        .call(
+            "realtime:publish",
+            json!({ "channel": "order:7", "event": "from-socket", "payload": { "n": 1 } }),
+        )
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let socket_id = ack["messageId"].as_str().unwrap().to_owned();
+
+    wait_until("four requests", Duration::from_secs(10), || async {
+        receiver.received().len() >= 4
+    })
+    .await;
+    for path in ["/ok/a", "/ok/b"] {
+        let requests = receiver.received_at(path);
+        assert_eq!(requests.len(), 2, "{path}: one request per message");
+        let first = requests
+            .iter()
+            .find(|request| request.header("x-insforge-event") == Some("status"))
+            .unwrap();
+        assert_eq!(first.header("content-type"), Some("application/json"));
+        assert_eq!(first.header("x-insforge-channel"), Some("order:7"));
+        assert_eq!(first.header("x-insforge-message-id"), rest["id"].as_str());
+        assert_eq!(
+            first.header("webhook-signature"),
+            None,
+            "unsigned by default"
+        );
+        let body: Value = serde_json::from_slice(&first.body).unwrap();
+        assert_eq!(body, payload, "the original payload, nothing added");
+        let second = requests
+            .iter()
+            .find(|request| request.header("x-insforge-event") == Some("from-socket"))
+            .unwrap();
+        assert_eq!(
+            second.header("x-insforge-message-id"),
+            Some(socket_id.as_str())
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&second.body).unwrap(),
+            json!({ "n": 1 })
+        );
+    }
+    for id in [rest["id"].as_str().unwrap(), socket_id.as_str()] {
+        let row = finished(&server, id).await;
+        assert_eq!(row["whAudienceCount"], 2, "{row}");
+        assert_eq!(row["whDeliveredCount"], 2, "{row}");
+    }
+    let (_, stats) = server
+        .admin("GET", "/api/realtime/messages/stats", None)
+        .await;
+    assert_eq!(stats["whDeliveryRate"], 1.0, "{stats}");
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(metrics.contains("realtime_webhook_requests_total{outcome=\"2xx\"}"));
+    receiver.stop().await;
+}
+
+async fn signed_requests_carry_the_standard_webhooks_headers(backend: Backend) {
+    let receiver = Receiver::start();
+    let secret = realtime::webhooks::signing::generate_secret();
+    let server = TestServer::start_with(
+        backend,
+        &format!("[webhooks]\nsigning_secret = \"{secret}\"\n"),
+    )
+    .await;
+    create_channel(&server, "signed", &[receiver.url("/ok")]).await;
+    let published = rest_publish(&server, "signed", "e", json!({ "a": 1 })).await;
+    wait_until("the request", Duration::from_secs(10), || async {
+        !receiver.received().is_empty()
+    })
+    .await;
+    let request = &receiver.received()[0];
+    let id = published["id"].as_str().unwrap();
+    assert_eq!(request.header("webhook-id"), Some(id));
+    let timestamp: i64 = request
+        .header("webhook-timestamp")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() <= 5);
+    let signature = request.header("webhook-signature").unwrap();
+    assert!(
+        signature.starts_with("v1,") && signature.len() > 40,
+        "{signature}"
+    );
+    // (The signature itself is checked with the `standardwebhooks` npm
+    // package in tests/js, not with this project's code.)
+    receiver.stop().await;
+}
+
+async fn a_refused_connection_is_retried_and_counted_once(backend: Backend) {
+    let port = closed_port();
+    let server = TestServer::start_with(
+        backend,
+        "[webhooks]\nretry_delays_ms = [600, 600]\ntimeout_ms = 2000\n",
+    )
+    .await;
+    create_channel(&server, "flaky", &[format!("http://127.0.0.1:{port}/ok")]).await;
+    let published = rest_publish(&server, "flaky", "e", json!({})).await;
+    // The first attempt finds nothing listening; the receiver comes up
+    // before the first retry.
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let receiver = Receiver::start_on_port(port);
+    let row = finished(&server, published["id"].as_str().unwrap()).await;
+    assert_eq!(row["whDeliveredCount"], 1, "{row}");
+    assert_eq!(receiver.received().len(), 1);
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(
+        !metrics.contains("realtime_webhook_retries_total 0\n"),
+        "the retry is counted"
+    );
+    receiver.stop().await;
+}
+
+async fn an_http_error_is_final(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(backend, FAST_RETRIES).await;
+    create_channel(&server, "refusing", &[receiver.url("/fail")]).await;
+    let published = rest_publish(&server, "refusing", "e", json!({})).await;
+    let row = finished(&server, published["id"].as_str().unwrap()).await;
+    assert_eq!(row["whAudienceCount"], 1);
+    assert_eq!(row["whDeliveredCount"], 0);
+    // Longer than every retry delay together: no second request came.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "a 500 is not retried");
+    let (_, stats) = server
+        .admin("GET", "/api/realtime/messages/stats", None)
+        .await;
+    assert_eq!(stats["whDeliveryRate"], 0.0, "{stats}");
+    receiver.stop().await;
+}
+
+async fn a_hanging_receiver_delays_nobody_else(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(
+        backend,
+        "[webhooks]\nretry_delays_ms = [100, 100]\ntimeout_ms = 1000\n",
+    )
+    .await;
+    create_channel(
+        &server,
+        "mixed:%",
+        &[receiver.url("/hang"), receiver.url("/ok")],
+    )
+    .await;
+    // Another channel whose only receiver answers at once.
+    create_channel(&server, "other", &[receiver.url("/ok/other")]).await;
+    let mut subscriber = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let ack = subscriber
+        .call("realtime:subscribe", json!({ "channel": "mixed:1" }))
+        .await;
+    assert_eq!(ack["ok"], true);
+
+    let started = Instant::now();
+    let published = rest_publish(&server, "mixed:1", "e", json!({ "n": 1 })).await;
+    let (event, _) = subscriber.next_event().await.unwrap();
+    assert_eq!(event, "e");
+    let other = rest_publish(&server, "other", "e", json!({ "n": 2 })).await;
+    wait_until(
+        "the other receivers",
+        Duration::from_millis(900),
+        || async {
+            !receiver.received_at("/ok").is_empty() && !receiver.received_at("/ok/other").is_empty()
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "socket delivery and the other URLs did not wait for the hanging one"
+    );
+    let row = finished(&server, other["id"].as_str().unwrap()).await;
+    assert_eq!(row["whDeliveredCount"], 1);
+    // The hanging URL times out three times (first try and two retries).
+    let row = finished(&server, published["id"].as_str().unwrap()).await;
+    assert_eq!(row["whAudienceCount"], 2);
+    assert_eq!(row["whDeliveredCount"], 1);
+    assert_eq!(receiver.received_at("/hang").len(), 3);
+    receiver.stop().await;
+}
+
+async fn private_addresses_are_refused_when_blocking(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(
+        backend,
+        "[webhooks]\nblock_private_addresses = true\nretry_delays_ms = [50]\n",
+    )
+    .await;
+    // A literal address and a name that resolves to loopback: neither is
+    // connected to (the refusal comes before any connection).
+    create_channel(
+        &server,
+        "internal",
+        &[
+            receiver.url("/ok/literal"),
+            format!("http://localhost:{}/ok/name", receiver.port),
+        ],
+    )
+    .await;
+    let published = rest_publish(&server, "internal", "e", json!({})).await;
+    let row = finished(&server, published["id"].as_str().unwrap()).await;
+    assert_eq!(row["whAudienceCount"], 2);
+    assert_eq!(row["whDeliveredCount"], 0);
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
+    receiver.stop().await;
+}

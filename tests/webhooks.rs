@@ -19,6 +19,7 @@ backend_tests!(
     an_http_error_is_final,
     a_hanging_receiver_delays_nobody_else,
     private_addresses_are_refused_when_blocking,
+    past_its_memory_bound_the_backlog_waits_in_the_database,
 );
 
 /// Short retries so the tests do not wait seconds for them.
@@ -323,5 +324,71 @@ async fn private_addresses_are_refused_when_blocking(backend: Backend) {
         receiver.received().is_empty(),
         "nothing reached the receiver"
     );
+    receiver.stop().await;
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+async fn past_its_memory_bound_the_backlog_waits_in_the_database(backend: Backend) {
+    let receiver = Receiver::start();
+    receiver.set_paused(true);
+    let server = TestServer::start_with(
+        backend,
+        "[webhooks]\nmax_queued = 20\nmax_in_flight_per_url = 4\ntimeout_ms = 30000\n",
+    )
+    .await;
+    create_channel(&server, "bounded", &[receiver.url("/paused")]).await;
+    let (_, before) = server.get_text("/metrics").await;
+    let n_messages = 200;
+    for chunk in 0..n_messages / 50 {
+        let publishes = (0..50).map(|i| {
+            server.admin(
+                "POST",
+                "/api/realtime/messages",
+                Some(json!({ "channel": "bounded", "event": "e", "payload": { "n": chunk * 50 + i } })),
+            )
+        });
+        for (status, body) in futures_util::future::join_all(publishes).await {
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    // Four requests are held by the receiver; at most 20 deliveries are
+    // in memory; the other messages wait in the database.
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.received().len(), 4, "in flight per URL is bounded");
+    assert!(backlog(&server).await >= (n_messages - 20) as i64);
+    let (_, during) = server.get_text("/metrics").await;
+    assert!(
+        metric(&during, "realtime_webhook_deferred_total")
+            > metric(&before, "realtime_webhook_deferred_total"),
+        "deliveries past the bound were left in the database"
+    );
+
+    receiver.set_paused(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backlog(&server).await > 0 {
+        assert!(Instant::now() < deadline, "the backlog was not sent");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, rows) = server
+        .admin("GET", "/api/realtime/messages?limit=1000", None)
+        .await;
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), n_messages);
+    assert!(
+        rows.iter().all(|row| row["whDeliveredCount"] == 1),
+        "every message delivered once by the count"
+    );
+    let ids: std::collections::HashSet<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|request| request.header("x-insforge-message-id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), n_messages);
     receiver.stop().await;
 }

@@ -178,6 +178,23 @@ pub struct WebhookSettings {
     /// Refuse to post to loopback, private, link-local and other
     /// non-public addresses. Defaults to false (turn it on in production).
     pub block_private_addresses: bool,
+    /// URLs that take several messages per POST. Defaults to none: one
+    /// message per request, as InsForge receivers expect.
+    pub batch: Vec<WebhookBatch>,
+}
+
+/// One `[[webhooks.batch]]` entry: URLs starting with `url_prefix` get
+/// `{"messages": [...]}` of up to `max_events` messages, sent when full or
+/// `max_wait_ms` after the first one waited.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBatch {
+    /// URLs that start with this (the first matching entry counts).
+    pub url_prefix: String,
+    /// Most messages in one POST (2 to 1000).
+    pub max_events: usize,
+    /// Longest a message waits for its batch to fill, in milliseconds.
+    pub max_wait_ms: u64,
 }
 
 impl WebhookSettings {
@@ -401,6 +418,20 @@ impl Settings {
         webhooks
             .signing_key()
             .map_err(|reason| ConfigError::new("webhooks.signing_secret", reason))?;
+        for (index, batch) in webhooks.batch.iter().enumerate() {
+            if batch.url_prefix.is_empty() {
+                return Err(ConfigError::new(
+                    format!("webhooks.batch[{index}].url_prefix"),
+                    "must not be empty",
+                ));
+            }
+            if !(2..=1000).contains(&batch.max_events) {
+                return Err(ConfigError::new(
+                    format!("webhooks.batch[{index}].max_events"),
+                    "must be from 2 to 1000",
+                ));
+            }
+        }
         if self.limits.max_channels_per_socket == 0 {
             return Err(ConfigError::new(
                 "limits.max_channels_per_socket",

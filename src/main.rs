@@ -142,9 +142,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let address = format!("{}:{}", settings.server.host, settings.server.port);
     let database = redact(&settings.database.url);
-    let state = AppState::open(settings).await?;
+    // Bind first: a taken port fails before any actor has started.
     let listener = TcpListener::bind(&address)
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    let state = AppState::open(settings).await?;
     tracing::info!(%address, %database, "realtime server listening");
     let realtime = state.realtime.clone();
     let grace = state.settings.shutdown_grace();

@@ -62,7 +62,8 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Messages whose webhooks are held in memory now (set, not added).
     pub webhook_in_memory: Counter,
-    /// Messages in the durable webhook backlog, as last counted (set).
+    /// Messages in the durable webhook backlog: counted at start, then
+    /// kept by the writer (adds) and the dispatcher (takes away).
     pub webhook_backlog: Counter,
     /// Deliveries left in the database because memory was full.
     pub webhook_deferred: Counter,
@@ -106,6 +107,15 @@ impl Counter {
     /// Replaces the value (for gauges kept in a counter).
     pub fn set(&self, value: u64) {
         self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// Takes `n` away, stopping at 0 (for gauges kept in a counter).
+    pub fn sub(&self, n: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |value| {
+                Some(value.saturating_sub(n))
+            });
     }
 }
 
@@ -279,7 +289,7 @@ pub fn render() -> String {
     gauge(
         &mut out,
         "realtime_webhook_backlog",
-        "Messages whose webhooks have not finished, in the database, as last counted.",
+        "Messages whose webhooks have not finished (the durable backlog).",
         m.webhook_backlog.get(),
     );
     let latency = &m.webhook_latency;

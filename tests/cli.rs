@@ -105,6 +105,21 @@ fn keys_prints_fresh_keys() {
         .output()
         .unwrap();
     assert!(String::from_utf8(anon.stdout).unwrap().starts_with("anon_"));
+    // A webhook secret the configuration accepts as it is.
+    let webhook = realtime()
+        .args(["keys", "--kind", "webhook"])
+        .output()
+        .unwrap();
+    let secret = String::from_utf8(webhook.stdout).unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let settings = Settings::from_toml_overlay(&format!(
+        "[webhooks]\nsigning_secret = \"{}\"",
+        secret.trim()
+    ))
+    .unwrap();
+    assert_eq!(settings.webhooks.signing_key().unwrap().unwrap().len(), 32);
+    let err = Settings::from_toml_overlay("[webhooks]\nsigning_secret = \"secret\"").unwrap_err();
+    assert_eq!(err.key, "webhooks.signing_secret");
 }
 
 #[test]

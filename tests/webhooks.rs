@@ -20,6 +20,7 @@ backend_tests!(
     a_hanging_receiver_delays_nobody_else,
     private_addresses_are_refused_when_blocking,
     past_its_memory_bound_the_backlog_waits_in_the_database,
+    batched_urls_get_several_messages_per_post,
 );
 
 /// Short retries so the tests do not wait seconds for them.
@@ -390,5 +391,77 @@ async fn past_its_memory_bound_the_backlog_waits_in_the_database(backend: Backen
         .filter_map(|request| request.header("x-insforge-message-id").map(str::to_owned))
         .collect();
     assert_eq!(ids.len(), n_messages);
+    receiver.stop().await;
+}
+
+async fn batched_urls_get_several_messages_per_post(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(
+        backend,
+        &format!(
+            "[[webhooks.batch]]\nurl_prefix = \"{}/ok/batched\"\nmax_events = 5\nmax_wait_ms = 300\n",
+            receiver.base
+        ),
+    )
+    .await;
+    create_channel(
+        &server,
+        "batched",
+        &[receiver.url("/ok/batched"), receiver.url("/ok/single")],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let published = rest_publish(&server, "batched", "e", json!({ "n": n })).await;
+        ids.push(published["id"].as_str().unwrap().to_owned());
+    }
+    // Five go at once (the batch is full); the last two when they have
+    // waited max_wait_ms.
+    wait_until("two batches", Duration::from_secs(5), || async {
+        receiver.received_at("/ok/batched").len() >= 2
+    })
+    .await;
+    let batches = receiver.received_at("/ok/batched");
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let mut seen = Vec::new();
+    for batch in &batches {
+        assert_eq!(batch.header("content-type"), Some("application/json"));
+        let body: Value = serde_json::from_slice(&batch.body).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(
+            batch.header("x-insforge-batch-size"),
+            Some(messages.len().to_string().as_str())
+        );
+        for message in messages {
+            assert_eq!(message["channel"], "batched");
+            assert_eq!(message["event"], "e");
+            seen.push((
+                message["id"].as_str().unwrap().to_owned(),
+                message["payload"].clone(),
+            ));
+        }
+    }
+    let sizes: Vec<usize> = batches
+        .iter()
+        .map(|batch| {
+            serde_json::from_slice::<Value>(&batch.body).unwrap()["messages"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes, [5, 2]);
+    let expected: Vec<(String, Value)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.clone(), json!({ "n": n })))
+        .collect();
+    assert_eq!(seen, expected, "each message once, in order");
+    // The other URL of the same channel still gets one POST per message.
+    assert_eq!(receiver.received_at("/ok/single").len(), 7);
+    for id in &ids {
+        let row = finished(&server, id).await;
+        assert_eq!(row["whDeliveredCount"], 2, "{row}");
+    }
     receiver.stop().await;
 }

@@ -24,9 +24,10 @@ impl MigrationTrait for Migration {
                 )"
             }
             _ => {
+                // WITHOUT ROWID: the key is the only b-tree to update.
                 "CREATE TABLE IF NOT EXISTS webhook_pending (
                     message_id BLOB PRIMARY KEY NOT NULL REFERENCES messages(id) ON DELETE CASCADE
-                )"
+                ) WITHOUT ROWID"
             }
         };
         manager

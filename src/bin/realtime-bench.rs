@@ -10,6 +10,7 @@
 //! realtime-bench fanout  --subscribers 1000 --messages 2000 --payload 100
 //! realtime-bench publish --publishers 16 --seconds 10
 //! realtime-bench conns   --connections 15000 --sources 4 --server-pid PID
+//! realtime-bench webhooks --channels 100 --receiver ok
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -70,6 +71,26 @@ enum Mode {
     Publish(PublishArgs),
     /// N idle subscribed connections: server memory per connection, connect rate.
     Conns(ConnsArgs),
+    /// Acked publishes to channels with a webhook URL served by a local
+    /// receiver: webhook POSTs/s, and what they cost publishes.
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(Args)]
+struct WebhooksArgs {
+    #[command(flatten)]
+    publish: PublishArgs,
+    /// Channels (each with the receiver's URL); publishers spread over them.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// How the receiver answers: `ok` (200 at once), `hang` (accepts and
+    /// never answers), `refuse` (nothing listens), or `none` (the same
+    /// channels without webhook URLs: the baseline).
+    #[arg(long, default_value = "ok")]
+    receiver: String,
+    /// After publishing, wait this long at most for the webhooks to arrive.
+    #[arg(long, default_value_t = 60)]
+    drain_seconds: u64,
 }
 
 #[derive(Args)]
@@ -151,6 +172,7 @@ fn main() {
                 Mode::Fanout(args) => fanout(&target, args).await,
                 Mode::Publish(args) => publish(&target, args).await,
                 Mode::Conns(args) => conns(&target, args).await,
+                Mode::Webhooks(args) => webhooks(&target, args).await,
             }
         };
         tokio::time::timeout(deadline, run)
@@ -410,6 +432,12 @@ async fn setup_channel(target: &Target) -> Result<(), String> {
     if target.no_setup {
         return Ok(());
     }
+    create_channel(target, r#"{"pattern":"bench:%"}"#).await
+}
+
+/// Creates a channel with the JSON `body` through the REST API; an existing
+/// pattern (409) is fine.
+async fn create_channel(target: &Target, body: &str) -> Result<(), String> {
     let (mut reader, writer) = {
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         let stream = socket
@@ -419,7 +447,6 @@ async fn setup_channel(target: &Target) -> Result<(), String> {
         let (read, write) = stream.into_split();
         (read, write)
     };
-    let body = r#"{"pattern":"bench:%"}"#;
     let request = format!(
         "POST /api/realtime/channels HTTP/1.1\r\nHost: {}\r\nx-api-key: {}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -442,7 +469,7 @@ async fn setup_channel(target: &Target) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "could not create channel pattern bench:%: {}",
+            "could not create channel {body}: {}",
             String::from_utf8_lossy(&response)
         ))
     }
@@ -712,7 +739,36 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
 
 async fn publish(target: &Target, args: PublishArgs) -> Result<String, String> {
     setup_channel(target).await?;
-    let channel_of = |i: usize| format!("bench:publish-{i}");
+    let run = run_publishers(target, &args, |i| format!("bench:publish-{i}")).await?;
+    Ok(json!({
+        "mode": "publish",
+        "publishers": args.publishers,
+        "window": args.window,
+        "payload_bytes": args.payload,
+        "seconds": run.seconds,
+        "acked": run.latencies.len(),
+        "acked_per_second": run.latencies.len() as f64 / run.seconds,
+        "failed": run.failed,
+        "ack_latency_us": percentiles(run.latencies),
+    })
+    .to_string())
+}
+
+/// What a run of publishers measured.
+struct PublishRun {
+    seconds: f64,
+    /// Ack latency of each acked publish, in µs.
+    latencies: Vec<u64>,
+    failed: u64,
+}
+
+/// `args.publishers` sockets, each on `channel_of(index)`, each keeping
+/// `args.window` acked publishes in flight for `args.seconds`.
+async fn run_publishers(
+    target: &Target,
+    args: &PublishArgs,
+    channel_of: impl Fn(usize) -> String + Copy,
+) -> Result<PublishRun, String> {
     let joined = join_many(target, args.publishers, 50, channel_of, |_| None, false).await?;
     let padding = "x".repeat(args.payload);
     let until = Instant::now() + Duration::from_secs(args.seconds);
@@ -764,19 +820,151 @@ async fn publish(target: &Target, args: PublishArgs) -> Result<String, String> {
         latencies.extend(task_latencies);
         failed += task_failed;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(json!({
-        "mode": "publish",
-        "publishers": args.publishers,
-        "window": args.window,
-        "payload_bytes": args.payload,
-        "seconds": seconds,
-        "acked": latencies.len(),
-        "acked_per_second": latencies.len() as f64 / seconds,
-        "failed": failed,
-        "ack_latency_us": percentiles(latencies),
+    Ok(PublishRun {
+        seconds: started.elapsed().as_secs_f64(),
+        latencies,
+        failed,
     })
-    .to_string())
+}
+
+// ---------------------------------------------------------------- webhooks
+
+/// Requests a [`Receiver`] answered, and when the first and last came.
+#[derive(Default)]
+struct ReceiverCounts {
+    requests: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+/// A minimal HTTP/1.1 receiver on loopback, keep-alive, answering 200 to
+/// every request (or never, with `hang`).
+async fn start_receiver(hang: bool) -> Result<(SocketAddr, Arc<ReceiverCounts>), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let counts = Arc::new(ReceiverCounts::default());
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counts = shared.clone();
+            tokio::spawn(async move {
+                let _ = serve_receiver(stream, hang, &counts).await;
+            });
+        }
+    });
+    Ok((address, counts))
+}
+
+async fn serve_receiver(
+    mut stream: tokio::net::TcpStream,
+    hang: bool,
+    counts: &ReceiverCounts,
+) -> std::io::Result<()> {
+    let mut buffer = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        // One request: head, then content-length bytes of body.
+        let (head_end, body_len) = loop {
+            if let Some(end) = find(&buffer, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                let body_len = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (end + 4, body_len);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        while buffer.len() < head_end + body_len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        buffer.drain(..head_end + body_len);
+        let now = clock();
+        if counts.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            counts.first_ns.store(now, Ordering::Relaxed);
+        }
+        counts.last_ns.store(now, Ordering::Relaxed);
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+}
+
+async fn webhooks(target: &Target, args: WebhooksArgs) -> Result<String, String> {
+    let (url, counts) = match args.receiver.as_str() {
+        "ok" | "hang" => {
+            let (address, counts) = start_receiver(args.receiver == "hang").await?;
+            (format!("http://{address}/hook"), counts)
+        }
+        "none" => (String::new(), Arc::new(ReceiverCounts::default())),
+        "refuse" => {
+            // A port that was free a moment ago: nothing listens on it.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let counts = Arc::new(ReceiverCounts::default());
+            (format!("http://127.0.0.1:{port}/hook"), counts)
+        }
+        other => {
+            return Err(format!(
+                "--receiver must be ok, hang, refuse or none, not {other}"
+            ))
+        }
+    };
+    let run_id: u32 = rand::random();
+    let channel_of = move |i: usize| format!("benchwh-{run_id}:{}", i % args.channels.max(1));
+    let urls: Vec<&str> = [url.as_str()]
+        .into_iter()
+        .filter(|url| !url.is_empty())
+        .collect();
+    create_channel(
+        target,
+        &json!({ "pattern": format!("benchwh-{run_id}:%"), "webhookUrls": urls }).to_string(),
+    )
+    .await?;
+    let started = clock();
+    let run = run_publishers(target, &args.publish, channel_of).await?;
+    let acked = run.latencies.len() as u64;
+    let mut report = json!({
+        "mode": "webhooks",
+        "receiver": args.receiver,
+        "channels": args.channels,
+        "publishers": args.publish.publishers,
+        "window": args.publish.window,
+        "payload_bytes": args.publish.payload,
+        "seconds": run.seconds,
+        "acked": acked,
+        "acked_per_second": acked as f64 / run.seconds,
+        "failed": run.failed,
+        "ack_latency_us": percentiles(run.latencies),
+    });
+    if args.receiver == "ok" {
+        let deadline = Instant::now() + Duration::from_secs(args.drain_seconds);
+        while counts.requests.load(Ordering::Relaxed) < acked && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let received = counts.requests.load(Ordering::Relaxed);
+        let span = (counts.last_ns.load(Ordering::Relaxed) - started) as f64 / 1e9;
+        report["webhooks_received"] = json!(received);
+        report["webhooks_missing"] = json!(acked.saturating_sub(received));
+        report["webhooks_per_second"] = json!(received as f64 / span);
+    }
+    Ok(report.to_string())
 }
 
 // ------------------------------------------------------------------- conns

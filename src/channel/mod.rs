@@ -125,8 +125,19 @@ struct Pending {
     reply: Option<Reply>,
     /// `None` until the writer answers; `Stored` messages start durable.
     outcome: Option<Result<(), PublishError>>,
-    /// For the channel's webhook URLs, once durable (if it has any).
-    webhook: Option<WebhookMessage>,
+    /// What goes to the channel's webhook URLs once durable.
+    webhook: Webhook,
+}
+
+/// A pending message's webhooks.
+enum Webhook {
+    /// The channel has no webhook URLs (or the message came stored).
+    None,
+    /// Ready for the dispatcher.
+    Ready(WebhookMessage),
+    /// The dispatcher is full: the message waits in the backlog, and was
+    /// not copied for it.
+    Deferred,
 }
 
 struct PresenceEvent {
@@ -326,8 +337,10 @@ impl Channel {
                     // unwrap: front() just returned Some.
                     let pending = self.pending.pop_front().unwrap();
                     frames.push(pending.frame);
-                    if let Some(webhook) = pending.webhook {
-                        self.webhooks.dispatch(webhook);
+                    match pending.webhook {
+                        Webhook::None => {}
+                        Webhook::Ready(message) => self.webhooks.dispatch(message),
+                        Webhook::Deferred => self.webhooks.defer(),
                     }
                     delivered.push((pending.id, pending.row, pending.reply));
                 }
@@ -528,14 +541,20 @@ impl Handler<Publish> for Channel {
         let meta = delivery::meta(&self.name, id, &message.sender, created_at);
         let frame = encode_delivery(&message.event, &message.payload, &meta);
         let n_webhooks = message.channel.webhook_urls.len();
-        let webhook = (n_webhooks > 0).then(|| WebhookMessage {
-            id,
-            channel: self.name.clone(),
-            event: message.event.clone(),
-            // unwrap: a map of JSON values always serializes.
-            body: serde_json::to_vec(&message.payload).unwrap().into(),
-            definition: message.channel.clone(),
-        });
+        let webhook = if n_webhooks == 0 {
+            Webhook::None
+        } else if self.webhooks.is_overflowed() {
+            Webhook::Deferred
+        } else {
+            Webhook::Ready(WebhookMessage {
+                id,
+                channel: self.name.clone(),
+                event: message.event.clone(),
+                // unwrap: a map of JSON values always serializes.
+                body: serde_json::to_vec(&message.payload).unwrap().into(),
+                definition: message.channel.clone(),
+            })
+        };
         let row = messages::Model {
             id,
             event_name: message.event,
@@ -596,7 +615,7 @@ impl Handler<Stored> for Channel {
             outcome: Some(Ok(())),
             // Webhooks of stored messages are sent by whoever stored them
             // (the SQL listener will hand them over itself).
-            webhook: None,
+            webhook: Webhook::None,
         });
         self.deliver_ready(ctx);
     }

@@ -129,23 +129,38 @@ pub async fn insert_batch_with_webhooks(
     Ok(())
 }
 
-/// Adds the rows that have webhook URLs to the webhook backlog.
+/// Adds the rows that have webhook URLs to the webhook backlog, in
+/// statements of power-of-two sizes whose text is built once (as
+/// [`sqlite_insert`] does for the rows themselves).
 async fn insert_pending<C: ConnectionTrait>(
     conn: &C,
     batch: &[&messages::Model],
 ) -> Result<(), PersistenceError> {
+    static TEXTS: [OnceLock<String>; usize::BITS as usize] =
+        [const { OnceLock::new() }; usize::BITS as usize];
     let ids: Vec<Uuid> = batch
         .iter()
         .filter(|row| row.wh_audience_count > 0)
         .map(|row| row.id)
         .collect();
-    for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
-        entity::webhook_pending::Entity::insert_many(chunk.iter().map(|id| {
-            entity::webhook_pending::ActiveModel {
-                message_id: Set(*id),
-            }
-        }))
-        .exec_without_returning(conn)
+    let mut rest = &ids[..];
+    for size in statement_sizes(ids.len(), true) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = TEXTS[size.trailing_zeros() as usize].get_or_init(|| {
+            entity::webhook_pending::Entity::insert_many(chunk.iter().map(|id| {
+                entity::webhook_pending::ActiveModel {
+                    message_id: Set(*id),
+                }
+            }))
+            .build(DbBackend::Sqlite)
+            .sql
+        });
+        conn.execute(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql.as_str(),
+            chunk.iter().map(|id| sea_orm::Value::from(*id)),
+        ))
         .await
         .map_err(PersistenceError::from_write)?;
     }

@@ -206,8 +206,14 @@ impl MessageWriter {
                 .map(move |(batch, webhooks, inserted), writer, ctx| {
                     writer.flushing = false;
                     if inserted.is_ok() && !batch.is_empty() {
-                        crate::metrics::METRICS.writer_batches.inc();
-                        crate::metrics::METRICS.writer_rows.add(batch.len() as u64);
+                        let metrics = &crate::metrics::METRICS;
+                        metrics.writer_batches.inc();
+                        metrics.writer_rows.add(batch.len() as u64);
+                        let n_webhooks = batch
+                            .iter()
+                            .filter(|(row, _)| row.wh_audience_count > 0)
+                            .count();
+                        metrics.webhook_backlog.add(n_webhooks as u64);
                     }
                     // write_with_retries logged the database's words.
                     notify_channels(batch, inserted.map_err(|_| PublishError::Storage));

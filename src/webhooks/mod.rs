@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseFuture, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseFuture, SpawnHandle,
+    WrapFuture,
 };
 use actix_tls::connect::{Connector as TcpConnector, Resolver};
 use bytes::Bytes;
@@ -41,7 +42,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::channel::catalog::{ChannelCatalog, ChannelDef};
-use crate::config::WebhookSettings;
+use crate::config::{WebhookBatch, WebhookSettings};
 use crate::metrics::METRICS;
 use crate::persistence::webhooks::{self as queries, WebhookOutcome};
 use crate::persistence::writer::{MessageWriter, RecordWebhooks, WebhooksRecorded};
@@ -86,12 +87,28 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Hands a durable message over, or leaves it in the backlog.
+    /// Hands a durable message over, or leaves it in the backlog. While
+    /// the dispatcher is full (a dead receiver, say), messages are not
+    /// even sent: it reads them from the backlog once it has room, and the
+    /// publishing path pays nothing for it meanwhile.
     pub fn dispatch(&self, message: WebhookMessage) {
-        if self.addr.try_send(Dispatch(Arc::new(message))).is_err() {
-            self.overflowed.store(true, Ordering::Relaxed);
-            METRICS.webhook_deferred.inc();
+        if self.is_overflowed() || self.addr.try_send(Dispatch(Arc::new(message))).is_err() {
+            self.defer();
         }
+    }
+
+    /// Whether messages are being left in the backlog for now: channels
+    /// then do not prepare them for the dispatcher at all (no copy of the
+    /// payload), and call [`Webhooks::defer`] once they are durable.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Leaves a durable message in the backlog, for the dispatcher to read
+    /// once it has room.
+    pub fn defer(&self) {
+        self.overflowed.store(true, Ordering::Relaxed);
+        METRICS.webhook_deferred.inc();
     }
 
     /// Lets requests in flight finish (up to `grace`), records what
@@ -153,7 +170,15 @@ struct Delivery {
 #[derive(Default)]
 struct UrlQueue {
     waiting: VecDeque<Delivery>,
+    /// Requests in flight (a batch is one).
     in_flight: usize,
+    /// Set for URLs that take batches (`[[webhooks.batch]]`).
+    batch: Option<WebhookBatch>,
+    /// The oldest waiting delivery has waited `max_wait_ms`: send a batch
+    /// even if it is not full.
+    due: bool,
+    /// The timer that makes the queue due.
+    timer: Option<SpawnHandle>,
 }
 
 /// A message some of whose URLs have not finished.
@@ -297,20 +322,36 @@ impl WebhookDispatcher {
                 message: message.clone(),
                 attempt: 0,
             };
-            match self.urls.get_mut(url.as_str()) {
-                Some(queue) => queue.waiting.push_back(delivery),
-                None => {
-                    let mut queue = UrlQueue::default();
-                    queue.waiting.push_back(delivery);
-                    self.urls.insert(url.clone(), queue);
-                }
-            }
+            self.queue(url).waiting.push_back(delivery);
             self.pump(url, ctx);
         }
         METRICS.webhook_in_memory.set(self.tracked.len() as u64);
     }
 
-    /// Starts as many waiting requests of `url` as its bound allows.
+    /// The queue of `url`, made (with its batch rule) if it has none.
+    fn queue(&mut self, url: &str) -> &mut UrlQueue {
+        if !self.urls.contains_key(url) {
+            let batch = self
+                .settings
+                .batch
+                .iter()
+                .find(|rule| url.starts_with(&rule.url_prefix))
+                .cloned();
+            self.urls.insert(
+                url.to_owned(),
+                UrlQueue {
+                    batch,
+                    ..UrlQueue::default()
+                },
+            );
+        }
+        // unwrap: inserted just above if it was missing.
+        self.urls.get_mut(url).unwrap()
+    }
+
+    /// Starts as many waiting requests of `url` as its bound allows: one
+    /// delivery each, or for a batched URL one batch each, once full or
+    /// due.
     fn pump(&mut self, url: &str, ctx: &mut Context<Self>) {
         if self.stopping {
             return;
@@ -320,41 +361,78 @@ impl WebhookDispatcher {
             let Some(queue) = self.urls.get_mut(url) else {
                 return;
             };
-            if queue.in_flight >= max_in_flight {
-                return;
-            }
-            let Some(delivery) = queue.waiting.pop_front() else {
+            if queue.waiting.is_empty() {
+                queue.due = false;
+                if let Some(timer) = queue.timer.take() {
+                    ctx.cancel_future(timer);
+                }
                 if queue.in_flight == 0 {
                     self.urls.remove(url);
                 }
                 return;
+            }
+            if queue.in_flight >= max_in_flight {
+                return;
+            }
+            let take = match &queue.batch {
+                None => 1,
+                Some(rule) if queue.waiting.len() >= rule.max_events || queue.due => {
+                    rule.max_events.min(queue.waiting.len())
+                }
+                Some(rule) => {
+                    if queue.timer.is_none() {
+                        let wait = Duration::from_millis(rule.max_wait_ms);
+                        let owned = url.to_owned();
+                        queue.timer = Some(ctx.run_later(wait, move |dispatcher, ctx| {
+                            if let Some(queue) = dispatcher.urls.get_mut(&owned) {
+                                queue.timer = None;
+                                queue.due = true;
+                            }
+                            dispatcher.pump(&owned, ctx);
+                        }));
+                    }
+                    return;
+                }
             };
+            let batched = queue.batch.is_some();
+            let deliveries: Vec<Delivery> = queue.waiting.drain(..take).collect();
             queue.in_flight += 1;
-            self.send(url.to_owned(), delivery, ctx);
+            self.send(url.to_owned(), deliveries, batched, ctx);
         }
     }
 
-    /// Sends one request and handles its outcome when it ends.
-    fn send(&mut self, url: String, delivery: Delivery, ctx: &mut Context<Self>) {
+    /// Sends one request (one delivery, or a batch) and handles its
+    /// outcome when it ends.
+    fn send(
+        &mut self,
+        url: String,
+        deliveries: Vec<Delivery>,
+        batched: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if self.client.is_none() {
             self.client = Some(self.build_client());
         }
         // unwrap: set just above.
         let client = self.client.as_ref().unwrap();
+        let messages: Vec<&WebhookMessage> = deliveries
+            .iter()
+            .map(|delivery| &*delivery.message)
+            .collect();
         let request = prepare(
             client,
             &url,
-            &delivery.message,
+            &messages,
+            batched,
             self.key.as_deref(),
             &self.settings,
         );
         let timeout = Duration::from_millis(self.settings.timeout_ms);
-        let body = delivery.message.body.clone();
         let started = Instant::now();
         let attempt = async move {
             match request {
                 Err(refused) => Attempt::Refused(refused),
-                Ok(request) => {
+                Ok((request, body)) => {
                     let sent = tokio::time::timeout(timeout, async move {
                         let response = request.send_body(body).await;
                         match response {
@@ -382,7 +460,7 @@ impl WebhookDispatcher {
                 .into_actor(self)
                 .map(move |attempt, dispatcher, ctx| {
                     METRICS.webhook_latency.observe(started.elapsed());
-                    dispatcher.on_attempt(url, delivery, attempt, ctx);
+                    dispatcher.on_attempt(url, deliveries, attempt, ctx);
                 }),
         );
     }
@@ -390,7 +468,7 @@ impl WebhookDispatcher {
     fn on_attempt(
         &mut self,
         url: String,
-        mut delivery: Delivery,
+        deliveries: Vec<Delivery>,
         attempt: Attempt,
         ctx: &mut Context<Self>,
     ) {
@@ -398,31 +476,37 @@ impl WebhookDispatcher {
         if let Some(queue) = self.urls.get_mut(&url) {
             queue.in_flight -= 1;
         }
-        let retries = &self.settings.retry_delays_ms;
-        if attempt.is_retryable() && delivery.attempt < retries.len() && !self.stopping {
-            let delay = Duration::from_millis(retries[delivery.attempt]);
-            tracing::debug!(%url, message = %delivery.message.id, ?attempt, ?delay, "webhook failed; retrying");
-            delivery.attempt += 1;
-            METRICS.webhook_retries.inc();
-            ctx.run_later(delay, move |dispatcher, ctx| {
-                dispatcher
-                    .urls
-                    .entry(url.clone())
-                    .or_default()
-                    .waiting
-                    .push_front(delivery);
-                dispatcher.pump(&url, ctx);
-            });
-        } else {
-            if attempt != Attempt::Delivered {
-                tracing::warn!(%url, message = %delivery.message.id, ?attempt, "webhook not delivered");
-            }
-            if self.stopping && attempt.is_retryable() {
+        let n_messages = deliveries.len();
+        let n_retries = self.settings.retry_delays_ms.len();
+        let mut retry = Vec::new();
+        for mut delivery in deliveries {
+            if attempt.is_retryable() && delivery.attempt < n_retries && !self.stopping {
+                delivery.attempt += 1;
+                retry.push(delivery);
+            } else if self.stopping && attempt.is_retryable() {
                 // Shutting down: left in the backlog for the next start.
                 self.n_held -= 1;
             } else {
                 self.finish_one(delivery.message.id, attempt == Attempt::Delivered, ctx);
             }
+        }
+        if retry.is_empty() && attempt != Attempt::Delivered {
+            tracing::warn!(%url, n_messages, ?attempt, "webhook not delivered");
+        }
+        if let Some(first) = retry.first() {
+            tracing::debug!(%url, n_messages, ?attempt, "webhook failed; retrying");
+            let delay = Duration::from_millis(self.settings.retry_delays_ms[first.attempt - 1]);
+            METRICS.webhook_retries.inc();
+            ctx.run_later(delay, move |dispatcher, ctx| {
+                let queue = dispatcher.queue(&url);
+                // Back at the front, in their order.
+                for delivery in retry.into_iter().rev() {
+                    queue.waiting.push_front(delivery);
+                }
+                queue.due = true;
+                dispatcher.pump(&url, ctx);
+            });
+        } else {
             self.pump(&url, ctx);
         }
         self.check_shutdown(ctx);
@@ -555,26 +639,38 @@ impl WebhookDispatcher {
     }
 }
 
-/// Builds a request with its headers, or says why `url` may not be used.
+/// Builds a request with its headers and body, or says why `url` may not
+/// be used. One message is posted as its payload, with its event, channel
+/// and id in headers; a batch as `{"messages": [{id, channel, event,
+/// payload}, …]}`.
 fn prepare(
     client: &awc::Client,
     url: &str,
-    message: &WebhookMessage,
+    messages: &[&WebhookMessage],
+    batched: bool,
     key: Option<&[u8]>,
     settings: &WebhookSettings,
-) -> Result<awc::ClientRequest, String> {
+) -> Result<(awc::ClientRequest, Bytes), String> {
     let parsed = url::Url::parse(url).map_err(|err| format!("invalid url: {err}"))?;
     let host = parsed.host_str().unwrap_or_default();
     if let Some(reason) = address::refuse_literal(host, settings.block_private_addresses) {
         return Err(reason);
     }
-    let id = message.id.to_string();
+    let first = messages.first().ok_or("no message")?;
     let mut request = client
         .post(url)
-        .insert_header(("content-type", "application/json"))
-        .insert_header(("x-insforge-event", message.event.as_str()))
-        .insert_header(("x-insforge-channel", &*message.channel))
-        .insert_header(("x-insforge-message-id", id.as_str()));
+        .insert_header(("content-type", "application/json"));
+    let (id, body) = if batched {
+        request = request.insert_header(("x-insforge-batch-size", messages.len().to_string()));
+        (format!("batch_{}", first.id), batch_body(messages))
+    } else {
+        let id = first.id.to_string();
+        request = request
+            .insert_header(("x-insforge-event", first.event.as_str()))
+            .insert_header(("x-insforge-channel", &*first.channel))
+            .insert_header(("x-insforge-message-id", id.as_str()));
+        (id, first.body.clone())
+    };
     if let Some(key) = key {
         // Computed at each attempt: a retry, or a delivery resumed after a
         // restart, is within the receivers' timestamp tolerance.
@@ -584,10 +680,39 @@ fn prepare(
             .insert_header(("webhook-timestamp", timestamp.to_string()))
             .insert_header((
                 "webhook-signature",
-                signing::signature(key, &id, timestamp, &message.body),
+                signing::signature(key, &id, timestamp, &body),
             ));
     }
-    Ok(request)
+    Ok((request, body))
+}
+
+/// `{"messages":[{"id","channel","event","payload"},…]}`, with each payload
+/// spliced in as it was serialized for single requests.
+fn batch_body(messages: &[&WebhookMessage]) -> Bytes {
+    let mut body = Vec::with_capacity(
+        16 + messages
+            .iter()
+            .map(|message| message.body.len() + 96)
+            .sum::<usize>(),
+    );
+    body.extend_from_slice(b"{\"messages\":[");
+    for (index, message) in messages.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        // unwrap: strings always serialize.
+        let head = format!(
+            r#"{{"id":"{}","channel":{},"event":{},"payload":"#,
+            message.id,
+            serde_json::to_string(&*message.channel).unwrap(),
+            serde_json::to_string(&message.event).unwrap(),
+        );
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&message.body);
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    body.into()
 }
 
 /// Sorts a failed request into retried and final failures.
@@ -611,19 +736,18 @@ impl Actor for WebhookDispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.client = Some(self.build_client());
-        ctx.run_interval(TICK, |dispatcher, ctx| {
-            dispatcher.next_scan(ctx);
-            let db = dispatcher.db.clone();
-            ctx.spawn(
-                async move { queries::count_pending(&db).await }
-                    .into_actor(dispatcher)
-                    .map(|count, _, _| {
-                        if let Ok(count) = count {
-                            METRICS.webhook_backlog.set(count);
-                        }
-                    }),
-            );
-        });
+        ctx.run_interval(TICK, |dispatcher, ctx| dispatcher.next_scan(ctx));
+        // Counted once; the writer and `WebhooksRecorded` keep it after.
+        let db = self.db.clone();
+        ctx.spawn(
+            async move { queries::count_pending(&db).await }
+                .into_actor(self)
+                .map(|count, _, _| {
+                    if let Ok(count) = count {
+                        METRICS.webhook_backlog.set(count);
+                    }
+                }),
+        );
         self.next_scan(ctx);
     }
 }
@@ -664,6 +788,7 @@ impl Handler<WebhooksRecorded> for WebhookDispatcher {
     type Result = ();
 
     fn handle(&mut self, WebhooksRecorded(ids): WebhooksRecorded, ctx: &mut Context<Self>) {
+        METRICS.webhook_backlog.sub(ids.len() as u64);
         for id in ids {
             self.recording.remove(&id);
         }
@@ -682,5 +807,39 @@ impl Handler<Shutdown> for WebhookDispatcher {
         Box::pin(async move {
             let _ = tokio::time::timeout(grace, rx).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn message(event: &str, payload: Value) -> WebhookMessage {
+        WebhookMessage {
+            id: Uuid::now_v7(),
+            channel: "order:\"1\"".into(),
+            event: event.to_owned(),
+            body: serde_json::to_vec(&payload).unwrap().into(),
+            definition: Arc::new(ChannelDef {
+                id: Uuid::new_v4(),
+                pattern: "order:%".into(),
+                webhook_urls: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_batch_body_is_json_with_each_message_whole() {
+        let first = message("a", json!({ "x": [1, { "y": "}" }] }));
+        let second = message("b \"quoted\"", json!({}));
+        let body: Value = serde_json::from_slice(&batch_body(&[&first, &second])).unwrap();
+        assert_eq!(
+            body,
+            json!({ "messages": [
+                { "id": first.id.to_string(), "channel": "order:\"1\"", "event": "a", "payload": { "x": [1, { "y": "}" }] } },
+                { "id": second.id.to_string(), "channel": "order:\"1\"", "event": "b \"quoted\"", "payload": {} },
+            ] })
+        );
     }
 }

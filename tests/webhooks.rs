@@ -21,6 +21,7 @@ backend_tests!(
     private_addresses_are_refused_when_blocking,
     past_its_memory_bound_the_backlog_waits_in_the_database,
     batched_urls_get_several_messages_per_post,
+    connections_to_a_receiver_are_kept_alive,
 );
 
 /// Short retries so the tests do not wait seconds for them.
@@ -463,5 +464,25 @@ async fn batched_urls_get_several_messages_per_post(backend: Backend) {
         let row = finished(&server, id).await;
         assert_eq!(row["whDeliveredCount"], 2, "{row}");
     }
+    receiver.stop().await;
+}
+
+async fn connections_to_a_receiver_are_kept_alive(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = TestServer::start(backend).await;
+    create_channel(&server, "steady", &[receiver.url("/ok")]).await;
+    for n in 0..10 {
+        rest_publish(&server, "steady", "e", json!({ "n": n })).await;
+        wait_until("the request", Duration::from_secs(5), || async {
+            receiver.received().len() > n
+        })
+        .await;
+    }
+    let ports: std::collections::HashSet<u16> = receiver
+        .received()
+        .iter()
+        .map(|request| request.peer_port)
+        .collect();
+    assert_eq!(ports.len(), 1, "ten requests, one connection: {ports:?}");
     receiver.stop().await;
 }

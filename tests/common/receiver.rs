@@ -19,6 +19,8 @@ use bytes::Bytes;
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    /// The client's port: requests on one kept-alive connection share it.
+    pub peer_port: u16,
     /// Lowercase header names.
     pub headers: HashMap<String, String>,
     pub body: Bytes,
@@ -120,6 +122,7 @@ async fn receive(req: HttpRequest, body: Bytes, shared: web::Data<Shared>) -> Ht
         .collect();
     shared.received.lock().unwrap().push(Received {
         path: path.clone(),
+        peer_port: req.peer_addr().map(|addr| addr.port()).unwrap_or(0),
         headers,
         body,
     });

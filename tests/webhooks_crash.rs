@@ -1,7 +1,7 @@
-//! Webhooks survive a crash: the real binary is SIGKILLed with 1,000
-//! messages' webhooks outstanding (the receiver holds every request), and
-//! the next start sends them all, with the counts right. SQLite and
-//! PostgreSQL.
+//! Webhooks survive a crash and a shutdown: the real binary is SIGKILLed
+//! with 1,000 messages' webhooks outstanding (the receiver holds every
+//! request), or SIGTERMed with requests in flight, and the next start
+//! sends what is left, with the counts right. SQLite and PostgreSQL.
 
 mod common;
 
@@ -15,23 +15,33 @@ use common::{Backend, ANON_KEY, API_KEY, JWT_SECRET};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
 
-backend_tests!(outstanding_webhooks_are_sent_after_a_sigkill);
+backend_tests!(
+    outstanding_webhooks_are_sent_after_a_sigkill,
+    sigterm_lets_requests_in_flight_finish_and_keeps_the_rest,
+);
 
 const N_MESSAGES: usize = 1000;
 
 struct Server {
     child: Child,
     base: String,
+    /// The server's log (stdout), shown when an assertion fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     async fn start(database_url: &str, port: u16) -> Server {
+        Self::start_with(database_url, port, &[]).await
+    }
+
+    async fn start_with(database_url: &str, port: u16, env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_realtime"));
         for (key, _) in std::env::vars() {
             if key.starts_with("REALTIME_") {
                 command.env_remove(key);
             }
         }
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = command
             .arg("serve")
             .env("REALTIME__SERVER__HOST", "127.0.0.1")
@@ -40,10 +50,11 @@ impl Server {
             .env("REALTIME__AUTH__JWT_SECRET", JWT_SECRET)
             .env("REALTIME__AUTH__API_KEYS", format!("[\"{API_KEY}\"]"))
             .env("REALTIME__AUTH__ANON_KEYS", format!("[\"{ANON_KEY}\"]"))
-            .env("REALTIME__LOG__LEVEL", "error")
+            .env("REALTIME__LOG__LEVEL", "warn,realtime::webhooks=debug")
             // Held requests must not time out while the test looks.
             .env("REALTIME__WEBHOOKS__TIMEOUT_MS", "60000")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(log.reopen().unwrap()))
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -58,7 +69,7 @@ impl Server {
             assert!(Instant::now() < deadline, "the server did not start");
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
-        Server { child, base }
+        Server { child, base, log }
     }
 
     async fn admin(&self, method: &str, path: &str, body: serde_json::Value) -> u16 {
@@ -73,6 +84,15 @@ impl Server {
             .unwrap()
             .status()
             .as_u16()
+    }
+}
+
+impl Server {
+    /// The end of the server's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
@@ -175,5 +195,100 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
         .filter_map(|request| request.header("x-insforge-message-id").map(str::to_owned))
         .collect();
     assert_eq!(ids.len(), N_MESSAGES, "every message reached the receiver");
+    receiver.stop().await;
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Backend) {
+    let (database_url, _dir) = common::fresh_database(backend).await;
+    let port = free_port();
+    let receiver = Receiver::start();
+    receiver.set_paused(true);
+    let grace = [("REALTIME__SERVER__SHUTDOWN_GRACE_MS", "5000")];
+    let mut server = Server::start_with(&database_url, port, &grace).await;
+    let status = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            json!({ "pattern": "calm", "webhookUrls": [receiver.url("/paused")] }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let n_messages = 50;
+    for n in 0..n_messages {
+        let status = server
+            .admin(
+                "POST",
+                "/api/realtime/messages",
+                json!({ "channel": "calm", "event": "e", "payload": { "n": n } }),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // 16 requests in flight (the per-URL bound), held by the receiver.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.received().len() < 16 {
+        assert!(Instant::now() < deadline, "requests did not start");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight = receiver.received().len();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The receiver answers during the grace period: those requests finish
+    // and are recorded; nothing new starts.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    receiver.set_paused(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}: {}", server.log_tail());
+    assert_eq!(
+        receiver.received().len(),
+        in_flight,
+        "nothing new started after SIGTERM"
+    );
+    let db = Database::connect(&database_url).await.unwrap();
+    let (pending, messages) = if backend == Backend::Postgres {
+        ("realtime.webhook_pending", "realtime.messages")
+    } else {
+        ("webhook_pending", "messages")
+    };
+    let pending_sql = format!("SELECT COUNT(*) AS n FROM {pending}");
+    assert_eq!(
+        count(&db, &pending_sql).await,
+        (n_messages - in_flight) as i64,
+        "the finished ones were recorded, the rest kept; the server said:\n{}",
+        server.log_tail()
+    );
+
+    let _server = Server::start(&database_url, port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&db, &pending_sql).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the rest was not sent after the restart"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = format!("SELECT COUNT(*) AS n FROM {messages} WHERE wh_delivered_count = 1");
+    assert_eq!(count(&db, &delivered).await, n_messages as i64);
+    // Sent once each: the shutdown neither dropped nor repeated any.
+    assert_eq!(receiver.received().len(), n_messages);
     receiver.stop().await;
 }

@@ -41,6 +41,7 @@ use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudien
 use crate::protocol::engineio::Frame;
 use crate::publish::{Outgoing, PublishError, Sender, SenderType};
 use crate::webhooks::{WebhookMessage, Webhooks};
+use catalog::ChannelDef;
 pub use delivery::{encode_delivery, encode_event};
 use registry::{ChannelRegistry, Idle};
 pub use subscriber::{Joined, Member, Published, Subscriber, SubscriberEvent};
@@ -133,8 +134,8 @@ struct Pending {
 enum Webhook {
     /// The channel has no webhook URLs (or the message came stored).
     None,
-    /// Ready for the dispatcher.
-    Ready(WebhookMessage),
+    /// Ready for the dispatcher, with the definition whose URLs get it.
+    Ready(WebhookMessage, Arc<ChannelDef>),
     /// The dispatcher is full: the message waits in the backlog, and was
     /// not copied for it.
     Deferred,
@@ -339,7 +340,9 @@ impl Channel {
                     frames.push(pending.frame);
                     match pending.webhook {
                         Webhook::None => {}
-                        Webhook::Ready(message) => self.webhooks.dispatch(message),
+                        Webhook::Ready(message, definition) => {
+                            self.webhooks.dispatch(message, definition)
+                        }
                         Webhook::Deferred => self.webhooks.defer(),
                     }
                     delivered.push((pending.id, pending.row, pending.reply));
@@ -546,14 +549,14 @@ impl Handler<Publish> for Channel {
         } else if self.webhooks.is_overflowed() {
             Webhook::Deferred
         } else {
-            Webhook::Ready(WebhookMessage {
+            let webhook = WebhookMessage {
                 id,
                 channel: self.name.clone(),
                 event: message.event.clone(),
                 // unwrap: a map of JSON values always serializes.
                 body: serde_json::to_vec(&message.payload).unwrap().into(),
-                definition: message.channel.clone(),
-            })
+            };
+            Webhook::Ready(webhook, message.channel.clone())
         };
         let row = messages::Model {
             id,

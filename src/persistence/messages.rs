@@ -310,6 +310,26 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
 /// Most ids bound in one `IN (…)`, under SQLite's parameter limit.
 const MAX_IDS_PER_UPDATE: usize = 1000;
 
+/// The messages with these ids (those that still exist), in no order.
+///
+/// # Errors
+/// Database failures.
+pub async fn by_ids(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
+        rows.extend(
+            Messages::find()
+                .filter(Column::Id.is_in(chunk.iter().copied()))
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(rows)
+}
+
 /// Messages matching `filter`, newest first.
 ///
 /// # Errors

@@ -22,6 +22,7 @@ backend_tests!(
     past_its_memory_bound_the_backlog_waits_in_the_database,
     batched_urls_get_several_messages_per_post,
     connections_to_a_receiver_are_kept_alive,
+    a_receiver_that_keeps_failing_is_probed_not_hammered,
 );
 
 /// Short retries so the tests do not wait seconds for them.
@@ -487,4 +488,41 @@ async fn connections_to_a_receiver_are_kept_alive(backend: Backend) {
         .collect();
     assert_eq!(ports.len(), 1, "ten requests, one connection: {ports:?}");
     receiver.stop().await;
+}
+
+async fn a_receiver_that_keeps_failing_is_probed_not_hammered(backend: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // Accepts connections and drops them at once: every attempt is a
+    // network error, retried.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let server = TestServer::start_with(backend, FAST_RETRIES).await;
+    create_channel(
+        &server,
+        "broken",
+        &[format!("http://127.0.0.1:{port}/hook")],
+    )
+    .await;
+    for n in 0..50 {
+        rest_publish(&server, "broken", "e", json!({ "n": n })).await;
+    }
+    actix_rt::time::sleep(Duration::from_millis(2500)).await;
+    // Without a pause, 50 messages x 3 attempts would be 150 connections in
+    // well under a second. Once the receiver counts as down, one probe at a
+    // time, 1 s then 2 s apart.
+    let n_accepted = accepted.load(Ordering::SeqCst);
+    assert!(
+        (3..=40).contains(&n_accepted),
+        "{n_accepted} connections in 2.5 s"
+    );
+    assert_eq!(backlog(&server).await, 50, "nothing is given up on early");
 }

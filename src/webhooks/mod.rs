@@ -194,6 +194,50 @@ struct UrlQueue {
     due: bool,
     /// The timer that makes the queue due.
     timer: Option<SpawnHandle>,
+    /// Connection failures and timeouts in a row; any HTTP answer resets.
+    failures: u32,
+    /// Probes that failed since the receiver went down: each doubles the
+    /// next pause.
+    failed_probes: u32,
+    /// While the receiver looks down: no request before this, then one
+    /// probe at a time until it answers.
+    down_until: Option<Instant>,
+    /// The timer that ends `down_until`.
+    down_timer: Option<SpawnHandle>,
+}
+
+impl UrlQueue {
+    /// After [`DOWN_AFTER`] failures in a row, the receiver counts as down:
+    /// the next probe waits 1 s, doubling with each failure, up to 30 s.
+    /// A dead receiver then costs one request per pause, not a stream of
+    /// connection attempts.
+    fn note(&mut self, attempt: &Attempt) {
+        if attempt.is_retryable() {
+            // A probe is what was sent once a pause ended (requests that
+            // were already in flight when it went down do not count).
+            if self.failures >= DOWN_AFTER && self.down_until.is_none() {
+                self.failed_probes += 1;
+            }
+            self.failures += 1;
+            if self.failures >= DOWN_AFTER {
+                let pause = Duration::from_secs(1 << self.failed_probes.min(5)).min(MAX_DOWN_PAUSE);
+                self.down_until = Some(Instant::now() + pause);
+            }
+        } else if !matches!(attempt, Attempt::Refused(_)) {
+            self.failures = 0;
+            self.failed_probes = 0;
+            self.down_until = None;
+        }
+    }
+
+    /// How many requests may be in flight now.
+    fn bound(&self, max_in_flight: usize) -> usize {
+        if self.failures >= DOWN_AFTER {
+            1
+        } else {
+            max_in_flight
+        }
+    }
 }
 
 /// A message some of whose URLs have not finished.
@@ -218,6 +262,10 @@ struct Scan {
 const SCAN_PAGE: usize = 500;
 /// Waiting deliveries per URL that keep their message in memory.
 const LOADED_PER_URL: usize = 64;
+/// Failures in a row after which a receiver counts as down.
+const DOWN_AFTER: u32 = 3;
+/// The longest pause before probing a receiver that is down.
+const MAX_DOWN_PAUSE: Duration = Duration::from_secs(30);
 /// How often the dispatcher looks at the backlog, its flag and gauges.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages the dispatcher's mailbox holds before `try_send` fails.
@@ -456,13 +504,32 @@ impl WebhookDispatcher {
                 if let Some(timer) = queue.timer.take() {
                     ctx.cancel_future(timer);
                 }
-                if queue.in_flight == 0 {
+                // An idle queue is forgotten, unless it remembers that its
+                // receiver is down.
+                if queue.in_flight == 0 && queue.failures < DOWN_AFTER {
                     self.urls.remove(url);
                 }
                 return;
             }
-            if queue.in_flight >= max_in_flight {
+            if queue.in_flight >= queue.bound(max_in_flight) {
                 return;
+            }
+            if let Some(until) = queue.down_until {
+                if Instant::now() < until {
+                    if queue.down_timer.is_none() {
+                        let owned = url.to_owned();
+                        let wait = until - Instant::now();
+                        queue.down_timer = Some(ctx.run_later(wait, move |dispatcher, ctx| {
+                            if let Some(queue) = dispatcher.urls.get_mut(&owned) {
+                                queue.down_timer = None;
+                            }
+                            dispatcher.pump(&owned, ctx);
+                        }));
+                    }
+                    return;
+                }
+                // Time for a probe (in flight is bounded to one).
+                queue.down_until = None;
             }
             let take = match &queue.batch {
                 None => 1,
@@ -571,6 +638,7 @@ impl WebhookDispatcher {
         METRICS.webhook_requests[attempt.metric_index()].inc();
         if let Some(queue) = self.urls.get_mut(&url) {
             queue.in_flight -= 1;
+            queue.note(&attempt);
         }
         let n_messages = deliveries.len();
         let n_retries = self.settings.retry_delays_ms.len();

@@ -1,7 +1,8 @@
 //! The realtime hub: everything the socket handlers and the REST publish
 //! endpoint share — the channel catalog, the channel registry, the message
-//! writer, the authenticator and the permission hook — and the publish
-//! entry point for back-end services.
+//! writer, the webhook dispatcher, the authenticator and the permission
+//! hook — the publish entry point for back-end services, and the end of a
+//! graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;

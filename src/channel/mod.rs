@@ -338,14 +338,7 @@ impl Channel {
                     // unwrap: front() just returned Some.
                     let pending = self.pending.pop_front().unwrap();
                     frames.push(pending.frame);
-                    match pending.webhook {
-                        Webhook::None => {}
-                        Webhook::Ready(message, definition) => {
-                            self.webhooks.dispatch(message, definition)
-                        }
-                        Webhook::Deferred => self.webhooks.defer(),
-                    }
-                    delivered.push((pending.id, pending.row, pending.reply));
+                    delivered.push((pending.id, pending.row, pending.reply, pending.webhook));
                 }
                 Some(Err(_)) => {
                     METRICS.messages_failed.inc();
@@ -365,10 +358,18 @@ impl Channel {
                 .socket_deliveries
                 .add(delivered.len() as u64 * n_sent as u64);
             if n_sent > 0 {
-                let counts = delivered.iter().map(|(id, _, _)| (*id, n_sent)).collect();
+                let counts = delivered.iter().map(|(id, ..)| (*id, n_sent)).collect();
                 self.writer.do_send(RecordAudience(counts));
             }
-            for (id, row, reply) in delivered {
+            // Sockets first; webhooks are handed over after, never waited on.
+            for (id, row, reply, webhook) in delivered {
+                match webhook {
+                    Webhook::None => {}
+                    Webhook::Ready(message, definition) => {
+                        self.webhooks.dispatch(message, definition)
+                    }
+                    Webhook::Deferred => self.webhooks.defer(),
+                }
                 let Some(reply) = reply else { continue };
                 let row = row.map(|row| messages::Model {
                     ws_audience_count: n_sent,

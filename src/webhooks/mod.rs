@@ -14,8 +14,10 @@
 //!   messages stay in the backlog and are read back as room frees up.
 //! - **Retries.** A connection failure or a timeout is retried after each
 //!   of `webhooks.retry_delays_ms`; an HTTP answer is final (2xx counts as
-//!   delivered).
+//!   delivered). A receiver that fails three times in a row is paused and
+//!   probed, one request at a time, with a doubling pause.
 //! - **Signed** the Standard Webhooks way when a secret is configured.
+//! - **Batched**, for URLs that opt in (`[[webhooks.batch]]`).
 //!
 //! # Layout
 //! - [`address`]: which addresses may be posted to.
@@ -281,7 +283,8 @@ pub struct WebhookDispatcher {
     db: DatabaseConnection,
     catalog: Arc<ChannelCatalog>,
     writer: Addr<MessageWriter>,
-    /// Made on the dispatcher's own thread when it starts (not `Send`).
+    /// Made on the dispatcher's own thread at the first request (an
+    /// `awc::Client` is not `Send`).
     client: Option<awc::Client>,
     overflowed: Arc<AtomicBool>,
     /// Per URL, while it has deliveries; removed when it has none.
@@ -900,7 +903,6 @@ impl Actor for WebhookDispatcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        self.client = Some(self.build_client());
         ctx.run_interval(TICK, |dispatcher, ctx| dispatcher.next_scan(ctx));
         // Counted once; the writer and `WebhooksRecorded` keep it after.
         let db = self.db.clone();

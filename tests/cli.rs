@@ -2,7 +2,6 @@
 //! serving on SQLite and stopping on SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -143,7 +142,7 @@ fn migrate_creates_the_sqlite_file_and_is_repeatable() {
 #[test]
 fn serves_on_sqlite_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut child = realtime()
         .current_dir(dir.path())
         .env("REALTIME__SERVER__HOST", "127.0.0.1")
@@ -199,15 +198,6 @@ fn serves_on_sqlite_and_stops_on_sigterm() {
     );
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -251,7 +241,7 @@ fn start_server(
 #[actix_rt::test]
 async fn sigterm_closes_sockets_and_writes_every_accepted_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     // A long batch window keeps accepted messages in memory when SIGTERM comes.
     let slow_commit = [
         ("REALTIME__DATABASE__BATCH_WINDOW_MS", "3000"),

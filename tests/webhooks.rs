@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::receiver::{closed_port, Receiver};
+use common::receiver::Receiver;
 use common::wire::SioClient;
 use common::{Backend, TestServer, ANON_KEY};
 use sea_orm::{ConnectionTrait, Statement};
@@ -212,7 +212,7 @@ async fn signed_requests_carry_the_standard_webhooks_headers(backend: Backend) {
 }
 
 async fn a_refused_connection_is_retried_and_counted_once(backend: Backend) {
-    let port = closed_port();
+    let port = common::free_port();
     let server = TestServer::start_with(
         backend,
         "[webhooks]\nretry_delays_ms = [600, 600]\ntimeout_ms = 2000\n",

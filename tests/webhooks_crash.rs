@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,11 +113,7 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
 
 async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
     let (database_url, _dir) = common::fresh_database(backend).await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let receiver = Receiver::start();
     receiver.set_paused(true);
     let mut server = Server::start(&database_url, port).await;
@@ -198,17 +193,9 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
     receiver.stop().await;
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Backend) {
     let (database_url, _dir) = common::fresh_database(backend).await;
-    let port = free_port();
+    let port = common::free_port();
     let receiver = Receiver::start();
     receiver.set_paused(true);
     let grace = [("REALTIME__SERVER__SHUTDOWN_GRACE_MS", "5000")];

@@ -22,6 +22,15 @@ pub const ANON_KEY: &str = "anon_test_anon_key_0001";
 /// The JWT secret of every test server.
 pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-characters";
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Which database a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -137,12 +137,3 @@ async fn receive(req: HttpRequest, body: Bytes, shared: web::Data<Shared>) -> Ht
     }
     HttpResponse::Ok().body("ok")
 }
-
-/// A loopback port with nothing listening on it (free a moment ago).
-pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_create_realtime_schema;
 mod m20261201_000001_create_webhook_pending;
+mod m20261201_000002_create_postgres_helpers;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20250101_000001_create_realtime_schema::Migration),
             Box::new(m20261201_000001_create_webhook_pending::Migration),
+            Box::new(m20261201_000002_create_postgres_helpers::Migration),
         ]
     }
 }

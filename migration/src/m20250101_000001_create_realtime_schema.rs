@@ -13,9 +13,11 @@ impl MigrationName for Migration {
 }
 
 /// PostgreSQL: InsForge's tables in schema `realtime`, column for column.
+/// Every statement leaves what exists alone, so pointing the server at an
+/// InsForge database keeps its tables, rows and indexes.
 const POSTGRES_UP: &[&str] = &[
     "CREATE SCHEMA IF NOT EXISTS realtime",
-    "CREATE TABLE realtime.channels (
+    "CREATE TABLE IF NOT EXISTS realtime.channels (
         id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
         pattern TEXT NOT NULL UNIQUE,
         description TEXT,
@@ -24,7 +26,7 @@ const POSTGRES_UP: &[&str] = &[
         created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
         updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
     )",
-    "CREATE TABLE realtime.messages (
+    "CREATE TABLE IF NOT EXISTS realtime.messages (
         id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
         event_name TEXT NOT NULL,
         channel_id UUID REFERENCES realtime.channels(id) ON DELETE SET NULL,
@@ -37,18 +39,18 @@ const POSTGRES_UP: &[&str] = &[
         wh_delivered_count INTEGER NOT NULL DEFAULT 0,
         created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
     )",
-    "CREATE TABLE realtime.config (
+    "CREATE TABLE IF NOT EXISTS realtime.config (
         id INTEGER PRIMARY KEY DEFAULT 1 CHECK (id = 1),
         retention_days INTEGER CHECK (retention_days IS NULL OR retention_days > 0),
         created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
         updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
     )",
     "INSERT INTO realtime.config (id, retention_days) VALUES (1, NULL) ON CONFLICT (id) DO NOTHING",
-    "CREATE INDEX idx_realtime_channels_enabled ON realtime.channels (enabled)",
-    "CREATE INDEX idx_realtime_messages_channel_id ON realtime.messages (channel_id)",
-    "CREATE INDEX idx_realtime_messages_channel_name ON realtime.messages (channel_name)",
-    "CREATE INDEX idx_realtime_messages_event_name ON realtime.messages (event_name)",
-    "CREATE INDEX idx_realtime_messages_created_at ON realtime.messages (created_at DESC)",
+    "CREATE INDEX IF NOT EXISTS idx_realtime_channels_enabled ON realtime.channels (enabled)",
+    "CREATE INDEX IF NOT EXISTS idx_realtime_messages_channel_id ON realtime.messages (channel_id)",
+    "CREATE INDEX IF NOT EXISTS idx_realtime_messages_channel_name ON realtime.messages (channel_name)",
+    "CREATE INDEX IF NOT EXISTS idx_realtime_messages_event_name ON realtime.messages (event_name)",
+    "CREATE INDEX IF NOT EXISTS idx_realtime_messages_created_at ON realtime.messages (created_at DESC)",
 ];
 
 const POSTGRES_DOWN: &[&str] = &[

@@ -621,14 +621,20 @@ impl WebhookDispatcher {
                 }
             }
         };
-        ctx.spawn(
-            attempt
-                .into_actor(self)
-                .map(move |attempt, dispatcher, ctx| {
-                    METRICS.webhook_latency.observe(started.elapsed());
-                    dispatcher.on_attempt(url, deliveries, attempt, ctx);
-                }),
-        );
+        // A task of its own on this thread, not a future of the actor's
+        // context: actix polls every future of a context whenever the actor
+        // wakes, and requests hanging at a dead receiver made each wake-up
+        // cost a poll of each of them.
+        let dispatcher = ctx.address();
+        actix_rt::spawn(async move {
+            let attempt = attempt.await;
+            METRICS.webhook_latency.observe(started.elapsed());
+            dispatcher.do_send(Attempted {
+                url,
+                deliveries,
+                attempt,
+            });
+        });
     }
 
     fn on_attempt(
@@ -934,6 +940,28 @@ impl Handler<Dispatch> for WebhookDispatcher {
             return;
         }
         self.track(message, &definition, ctx);
+    }
+}
+
+/// A request ended (sent by the task that made it).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Attempted {
+    url: String,
+    deliveries: Vec<Delivery>,
+    attempt: Attempt,
+}
+
+impl Handler<Attempted> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, attempted: Attempted, ctx: &mut Context<Self>) {
+        let Attempted {
+            url,
+            deliveries,
+            attempt,
+        } = attempted;
+        self.on_attempt(url, deliveries, attempt, ctx);
     }
 }
 

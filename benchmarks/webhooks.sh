@@ -31,7 +31,8 @@ run_case() { # case
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   local bench=(taskset -c "$bench_core" target/release/realtime-bench --server "127.0.0.1:$port")
-  local line
+  local line cpu_before cpu_after
+  cpu_before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   case $case in
     none) line=$("${bench[@]}" webhooks --receiver none --channels 16 --seconds "$seconds" 2>/dev/null) ;;
     ok-1) line=$("${bench[@]}" webhooks --receiver ok --channels 1 --seconds "$seconds" 2>/dev/null) ;;
@@ -39,9 +40,14 @@ run_case() { # case
     hang) line=$("${bench[@]}" webhooks --receiver hang --channels 16 --seconds "$seconds" 2>/dev/null) ;;
     refuse) line=$("${bench[@]}" webhooks --receiver refuse --channels 16 --seconds "$seconds" 2>/dev/null) ;;
   esac
+  cpu_after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$scratch"
-  echo "{\"case\":\"$case\",\"result\":$line}" | tee -a "$out"
+  # Server CPU (utime + stime, in seconds) over the run: steadier than
+  # throughput when the machine is busy.
+  local cpu
+  cpu=$(python3 -c "print(($cpu_after - $cpu_before) / $(getconf CLK_TCK))")
+  echo "{\"case\":\"$case\",\"server_cpu_seconds\":$cpu,\"result\":$line}" | tee -a "$out"
 }
 
 for _ in $(seq "$rounds"); do
@@ -62,14 +68,22 @@ def median(case, key, sub=None):
         if value is not None:
             values.append(value)
     return statistics.median(values) if values else None
+for run in runs:
+    acked = run["result"].get("acked") or 0
+    run["result"]["cpu_us_per_acked"] = run["server_cpu_seconds"] * 1e6 / acked if acked else None
 base = median("none", "acked_per_second")
-print(f"{'case':8} {'acked/s':>10} {'vs none':>8} {'ack p99 ms':>11} {'webhooks/s':>11} {'missing':>8}")
+base_cpu = median("none", "cpu_us_per_acked")
+print(f"{'case':8} {'acked/s':>10} {'vs none':>8} {'cpu us/acked':>13} {'vs none':>8} {'ack p99 ms':>11} {'webhooks/s':>11} {'missing':>8}")
 for case in ["none", "ok-1", "ok-100", "hang", "refuse"]:
     acked = median(case, "acked_per_second")
+    if acked is None:
+        continue
+    cpu = median(case, "cpu_us_per_acked")
     p99 = median(case, "ack_latency_us", "p99")
     hooks = median(case, "webhooks_per_second")
     missing = median(case, "webhooks_missing")
-    ratio = f"{acked / base:.2f}" if acked and base else "-"
-    print(f"{case:8} {acked or 0:>10.0f} {ratio:>8} {(p99 or 0) / 1000:>11.1f} {hooks or 0:>11.0f} {missing if missing is not None else '-':>8}")
+    ratio = f"{acked / base:.2f}" if base else "-"
+    cpu_ratio = f"{cpu / base_cpu:.2f}" if cpu and base_cpu else "-"
+    print(f"{case:8} {acked:>10.0f} {ratio:>8} {cpu or 0:>13.1f} {cpu_ratio:>8} {(p99 or 0) / 1000:>11.1f} {hooks or 0:>11.0f} {missing if missing is not None else '-':>8}")
 PY
 rm -f "$out"

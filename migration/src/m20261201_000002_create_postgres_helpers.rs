@@ -25,7 +25,13 @@ DECLARE
 BEGIN
   FOREACH role_name IN ARRAY ARRAY['anon', 'authenticated', 'project_admin'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-      EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+      BEGIN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        -- Roles belong to the whole cluster: another database's migration
+        -- (or another node) created it a moment ago.
+        NULL;
+      END;
     END IF;
   END LOOP;
 END
@@ -128,9 +134,11 @@ impl MigrationTrait for Migration {
             db.execute_unprepared(grant).await?;
         }
         for (signature, definition) in FUNCTIONS {
+            // A node starting at the same moment may create it first.
             let create = format!(
                 "DO $migration$ BEGIN IF to_regprocedure('{signature}') IS NULL THEN \
-                 EXECUTE {}; END IF; END $migration$",
+                 BEGIN EXECUTE {}; EXCEPTION WHEN duplicate_function THEN NULL; END; \
+                 END IF; END $migration$",
                 quote_literal(definition)
             );
             db.execute_unprepared(&create).await?;

@@ -133,16 +133,8 @@ async fn roles_helpers_and_publish_exist_and_behave() {
 
 /// A database as InsForge leaves it: its schema, roles and a
 /// `realtime.publish` of its own.
-async fn insforge_shaped(admin_url: &str) -> String {
-    let name = format!("rt_insforge_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(admin_url).await.unwrap();
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+async fn insforge_shaped() -> String {
+    let (url, _) = common::fresh_database(Backend::Postgres).await;
     let db: DatabaseConnection = Database::connect(&url).await.unwrap();
     for statement in [
         "CREATE SCHEMA realtime",
@@ -168,8 +160,7 @@ async fn an_insforge_database_migrates_cleanly_and_keeps_its_own() {
     if common::postgres_skipped() {
         return;
     }
-    let admin_url = std::env::var("REALTIME_TEST_POSTGRES_URL").unwrap();
-    let url = insforge_shaped(&admin_url).await;
+    let url = insforge_shaped().await;
     let settings = common::test_settings(&url, "");
     // Twice: starting again on a migrated database changes nothing either.
     for _ in 0..2 {

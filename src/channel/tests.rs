@@ -197,6 +197,24 @@ impl Setup {
         }
     }
 
+    /// A system message of `name` as stored history holds it (as the
+    /// PostgreSQL listener would find it).
+    fn stored_row(&self, name: &str, event: &str, payload: Value) -> messages::Model {
+        messages::Model {
+            id: Uuid::now_v7(),
+            event_name: event.into(),
+            channel_id: Some(self.definition.id),
+            channel_name: name.into(),
+            payload,
+            sender_type: "system".into(),
+            sender_id: None,
+            ws_audience_count: 0,
+            wh_audience_count: 0,
+            wh_delivered_count: 0,
+            created_at: persistence::now(),
+        }
+    }
+
     fn publish(
         &self,
         channel: &Addr<Channel>,
@@ -227,19 +245,7 @@ async fn published_and_stored_messages_share_one_order() {
 
     // A message that is already in history (as the PostgreSQL listener
     // would find it), arriving between two runs of publishes.
-    let stored = messages::Model {
-        id: Uuid::now_v7(),
-        event_name: "from-sql".into(),
-        channel_id: Some(setup.definition.id),
-        channel_name: "room:1".into(),
-        payload: json!({ "n": "stored" }),
-        sender_type: "system".into(),
-        sender_id: None,
-        ws_audience_count: 0,
-        wh_audience_count: 0,
-        wh_delivered_count: 0,
-        created_at: persistence::now(),
-    };
+    let stored = setup.stored_row("room:1", "from-sql", json!({ "n": "stored" }));
     persistence::messages::insert_batch(&setup.db, [&stored])
         .await
         .unwrap();
@@ -404,19 +410,7 @@ async fn stored_messages_reach_only_live_channels() {
         join: Join(inbox.subscriber()),
     });
     inbox.joined().await;
-    let row = |name: &str| messages::Model {
-        id: Uuid::now_v7(),
-        event_name: "sql".into(),
-        channel_id: Some(setup.definition.id),
-        channel_name: name.into(),
-        payload: json!(["not", "an", "object"]),
-        sender_type: "system".into(),
-        sender_id: None,
-        ws_audience_count: 0,
-        wh_audience_count: 0,
-        wh_delivered_count: 0,
-        created_at: persistence::now(),
-    };
+    let row = |name: &str| setup.stored_row(name, "sql", json!(["not", "an", "object"]));
     // Nobody listens on room:idle: no channel is started for it.
     setup.registry.do_send(DeliverStored(Stored {
         row: row("room:idle"),

@@ -725,6 +725,13 @@ impl WebhookDispatcher {
         if self.scan.running || self.stopping {
             return;
         }
+        let room = self.settings.max_queued.saturating_sub(self.n_held);
+        if room < self.settings.max_queued / 2 {
+            // Not now (the flag stays as it is, so channels keep leaving
+            // messages in the backlog): a tick or a finished delivery
+            // comes back here.
+            return;
+        }
         if self.scan.cursor.is_none() {
             if !self.scan.wanted && !self.overflowed.load(Ordering::Relaxed) {
                 return;
@@ -732,14 +739,6 @@ impl WebhookDispatcher {
             // A pass starts: overflows from now on ask for the next one.
             self.scan.wanted = false;
             self.overflowed.store(false, Ordering::Relaxed);
-        }
-        let room = self.settings.max_queued.saturating_sub(self.n_held);
-        if room < self.settings.max_queued / 2 {
-            // Not now: a tick or a finished delivery comes back here.
-            if self.scan.cursor.is_none() {
-                self.scan.wanted = true;
-            }
-            return;
         }
         self.scan.running = true;
         let db = self.db.clone();

@@ -67,6 +67,11 @@ pub struct DatabaseSettings {
     pub batch_size: usize,
     /// Longest wait for a batch to fill. Defaults to 2 ms.
     pub batch_window_ms: u64,
+    /// PostgreSQL: deliver messages stored by SQL. Defaults to true.
+    pub sql_publish: bool,
+    /// PostgreSQL: look for messages stored by SQL this often even without
+    /// a notification. Defaults to 1000 ms.
+    pub sql_publish_poll_ms: u64,
 }
 
 /// The `[retention]` section.
@@ -364,6 +369,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.batch_size",
                 "must be from 1 to 1000",
+            ));
+        }
+        if self.database.sql_publish_poll_ms < 10 {
+            return Err(ConfigError::new(
+                "database.sql_publish_poll_ms",
+                "must be at least 10",
             ));
         }
         if self.retention.sweep_interval_ms < 10 {

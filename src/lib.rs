@@ -37,4 +37,5 @@ pub mod rate_limit;
 pub mod realtime;
 pub mod server;
 pub mod socketio;
+pub mod sql_publish;
 pub mod webhooks;

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub writer_batches: Counter,
     /// Rows written by those batches.
     pub writer_rows: Counter,
+    /// Messages stored by SQL (PostgreSQL) that the sequencer numbered and
+    /// handed to channels and webhooks.
+    pub sql_messages: Counter,
+    /// Times the PostgreSQL listener connection was lost and made again.
+    pub sql_listener_reconnects: Counter,
     /// Webhook requests by outcome (indexed as [`WEBHOOK_OUTCOMES`]).
     pub webhook_requests: [Counter; 4],
     /// Webhook attempts that were retries.
@@ -139,6 +144,8 @@ pub static METRICS: Metrics = Metrics {
     publishes_rate_limited: Counter::new(),
     writer_batches: Counter::new(),
     writer_rows: Counter::new(),
+    sql_messages: Counter::new(),
+    sql_listener_reconnects: Counter::new(),
     webhook_requests: [const { Counter::new() }; 4],
     webhook_retries: Counter::new(),
     webhook_in_memory: Counter::new(),
@@ -256,6 +263,18 @@ pub fn render() -> String {
         "realtime_writer_rows_total",
         "Message rows written.",
         m.writer_rows.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_sql_messages_total",
+        "Messages stored by SQL (realtime.publish, INSERT) handed to channels and webhooks.",
+        m.sql_messages.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_sql_listener_reconnects_total",
+        "Times the PostgreSQL listener connection was lost and made again.",
+        m.sql_listener_reconnects.get(),
     );
     let _ = writeln!(
         out,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use entity::messages;
+use sea_orm::ConnectionTrait;
 use tokio::sync::oneshot;
 
 use crate::auth::Authenticator;
@@ -20,6 +21,7 @@ use crate::permissions::{AllowAll, PermissionHook};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
+use crate::sql_publish::SqlPublishes;
 use crate::webhooks::{WebhookDispatcher, Webhooks};
 
 /// The shared state of the realtime pipeline.
@@ -78,6 +80,22 @@ impl Realtime {
             settings.limits.max_pending_per_channel,
         )
         .start_on_own_thread();
+        if database.sql_publish && db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            SqlPublishes {
+                db: db.clone(),
+                url: database.url.clone(),
+                catalog: catalog.clone(),
+                registry: registry.clone(),
+                webhooks: webhooks.clone(),
+                poll: Duration::from_millis(database.sql_publish_poll_ms),
+            }
+            .spawn()
+            .map_err(|err| {
+                PersistenceError::Database(sea_orm::DbErr::Custom(format!(
+                    "cannot start the SQL publish listener: {err}"
+                )))
+            })?;
+        }
         Ok(Realtime {
             catalog,
             registry,

@@ -50,6 +50,7 @@ fn message(channel: Option<&Value>, name: &str, event: &str, minute: i64) -> mes
         wh_audience_count: 0,
         wh_delivered_count: 0,
         created_at: Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute),
+        seq: None,
     }
 }
 

@@ -24,6 +24,7 @@ backend_tests!(
     a_storage_failure_is_503_and_the_server_recovers,
     rest_publish_over_capacity_is_429,
     an_app_closes_a_session_through_its_session_table,
+    messages_are_numbered_in_the_order_they_were_stored,
 );
 
 async fn create_channel(server: &TestServer, pattern: &str) {
@@ -547,4 +548,63 @@ async fn an_app_closes_a_session_through_its_session_table(backend: Backend) {
         server.sockets.registry.get(&client.sid).is_none()
     })
     .await;
+}
+
+/// Every stored message gets a `seq`, increasing in the order each channel
+/// delivered its messages, across channels and whichever way they came in
+/// (socket, REST).
+async fn messages_are_numbered_in_the_order_they_were_stored(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let server = TestServer::start(backend).await;
+    create_channel(&server, "seq:%").await;
+    let mut client = anon(&server).await;
+    for channel in ["seq:a", "seq:b"] {
+        subscribe(&mut client, channel).await;
+    }
+    for n in 0..40 {
+        let channel = if n % 3 == 0 { "seq:a" } else { "seq:b" };
+        if n % 5 == 0 {
+            let (status, body) = server
+                .admin(
+                    "POST",
+                    "/api/realtime/messages",
+                    Some(json!({ "channel": channel, "event": "rest", "payload": { "n": n } })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        } else {
+            let ack = client
+                .call(
+                    "realtime:publish",
+                    json!({ "channel": channel, "event": "socket", "payload": { "n": n } }),
+                )
+                .await;
+            assert_eq!(ack["ok"], true, "{ack}");
+        }
+    }
+    let rows = server
+        .db
+        .query_all(Statement::from_string(
+            server.db.get_database_backend(),
+            "SELECT seq, payload FROM messages ORDER BY seq",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 40);
+    let mut last = 0i64;
+    for (n, row) in rows.iter().enumerate() {
+        let seq: Option<i64> = row.try_get("", "seq").unwrap();
+        let seq = seq.expect("every message is numbered");
+        assert!(seq > last, "seq increases: {seq} after {last}");
+        last = seq;
+        let payload: serde_json::Value = row.try_get("", "payload").unwrap();
+        let payload: serde_json::Value = match payload {
+            // SQLite keeps JSON as text.
+            serde_json::Value::String(text) => serde_json::from_str(&text).unwrap(),
+            other => other,
+        };
+        // Each publish was acknowledged before the next was sent, so seq
+        // order is publish order.
+        assert_eq!(payload["n"], n as i64, "row {n}");
+    }
 }

@@ -148,6 +148,10 @@ async fn insforge_shaped() -> String {
         "CREATE SCHEMA auth",
         "CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$ SELECT '00000000-0000-0000-0000-000000000001'::uuid $$",
         "CREATE FUNCTION realtime.publish(p_channel_name text, p_event_name text, p_payload jsonb) RETURNS uuid LANGUAGE sql AS $$ SELECT '00000000-0000-0000-0000-0000000000ff'::uuid $$",
+        // InsForge notifies every insert; its history predates `seq`.
+        "CREATE FUNCTION realtime.notify_on_message_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('realtime_message', NEW.id::text); RETURN NEW; END $$",
+        "CREATE TRIGGER trg_message_notify AFTER INSERT ON realtime.messages FOR EACH ROW EXECUTE FUNCTION realtime.notify_on_message_insert()",
+        "INSERT INTO realtime.messages (event_name, channel_name, created_at) VALUES ('second', 'order:1', '2025-01-02'), ('third', 'order:1', '2025-01-03'), ('first', 'order:1', '2025-01-01')",
     ] {
         db.execute_unprepared(statement).await.unwrap();
     }
@@ -183,6 +187,21 @@ async fn an_insforge_database_migrates_cleanly_and_keeps_its_own() {
         )
         .await;
         assert_eq!(description, "from InsForge");
+        // The history got its sequence once, oldest first; InsForge's
+        // notify trigger is still there beside ours.
+        let order: String = value(
+            db,
+            "SELECT string_agg(event_name || '=' || seq, ',' ORDER BY seq) FROM realtime.messages WHERE seq <= 3",
+        )
+        .await;
+        assert_eq!(order, "first=1,second=2,third=3");
+        let triggers: String = value(
+            db,
+            "SELECT string_agg(tgname::text, ',' ORDER BY tgname) FROM pg_trigger
+              WHERE tgrelid = 'realtime.messages'::regclass AND NOT tgisinternal",
+        )
+        .await;
+        assert_eq!(triggers, "trg_message_notify,trg_realtime_message_arrival");
         db.clone().close().await.unwrap();
     }
 }

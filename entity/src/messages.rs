@@ -29,6 +29,12 @@ pub struct Model {
     pub wh_delivered_count: i32,
     /// When the server accepted the message.
     pub created_at: DateTimeUtc,
+    /// The message's place in the order messages became visible, across
+    /// channels (ARCHITECTURE.md, "The message sequence"). `None` until the
+    /// writer (or, for rows inserted by SQL, the sequencer) numbers it; on
+    /// PostgreSQL a negative value marks a row inserted by SQL that waits
+    /// for its number.
+    pub seq: Option<i64>,
 }
 
 /// Relations of a message.

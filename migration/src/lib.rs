@@ -9,6 +9,9 @@ pub use sea_orm_migration::prelude::*;
 mod m20250101_000001_create_realtime_schema;
 mod m20261201_000001_create_webhook_pending;
 mod m20261201_000002_create_postgres_helpers;
+mod m20261201_000003_add_message_seq;
+
+pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -20,6 +23,12 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_create_realtime_schema::Migration),
             Box::new(m20261201_000001_create_webhook_pending::Migration),
             Box::new(m20261201_000002_create_postgres_helpers::Migration),
+            Box::new(m20261201_000003_add_message_seq::Migration),
         ]
     }
+}
+
+/// `text` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }

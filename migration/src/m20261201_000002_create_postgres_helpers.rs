@@ -7,6 +7,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
+use crate::quote_literal;
+
 /// Roles, helpers and `realtime.publish`.
 pub struct Migration;
 
@@ -156,9 +158,4 @@ impl MigrationTrait for Migration {
         // Roles and functions may be InsForge's own: nothing is dropped.
         Ok(())
     }
-}
-
-/// `text` as an SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }

@@ -572,6 +572,7 @@ impl Handler<Publish> for Channel {
             wh_audience_count: n_webhooks as i32,
             wh_delivered_count: 0,
             created_at,
+            seq: None,
         };
         METRICS.messages_accepted.inc();
         let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());

@@ -121,6 +121,8 @@ impl Setup {
             acquire_timeout_ms: 5000,
             batch_size: 64,
             batch_window_ms: 1,
+            sql_publish: false,
+            sql_publish_poll_ms: 1000,
         };
         let db = persistence::connect(&settings).await.unwrap();
         persistence::migrate(&db).await.unwrap();
@@ -212,6 +214,7 @@ impl Setup {
             wh_audience_count: 0,
             wh_delivered_count: 0,
             created_at: persistence::now(),
+            seq: None,
         }
     }
 

@@ -1,8 +1,8 @@
 //! Message history: batched inserts and count updates for the pipeline,
 //! listing, clearing and statistics for the REST API.
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use entity::messages::{self, Column, Entity as Messages};
@@ -55,10 +55,11 @@ pub struct MessageStats {
     pub top_events: Vec<(String, i64)>,
 }
 
-/// Inserts messages in one statement. Rows keep the ids and timestamps the
-/// caller gave them, so a retried batch cannot create a second copy: a
-/// repeated id is refused by the primary key. The rows are borrowed, so a
-/// caller that may retry keeps them without copying the batch first.
+/// Inserts messages in one statement, as history the server wrote (on
+/// PostgreSQL numbered like the writer's batches, so the sequencer does not
+/// take them for rows published by SQL). Rows keep the ids and timestamps
+/// the caller gave them, so a retried batch cannot create a second copy: a
+/// repeated id is refused by the primary key.
 ///
 /// # Errors
 /// Database failures; [`PersistenceError::Duplicate`] if an id exists.
@@ -66,7 +67,25 @@ pub async fn insert_batch<'a>(
     db: &DatabaseConnection,
     batch: impl IntoIterator<Item = &'a messages::Model>,
 ) -> Result<(), PersistenceError> {
-    insert_rows(db, batch, false).await
+    let rows: Vec<&messages::Model> = batch.into_iter().collect();
+    if db.get_database_backend() == DbBackend::Postgres {
+        return insert_numbered(db, &rows, false).await;
+    }
+    insert_rows(db, rows, false).await
+}
+
+/// The highest `seq` stored (SQLite: the writer numbers on from it).
+///
+/// # Errors
+/// Database failures.
+pub async fn max_seq(db: &DatabaseConnection) -> Result<Option<i64>, PersistenceError> {
+    let max: Option<Option<i64>> = Messages::find()
+        .select_only()
+        .column_as(Column::Seq.max(), "max")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(max.flatten())
 }
 
 /// The writer's batch on SQLite: inserts `batch` and records `audience`
@@ -94,9 +113,10 @@ pub async fn write_batch_in_one_transaction(
     Ok(())
 }
 
-/// The writer's batch on PostgreSQL: one statement inserts the rows and
-/// puts those that have webhook URLs (`wh_audience_count > 0`) in the
-/// webhook backlog, so durable webhooks cost no extra round trip.
+/// The writer's batch on PostgreSQL: one statement numbers the rows,
+/// inserts them, and puts those that have webhook URLs
+/// (`wh_audience_count > 0`) in the webhook backlog, so neither the
+/// sequence nor durable webhooks cost a round trip.
 ///
 /// # Errors
 /// Database failures (nothing is written); [`PersistenceError::Duplicate`]
@@ -105,24 +125,69 @@ pub async fn insert_batch_with_webhooks(
     db: &DatabaseConnection,
     batch: &[&messages::Model],
 ) -> Result<(), PersistenceError> {
-    if batch.is_empty() {
+    insert_numbered(db, batch, true).await
+}
+
+/// PostgreSQL: inserts `rows` numbered in order under the sequence lock
+/// (ARCHITECTURE.md, "The message sequence"), and, `with_backlog`, enters
+/// those with webhook URLs in the webhook backlog. The lock is taken before
+/// the sequence moves (`first` reads `locked`) and is held until the
+/// statement commits, so `seq` values become visible in increasing order.
+/// The statement's text depends only on the row count and is built once per
+/// count.
+async fn insert_numbered(
+    db: &DatabaseConnection,
+    rows: &[&messages::Model],
+    with_backlog: bool,
+) -> Result<(), PersistenceError> {
+    const COLUMNS: &str = "id, event_name, channel_id, channel_name, payload, sender_type, \
+                           sender_id, ws_audience_count, wh_audience_count, wh_delivered_count, created_at";
+    /// Statement texts by (row count, with backlog).
+    type Texts = std::sync::Mutex<HashMap<(usize, bool), Arc<str>>>;
+    static TEXTS: OnceLock<Texts> = OnceLock::new();
+    if rows.is_empty() {
         return Ok(());
     }
-    if batch.iter().all(|row| row.wh_audience_count == 0) {
-        return insert_rows(db, batch.iter().copied(), false).await;
-    }
-    let insert = Messages::insert_many(batch.iter().map(|row| active_model(row)))
-        .build(db.get_database_backend());
-    let sql = format!(
-        "WITH inserted AS ({} RETURNING id, wh_audience_count) \
-         INSERT INTO webhook_pending (message_id) \
-         SELECT id FROM inserted WHERE wh_audience_count > 0",
-        insert.sql
-    );
+    let n = rows.len();
+    let sql = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry((n, with_backlog))
+        .or_insert_with(|| {
+            let mut values = String::with_capacity(n * 64);
+            for row in 0..n {
+                let first = row * 11 + 1;
+                let params: Vec<String> = (first..first + 11).map(|i| format!("${i}")).collect();
+                let comma = if row == 0 { "" } else { ", " };
+                values.push_str(&format!("{comma}({}, {row})", params.join(", ")));
+            }
+            let backlog = if with_backlog {
+                "INSERT INTO webhook_pending (message_id) SELECT id FROM inserted WHERE wh_audience_count > 0"
+            } else {
+                "SELECT 1"
+            };
+            format!(
+                "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), \
+                 first AS MATERIALIZED (SELECT setval('realtime.message_seq', nextval('realtime.message_seq') + {last}) - {last} AS seq FROM locked), \
+                 inserted AS (INSERT INTO messages ({COLUMNS}, seq) \
+                   SELECT {picked}, first.seq + v.ord FROM first, (VALUES {values}) AS v({COLUMNS}, ord) \
+                   RETURNING id, wh_audience_count) \
+                 {backlog}",
+                lock = migration::SEQUENCE_LOCK,
+                last = n - 1,
+                picked = COLUMNS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", "),
+            )
+            .into()
+        })
+        .clone();
     db.execute(Statement::from_sql_and_values(
-        db.get_database_backend(),
-        sql,
-        insert.values.map(|values| values.0).unwrap_or_default(),
+        DbBackend::Postgres,
+        sql.as_ref(),
+        rows.iter().flat_map(|row| {
+            let [values @ .., _seq] = row_values(row);
+            values
+        }),
     ))
     .await
     .map_err(PersistenceError::from_write)?;
@@ -207,6 +272,7 @@ fn active_model(message: &messages::Model) -> messages::ActiveModel {
         wh_audience_count: Set(message.wh_audience_count),
         wh_delivered_count: Set(message.wh_delivered_count),
         created_at: Set(message.created_at),
+        seq: Set(message.seq),
     }
 }
 
@@ -232,7 +298,7 @@ fn sqlite_insert(rows: &[&messages::Model]) -> Statement {
 }
 
 /// A row's values in the entity's column order.
-fn row_values(message: &messages::Model) -> [sea_orm::Value; 11] {
+fn row_values(message: &messages::Model) -> [sea_orm::Value; 12] {
     [
         message.id.into(),
         message.event_name.clone().into(),
@@ -245,6 +311,7 @@ fn row_values(message: &messages::Model) -> [sea_orm::Value; 11] {
         message.wh_audience_count.into(),
         message.wh_delivered_count.into(),
         message.created_at.into(),
+        message.seq.into(),
     ]
 }
 
@@ -445,6 +512,7 @@ mod tests {
             wh_audience_count: 2,
             wh_delivered_count: 1,
             created_at: Utc::now(),
+            seq: None,
         }
     }
 

@@ -6,6 +6,8 @@
 //! - [`messages`]: history listing, clearing and statistics.
 //! - [`permissions`]: the row-level-security policies of realtime.
 //! - [`retention`]: the `config` singleton row.
+//! - [`sequencer`]: PostgreSQL: numbering rows stored by SQL, and the
+//!   connection that LISTENs for them.
 //! - [`sweeper`]: the `RetentionSweeper` actor, which deletes expired history.
 //! - [`webhooks`]: the durable backlog of webhook deliveries.
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
@@ -14,6 +16,7 @@ pub mod channels;
 pub mod messages;
 pub mod permissions;
 pub mod retention;
+pub mod sequencer;
 pub mod sweeper;
 pub mod webhooks;
 pub mod writer;

@@ -110,6 +110,11 @@ pub struct MessageWriter {
     window_timer: Option<SpawnHandle>,
     /// Callers of [`Drain`] waiting for the queues to empty.
     drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// SQLite: the `seq` of the next row, read from the database before the
+    /// first batch. The writer is SQLite's only writer and flushes one batch
+    /// at a time, so numbering rows as they are flushed is commit order.
+    /// (PostgreSQL numbers rows in the INSERT itself.)
+    next_seq: Option<i64>,
 }
 
 impl MessageWriter {
@@ -127,6 +132,7 @@ impl MessageWriter {
             counting: false,
             window_timer: None,
             drain_waiters: Vec::new(),
+            next_seq: None,
         }
     }
 
@@ -172,7 +178,7 @@ impl MessageWriter {
             ctx.cancel_future(timer);
         }
         let take = self.rows.len().min(self.batch_size);
-        let batch: Vec<_> = self.rows.drain(..take).collect();
+        let mut batch: Vec<_> = self.rows.drain(..take).collect();
         let (audience, webhooks) = if self.counts_apart {
             (Vec::new(), Vec::new())
         } else {
@@ -184,7 +190,13 @@ impl MessageWriter {
         self.flushing = true;
         let db = self.db.clone();
         let counts_apart = self.counts_apart;
+        let next_seq = self.next_seq;
         let write = async move {
+            let next_seq = if counts_apart {
+                Ok(None)
+            } else {
+                number_rows(&db, &mut batch, next_seq).await.map(Some)
+            };
             let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
             // SQLite: one transaction for all three (see
             // `write_batch_in_one_transaction`).
@@ -196,31 +208,36 @@ impl MessageWriter {
                 audience: &audience,
                 webhooks: &outcomes,
             });
-            let inserted = write_with_retries(&db, &rows, updates).await;
+            let (inserted, next_seq) = match next_seq {
+                Ok(next_seq) => (write_with_retries(&db, &rows, updates).await, next_seq),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read the last message sequence number; batch not stored");
+                    (Err(err), None)
+                }
+            };
             drop(rows);
-            (batch, webhooks, inserted)
+            (batch, webhooks, inserted, next_seq)
         };
-        ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |(batch, webhooks, inserted), writer, ctx| {
-                    writer.flushing = false;
-                    if inserted.is_ok() && !batch.is_empty() {
-                        let metrics = &crate::metrics::METRICS;
-                        metrics.writer_batches.inc();
-                        metrics.writer_rows.add(batch.len() as u64);
-                        let n_webhooks = batch
-                            .iter()
-                            .filter(|(row, _)| row.wh_audience_count > 0)
-                            .count();
-                        metrics.webhook_backlog.add(n_webhooks as u64);
-                    }
-                    // write_with_retries logged the database's words.
-                    notify_channels(batch, inserted.map_err(|_| PublishError::Storage));
-                    notify_webhooks(webhooks);
-                    writer.after_write(ctx);
-                }),
-        );
+        ctx.spawn(write.into_actor(self).map(
+            move |(batch, webhooks, inserted, next_seq), writer, ctx| {
+                writer.flushing = false;
+                writer.next_seq = next_seq;
+                if inserted.is_ok() && !batch.is_empty() {
+                    let metrics = &crate::metrics::METRICS;
+                    metrics.writer_batches.inc();
+                    metrics.writer_rows.add(batch.len() as u64);
+                    let n_webhooks = batch
+                        .iter()
+                        .filter(|(row, _)| row.wh_audience_count > 0)
+                        .count();
+                    metrics.webhook_backlog.add(n_webhooks as u64);
+                }
+                // write_with_retries logged the database's words.
+                notify_channels(batch, inserted.map_err(|_| PublishError::Storage));
+                notify_webhooks(webhooks);
+                writer.after_write(ctx);
+            },
+        ));
     }
 
     /// Writes waiting audience counts in their own statement, one such
@@ -284,6 +301,25 @@ impl MessageWriter {
         }
         self.schedule(ctx);
     }
+}
+
+/// SQLite: gives the batch's rows their `seq`, after `next` or, before the
+/// first batch, after the highest stored. Returns the next one. A batch
+/// that then fails leaves a gap, never a repeat.
+async fn number_rows(
+    db: &DatabaseConnection,
+    batch: &mut [(messages::Model, Recipient<Persisted>)],
+    next: Option<i64>,
+) -> Result<i64, PersistenceError> {
+    let mut next = match next {
+        Some(next) => next,
+        None => queries::max_seq(db).await?.unwrap_or(0) + 1,
+    };
+    for (row, _) in batch {
+        row.seq = Some(next);
+        next += 1;
+    }
+    Ok(next)
 }
 
 /// Writes `rows` (and their webhook backlog entries), with audience counts

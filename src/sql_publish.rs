@@ -1,0 +1,163 @@
+//! Publishing from SQL (PostgreSQL): messages that `realtime.publish()` in
+//! a user's trigger, or a direct `INSERT INTO realtime.messages`, stored
+//! reach subscribers and webhooks like any other.
+//!
+//! One task holds a LISTEN connection. Woken by a notification (or by a
+//! poll, a safety net), it asks the sequencer to number what SQL stored
+//! ([`sequencer::number_arrivals`]) and hands each row, in `seq` order, to
+//! its channel (`DeliverStored`, which reaches live channels only) and to
+//! the webhook dispatcher. Notifications sent while the connection is down
+//! are lost, so after every (re)connect it LISTENs first and then numbers
+//! everything waiting: a row is numbered exactly once, so it is handed on
+//! exactly once, whenever it was stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use entity::messages;
+use sea_orm::DatabaseConnection;
+
+use crate::channel::catalog::ChannelCatalog;
+use crate::channel::registry::{ChannelRegistry, DeliverStored};
+use crate::channel::Stored;
+use crate::metrics::METRICS;
+use crate::persistence::sequencer;
+use crate::webhooks::{WebhookMessage, Webhooks};
+
+/// Rows numbered per statement.
+const PAGE: u64 = 500;
+/// The first wait before connecting again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The task that delivers messages stored by SQL.
+pub struct SqlPublishes {
+    /// Where rows are numbered.
+    pub db: DatabaseConnection,
+    /// The database URL, for the listening connection.
+    pub url: String,
+    /// The channels rows may belong to (disabled ones get nothing).
+    pub catalog: Arc<ChannelCatalog>,
+    /// Live channels.
+    pub registry: Addr<ChannelRegistry>,
+    /// Webhook delivery.
+    pub webhooks: Webhooks,
+    /// Look for rows this often even without a notification.
+    pub poll: Duration,
+}
+
+impl SqlPublishes {
+    /// Runs on a thread of its own until the channel registry stops. (Its
+    /// own runtime, so the listening connection is always closed inside
+    /// one, whatever order an actix system shuts down in.)
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn spawn(self) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("realtime-sql-publish".into())
+            .spawn(move || runtime.block_on(self.run()))?;
+        Ok(())
+    }
+
+    /// Whether the pipeline it feeds still runs.
+    fn running(&self) -> bool {
+        self.registry.connected()
+    }
+
+    async fn run(self) {
+        let mut backoff = FIRST_BACKOFF;
+        while self.running() {
+            let mut listener = match sequencer::listen(&self.url).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64,
+                        "cannot listen for messages published by SQL; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = FIRST_BACKOFF;
+            tracing::debug!("listening for messages published by SQL");
+            // Listening first, then catching up: a row stored from now on
+            // is notified, one stored before is found by this pass.
+            self.catch_up().await;
+            while self.running() {
+                let woken = tokio::time::timeout(self.poll, listener.try_recv()).await;
+                match woken {
+                    // A notification, or the poll's time.
+                    Ok(Ok(Some(_))) | Err(_) => {
+                        // Every notification waiting is answered by one pass.
+                        while listener.next_buffered().is_some() {}
+                    }
+                    // The connection was lost and made again (LISTEN too):
+                    // what was notified meanwhile is caught up now.
+                    Ok(Ok(None)) => {
+                        METRICS.sql_listener_reconnects.inc();
+                        tracing::warn!(
+                            "the listening connection was lost and made again; catching up"
+                        );
+                    }
+                    Ok(Err(err)) => {
+                        METRICS.sql_listener_reconnects.inc();
+                        tracing::warn!(error = %err, "the listening connection was lost; connecting again");
+                        break;
+                    }
+                }
+                self.catch_up().await;
+            }
+        }
+    }
+
+    /// Numbers and hands on every row SQL stored, page by page. A failure
+    /// leaves the rest for the next wake-up.
+    async fn catch_up(&self) {
+        loop {
+            match sequencer::number_arrivals(&self.db, PAGE).await {
+                Ok(rows) => {
+                    let more = rows.len() as u64 == PAGE;
+                    self.hand_on(rows);
+                    if !more {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot number messages published by SQL; retrying later");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands numbered rows, in order, to their channels and webhooks. A
+    /// row of a channel that is gone or disabled goes nowhere (InsForge
+    /// skips them too).
+    fn hand_on(&self, rows: Vec<messages::Model>) {
+        for row in rows {
+            let Some(definition) = row.channel_id.and_then(|id| self.catalog.by_id(id)) else {
+                continue;
+            };
+            METRICS.sql_messages.inc();
+            if row.wh_audience_count > 0 {
+                // Entered in the backlog by the numbering statement.
+                METRICS.webhook_backlog.inc();
+                if definition.webhook_urls.is_empty() {
+                    // Its URLs went a moment ago: the backlog scan settles it.
+                    self.webhooks.defer();
+                } else {
+                    self.webhooks
+                        .dispatch(WebhookMessage::from_row(&row), definition);
+                }
+            }
+            self.registry.do_send(DeliverStored(Stored {
+                row,
+                via_registry: false,
+            }));
+        }
+    }
+}

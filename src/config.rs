@@ -33,6 +33,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Posting messages to channels' webhook URLs.
     pub webhooks: WebhookSettings,
+    /// Subscribe and publish permissions (row-level security).
+    pub permissions: PermissionSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -159,6 +161,24 @@ impl EngineIoSettings {
             max_attachment_bytes: self.max_payload,
         }
     }
+}
+
+/// The `[permissions]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionSettings {
+    /// Connections that evaluate policies, apart from the pipeline's pool
+    /// so a storm of subscribes cannot starve the writer. Defaults to 4.
+    pub pool_size: u32,
+    /// How long one socket's publish decision for one channel is reused.
+    /// 0 checks every publish, as InsForge does. Defaults to 1000 ms.
+    pub publish_cache_ms: u64,
+    /// How long a check may take before it counts as unavailable.
+    /// Defaults to 5000 ms.
+    pub check_timeout_ms: u64,
+    /// How often the policies' state is read again even without a
+    /// notification of change. Defaults to 30000 ms.
+    pub refresh_ms: u64,
 }
 
 /// The `[webhooks]` section.
@@ -399,6 +419,25 @@ impl Settings {
             return Err(ConfigError::new(
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
+            ));
+        }
+        let permissions = &self.permissions;
+        if permissions.pool_size == 0 {
+            return Err(ConfigError::new(
+                "permissions.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if permissions.check_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "permissions.check_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if permissions.refresh_ms < 100 {
+            return Err(ConfigError::new(
+                "permissions.refresh_ms",
+                "must be at least 100",
             ));
         }
         let webhooks = &self.webhooks;

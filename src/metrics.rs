@@ -61,6 +61,11 @@ pub struct Metrics {
     pub sql_messages: Counter,
     /// Times the PostgreSQL listener connection was lost and made again.
     pub sql_listener_reconnects: Counter,
+    /// Permission checks that went to the database, by decision (indexed
+    /// as [`PERMISSION_DECISIONS`]).
+    pub permission_checks: [Counter; 3],
+    /// Policies that failed with an error (each denied its caller).
+    pub permission_policy_errors: Counter,
     /// Webhook requests by outcome (indexed as [`WEBHOOK_OUTCOMES`]).
     pub webhook_requests: [Counter; 4],
     /// Webhook attempts that were retries.
@@ -75,6 +80,10 @@ pub struct Metrics {
     /// Webhook request durations.
     pub webhook_latency: Histogram,
 }
+
+/// Decisions of database permission checks, for
+/// [`Metrics::permission_checks`] (in `Decision`'s order).
+pub const PERMISSION_DECISIONS: [&str; 3] = ["allow", "deny", "unavailable"];
 
 /// How a webhook request ended, for [`Metrics::webhook_requests`].
 pub const WEBHOOK_OUTCOMES: [&str; 4] = ["2xx", "http_error", "network_error", "timeout"];
@@ -146,6 +155,8 @@ pub static METRICS: Metrics = Metrics {
     writer_rows: Counter::new(),
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
+    permission_checks: [const { Counter::new() }; 3],
+    permission_policy_errors: Counter::new(),
     webhook_requests: [const { Counter::new() }; 4],
     webhook_retries: Counter::new(),
     webhook_in_memory: Counter::new(),
@@ -275,6 +286,23 @@ pub fn render() -> String {
         "realtime_sql_listener_reconnects_total",
         "Times the PostgreSQL listener connection was lost and made again.",
         m.sql_listener_reconnects.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP realtime_permission_checks_total Permission checks evaluated in the database, by decision.\n# TYPE realtime_permission_checks_total counter"
+    );
+    for (decision, count) in PERMISSION_DECISIONS.iter().zip(&m.permission_checks) {
+        let _ = writeln!(
+            out,
+            "realtime_permission_checks_total{{decision=\"{decision}\"}} {}",
+            count.get()
+        );
+    }
+    counter(
+        &mut out,
+        "realtime_permission_policy_errors_total",
+        "Policies that failed with an error (each denied its caller).",
+        m.permission_policy_errors.get(),
     );
     let _ = writeln!(
         out,

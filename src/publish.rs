@@ -9,6 +9,7 @@ use actix_web::http::StatusCode;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::auth::{Principal, Role};
 use crate::channel::catalog::ChannelDef;
 use crate::pattern::validate_name;
 
@@ -197,6 +198,25 @@ impl Sender {
         sender_type: SenderType::System,
         sender_id: None,
     };
+
+    /// The sender a socket's messages carry: users and anon keys are
+    /// `user` (with `senderId` for authenticated users whose `sub` is a
+    /// uuid), API keys are the `system`.
+    pub fn of(principal: &Principal) -> Sender {
+        match principal {
+            Principal::ApiKey => Sender::SYSTEM,
+            Principal::AnonKey => Sender {
+                sender_type: SenderType::User,
+                sender_id: None,
+            },
+            Principal::Jwt { sub, role, .. } => Sender {
+                sender_type: SenderType::User,
+                sender_id: (*role == Role::Authenticated)
+                    .then(|| Uuid::parse_str(sub).ok())
+                    .flatten(),
+            },
+        }
+    }
 }
 
 /// A checked publish on its way to the channel it resolved to.

@@ -17,11 +17,11 @@ use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
 use crate::channel::{Publish, Reply};
 use crate::config::{LimitSettings, Settings};
-use crate::permissions::{AllowAll, PermissionHook};
+use crate::db_listener::DatabaseListener;
+use crate::permissions::{AllowAll, PermissionHook, PostgresPolicies};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
-use crate::sql_publish::SqlPublishes;
 use crate::webhooks::{WebhookDispatcher, Webhooks};
 
 /// The shared state of the realtime pipeline.
@@ -40,6 +40,9 @@ pub struct Realtime {
     pub permissions: Arc<dyn PermissionHook>,
     /// Per-socket and per-channel limits (`[limits]`).
     pub limits: LimitSettings,
+    /// How long a socket's publish decision for a channel is reused
+    /// (`permissions.publish_cache_ms`).
+    pub publish_cache: Duration,
 }
 
 impl Realtime {
@@ -80,30 +83,39 @@ impl Realtime {
             settings.limits.max_pending_per_channel,
         )
         .start_on_own_thread();
-        if database.sql_publish && db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            SqlPublishes {
-                db: db.clone(),
-                url: database.url.clone(),
-                catalog: catalog.clone(),
-                registry: registry.clone(),
-                webhooks: webhooks.clone(),
-                poll: Duration::from_millis(database.sql_publish_poll_ms),
-            }
-            .spawn()
-            .map_err(|err| {
-                PersistenceError::Database(sea_orm::DbErr::Custom(format!(
-                    "cannot start the SQL publish listener: {err}"
-                )))
-            })?;
-        }
+        let permissions: Arc<dyn PermissionHook> =
+            if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+                let policies = PostgresPolicies::open(database, &settings.permissions).await?;
+                DatabaseListener {
+                    db: db.clone(),
+                    url: database.url.clone(),
+                    catalog: catalog.clone(),
+                    registry: registry.clone(),
+                    webhooks: webhooks.clone(),
+                    poll: Duration::from_millis(database.sql_publish_poll_ms),
+                    sql_publish: database.sql_publish,
+                    permissions: policies.clone(),
+                    refresh: Duration::from_millis(settings.permissions.refresh_ms),
+                }
+                .spawn()
+                .map_err(|err| {
+                    PersistenceError::Database(sea_orm::DbErr::Custom(format!(
+                        "cannot start the database listener: {err}"
+                    )))
+                })?;
+                policies
+            } else {
+                Arc::new(AllowAll)
+            };
         Ok(Realtime {
             catalog,
             registry,
             writer,
             webhooks,
             auth,
-            permissions: Arc::new(AllowAll),
+            permissions,
             limits: settings.limits.clone(),
+            publish_cache: Duration::from_millis(settings.permissions.publish_cache_ms),
         })
     }
 

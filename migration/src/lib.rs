@@ -10,8 +10,10 @@ mod m20250101_000001_create_realtime_schema;
 mod m20261201_000001_create_webhook_pending;
 mod m20261201_000002_create_postgres_helpers;
 mod m20261201_000003_add_message_seq;
+mod m20261201_000004_notify_policy_changes;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
+pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -24,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_create_webhook_pending::Migration),
             Box::new(m20261201_000002_create_postgres_helpers::Migration),
             Box::new(m20261201_000003_add_message_seq::Migration),
+            Box::new(m20261201_000004_notify_policy_changes::Migration),
         ]
     }
 }

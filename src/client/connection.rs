@@ -1,13 +1,11 @@
 //! Admitting a connection (SPEC §3): which credential of the CONNECT auth
 //! object counts, and who the socket then is: its principal, its presence
-//! identity and the sender its messages carry.
+//! identity (its sender is `publish::Sender::of`).
 
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::channel::{subscriber::MemberKind, Member};
-use crate::publish::{Sender, SenderType};
 use crate::socketio::Refusal;
 
 /// Verifies the CONNECT auth object: `apiKey` first, as InsForge, then
@@ -75,29 +73,12 @@ pub(super) fn member(principal: &Principal, socket_id: &str) -> Member {
     }
 }
 
-/// The sender a socket's messages carry: users and anon keys are `user`
-/// (with `senderId` for authenticated users whose `sub` is a uuid),
-/// API keys are the `system`.
-pub(super) fn sender(principal: &Principal) -> Sender {
-    match principal {
-        Principal::ApiKey => Sender::SYSTEM,
-        Principal::AnonKey => Sender {
-            sender_type: SenderType::User,
-            sender_id: None,
-        },
-        Principal::Jwt { sub, role, .. } => Sender {
-            sender_type: SenderType::User,
-            sender_id: (*role == Role::Authenticated)
-                .then(|| Uuid::parse_str(sub).ok())
-                .flatten(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::AuthSettings;
+    use crate::publish::{Sender, SenderType};
+    use uuid::Uuid;
 
     fn authenticator() -> Authenticator {
         Authenticator::new(&AuthSettings {
@@ -149,9 +130,12 @@ mod tests {
                 kind: MemberKind::User
             }
         );
-        assert_eq!(sender(&principal).sender_id, Some(user));
+        assert_eq!(Sender::of(&principal).sender_id, Some(user));
         assert_eq!(member(&Principal::AnonKey, "sock").presence_id, "sock");
-        assert_eq!(sender(&Principal::AnonKey).sender_type, SenderType::User);
-        assert_eq!(sender(&Principal::ApiKey), Sender::SYSTEM);
+        assert_eq!(
+            Sender::of(&Principal::AnonKey).sender_type,
+            SenderType::User
+        );
+        assert_eq!(Sender::of(&Principal::ApiKey), Sender::SYSTEM);
     }
 }

@@ -25,6 +25,7 @@ use crate::auth::Principal;
 use crate::channel::{Member, SubscriberEvent};
 use crate::engineio::session::Session;
 use crate::engineio::{CloseReason, SessionEvent};
+use crate::permissions::Decision;
 use crate::publish::Sender;
 use crate::rate_limit::TokenBucket;
 use crate::realtime::Realtime;
@@ -49,6 +50,15 @@ pub enum ClientEvent {
         name: String,
         /// What it decided.
         authorization: Authorization,
+    },
+    /// The permission hook decided the first waiting publish of a channel.
+    PublishAuthorized {
+        /// The channel's name.
+        name: String,
+        /// What it decided.
+        decision: Decision,
+        /// The policy generation the decision was taken under.
+        generation: u64,
     },
     /// One of the socket's channels tells it something.
     Channel(SubscriberEvent),
@@ -140,7 +150,7 @@ impl SocketHandler for Client {
         auth: Option<&Value>,
     ) -> Result<(), Refusal> {
         let principal = connection::admit(&self.hub.auth, auth)?;
-        self.sender = connection::sender(&principal);
+        self.sender = Sender::of(&principal);
         self.principal = Some(principal);
         Ok(())
     }
@@ -191,6 +201,11 @@ impl SocketHandler for Client {
                 name,
                 authorization,
             } => self.on_authorized(socket, name, authorization),
+            ClientEvent::PublishAuthorized {
+                name,
+                decision,
+                generation,
+            } => self.on_publish_authorized(socket, &name, decision, generation),
             ClientEvent::Channel(SubscriberEvent::Frames(frames)) => {
                 socket.send_frames(&frames);
             }

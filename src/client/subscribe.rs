@@ -2,6 +2,9 @@
 //! name, ask the permission hook, join the channel through the registry,
 //! and answer with the presence snapshot.
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use actix::Addr;
 use serde_json::{json, Value};
 
@@ -10,7 +13,8 @@ use crate::channel::registry::JoinChannel;
 use crate::channel::{Channel, Join, Joined, Leave, Subscriber};
 use crate::engineio::SessionEvent;
 use crate::pattern::validate_name;
-use crate::permissions::{Action, Decision};
+use crate::permissions::{Action, Decision, Request};
+use crate::publish::Outgoing;
 use crate::socketio::Socket;
 
 /// A subscription, from request to live.
@@ -19,26 +23,46 @@ pub(super) enum Subscription {
     Authorizing { acks: Vec<u64> },
     /// Waiting for the channel to add us; `cancelled` if the client
     /// unsubscribed meanwhile.
-    Joining {
-        acks: Vec<u64>,
-        can_publish: bool,
-        cancelled: bool,
-    },
+    Joining { acks: Vec<u64>, cancelled: bool },
     /// Live.
     Joined {
         channel: Addr<Channel>,
-        can_publish: bool,
+        publish: PublishGate,
     },
+}
+
+/// The publish permission of one live subscription: the last decision,
+/// and the publishes that wait (in order) while it is being taken.
+#[derive(Default)]
+pub(super) struct PublishGate {
+    /// Allowed or not, when, under which policy generation.
+    pub(super) decided: Option<(bool, Instant, u64)>,
+    /// Publishes waiting for the check in flight, with their ack ids.
+    pub(super) waiting: VecDeque<(Outgoing, Option<u64>)>,
+}
+
+impl PublishGate {
+    /// The last decision, if it was taken under `generation` less than
+    /// `cache` ago.
+    pub(super) fn fresh_decision(
+        &self,
+        generation: u64,
+        cache: std::time::Duration,
+    ) -> Option<Decision> {
+        let (allowed, at, taken_under) = self.decided?;
+        (taken_under == generation && at.elapsed() < cache).then_some(if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        })
+    }
 }
 
 /// What the permission hook said of a subscribe.
 #[derive(Debug)]
 pub enum Authorization {
-    /// Subscribing is allowed; so is publishing when `can_publish`.
-    Granted {
-        /// The publish decision, kept for the subscription's life.
-        can_publish: bool,
-    },
+    /// Subscribing is allowed.
+    Granted,
     /// The subscribe policy denies it.
     Denied,
     /// The hook could not decide.
@@ -97,13 +121,13 @@ impl Client {
                 acks.extend(ack_id);
                 return;
             }
-            Some(Subscription::Joined { can_publish, .. }) => {
+            Some(Subscription::Joined { .. }) => {
                 // Already live: join again (the channel keeps one entry per
                 // socket) for a fresh snapshot. Through the registry, which
-                // counts joins before it retires a channel.
-                let can_publish = *can_publish;
+                // counts joins before it retires a channel. The publish
+                // decision is taken again.
                 if let Some(subscriber) = self.subscriber(socket) {
-                    self.join(name, subscriber, ack_id.into_iter().collect(), can_publish);
+                    self.join(name, subscriber, ack_id.into_iter().collect());
                 }
                 return;
             }
@@ -132,29 +156,38 @@ impl Client {
                 "not connected",
             );
         };
+        let permissions = self.hub.permissions.clone();
+        match permissions.quick(&principal, Action::Subscribe) {
+            Some(Decision::Allow) => {
+                if let Some(subscriber) = self.subscriber(socket) {
+                    self.join(name, subscriber, ack_id.into_iter().collect());
+                }
+                return;
+            }
+            Some(Decision::Deny) => {
+                return Self::refuse_subscribe(
+                    socket,
+                    ack_id,
+                    &name,
+                    "REALTIME_UNAUTHORIZED",
+                    "not allowed to subscribe",
+                );
+            }
+            Some(Decision::Unavailable) | None => {}
+        }
         self.subscriptions.insert(
             name.clone(),
             Subscription::Authorizing {
                 acks: ack_id.into_iter().collect(),
             },
         );
-        let permissions = self.hub.permissions.clone();
         let client = socket.address();
+        let check = permissions.check(&principal, Request::Subscribe, &name, &channel);
         actix::spawn(async move {
-            let subscribe = permissions
-                .check(&principal, Action::Subscribe, &name, &channel)
-                .await;
-            let authorization = match subscribe {
+            let authorization = match check.await {
+                Decision::Allow => Authorization::Granted,
                 Decision::Deny => Authorization::Denied,
                 Decision::Unavailable => Authorization::Unavailable,
-                Decision::Allow => match permissions
-                    .check(&principal, Action::Publish, &name, &channel)
-                    .await
-                {
-                    Decision::Allow => Authorization::Granted { can_publish: true },
-                    Decision::Deny => Authorization::Granted { can_publish: false },
-                    Decision::Unavailable => Authorization::Unavailable,
-                },
             };
             client.do_send(SessionEvent(ClientEvent::Authorized {
                 name,
@@ -173,8 +206,8 @@ impl Client {
             return;
         };
         let refusal = match authorization {
-            Authorization::Granted { can_publish } => match self.subscriber(socket) {
-                Some(subscriber) => return self.join(name, subscriber, acks, can_publish),
+            Authorization::Granted => match self.subscriber(socket) {
+                Some(subscriber) => return self.join(name, subscriber, acks),
                 None => ("REALTIME_UNAUTHORIZED", "not connected"),
             },
             Authorization::Denied => ("REALTIME_UNAUTHORIZED", "not allowed to subscribe"),
@@ -198,7 +231,7 @@ impl Client {
 
     /// Asks the registry to add `subscriber` to `name` (it counts joins
     /// before it retires a channel) and waits for `Joined`.
-    fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>, can_publish: bool) {
+    fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>) {
         self.hub.registry.do_send(JoinChannel {
             name: name.clone(),
             join: Join(subscriber),
@@ -207,7 +240,6 @@ impl Client {
             name,
             Subscription::Joining {
                 acks,
-                can_publish,
                 cancelled: false,
             },
         );
@@ -219,11 +251,8 @@ impl Client {
             channel,
             members,
         } = joined;
-        let Some(Subscription::Joining {
-            acks,
-            can_publish,
-            cancelled,
-        }) = self.subscriptions.remove(name.as_ref())
+        let Some(Subscription::Joining { acks, cancelled }) =
+            self.subscriptions.remove(name.as_ref())
         else {
             return;
         };
@@ -245,7 +274,7 @@ impl Client {
                 name.to_string(),
                 Subscription::Joined {
                     channel,
-                    can_publish,
+                    publish: PublishGate::default(),
                 },
             );
         }
@@ -261,11 +290,18 @@ impl Client {
             return Self::emit_error(socket, None, "INVALID_INPUT", "expected {channel: string}");
         };
         match self.subscriptions.get_mut(name) {
-            Some(Subscription::Joined { channel, .. }) => {
+            Some(Subscription::Joined { channel, publish }) => {
                 channel.do_send(Leave {
                     subscriber_id: self.subscriber_id,
                 });
+                let waiting = std::mem::take(&mut publish.waiting);
                 self.subscriptions.remove(name);
+                let err = crate::publish::PublishError::NotSubscribed(
+                    "unsubscribed before the publish was authorized".into(),
+                );
+                for (_, ack_id) in waiting {
+                    Self::publish_failed(socket, ack_id, Some(name), &err);
+                }
             }
             Some(Subscription::Joining { cancelled, .. }) => *cancelled = true,
             Some(Subscription::Authorizing { .. }) => {
@@ -294,13 +330,10 @@ impl Client {
         }
     }
 
-    /// The live channel and publish permission of `name`, if subscribed.
-    pub(super) fn joined(&self, name: &str) -> Option<(&Addr<Channel>, bool)> {
-        match self.subscriptions.get(name)? {
-            Subscription::Joined {
-                channel,
-                can_publish,
-            } => Some((channel, *can_publish)),
+    /// The live channel and publish gate of `name`, if subscribed.
+    pub(super) fn joined(&mut self, name: &str) -> Option<(&Addr<Channel>, &mut PublishGate)> {
+        match self.subscriptions.get_mut(name)? {
+            Subscription::Joined { channel, publish } => Some((channel, publish)),
             _ => None,
         }
     }

@@ -1,8 +1,13 @@
 //! Row-level-security policies that govern realtime: on PostgreSQL the
 //! policies of `realtime.channels` (subscribe) and `realtime.messages`
-//! (publish), read from `pg_policies`. SQLite has no policies yet.
+//! (publish), read from `pg_policies`, and checks that evaluate them as
+//! InsForge does. SQLite has no policies yet.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
+    Value,
+};
+use uuid::Uuid;
 
 use super::PersistenceError;
 
@@ -72,4 +77,208 @@ pub async fn realtime_policies(
         }
     }
     Ok(policies)
+}
+
+/// The roles policies are written for, in the order of
+/// [`RlsState::roles`].
+pub const ROLES: [&str; 3] = ["anon", "authenticated", "project_admin"];
+
+/// What decides whether checks need the database at all (PostgreSQL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RlsState {
+    /// Row-level security is on for `realtime.channels`.
+    pub channels_rls: bool,
+    /// Row-level security is on for `realtime.messages`.
+    pub messages_rls: bool,
+    /// Per role of [`ROLES`].
+    pub roles: [RoleRights; 3],
+}
+
+/// A role's table privileges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoleRights {
+    /// `SELECT` on `realtime.channels`.
+    pub select_channels: bool,
+    /// `INSERT` on `realtime.messages`.
+    pub insert_messages: bool,
+    /// `BYPASSRLS` (or superuser).
+    pub bypass_rls: bool,
+}
+
+/// Reads whether row-level security is on and what each role may do.
+///
+/// # Errors
+/// Database failures.
+pub async fn rls_state(db: &DatabaseConnection) -> Result<RlsState, PersistenceError> {
+    let rows = db
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            // A table that is missing (renamed, being migrated) restricts
+            // nothing here: the writer reports the storage failure.
+            "SELECT r.rolname::text AS role,
+                    COALESCE(has_table_privilege(r.oid, t.channels, 'SELECT'), true) AS select_channels,
+                    COALESCE(has_table_privilege(r.oid, t.messages, 'INSERT'), true) AS insert_messages,
+                    (r.rolbypassrls OR r.rolsuper) AS bypass_rls,
+                    COALESCE((SELECT relrowsecurity FROM pg_class WHERE oid = t.channels), false) AS channels_rls,
+                    COALESCE((SELECT relrowsecurity FROM pg_class WHERE oid = t.messages), false) AS messages_rls
+               FROM pg_roles r,
+                    (SELECT to_regclass('realtime.channels') AS channels,
+                            to_regclass('realtime.messages') AS messages) AS t
+              WHERE r.rolname IN ('anon', 'authenticated', 'project_admin')",
+        ))
+        .await?;
+    let mut state = RlsState::default();
+    for row in rows {
+        let role: String = row.try_get("", "role")?;
+        state.channels_rls = row.try_get("", "channels_rls")?;
+        state.messages_rls = row.try_get("", "messages_rls")?;
+        if let Some(index) = ROLES.iter().position(|name| *name == role) {
+            state.roles[index] = RoleRights {
+                select_channels: row.try_get("", "select_channels")?,
+                insert_messages: row.try_get("", "insert_messages")?,
+                bypass_rls: row.try_get("", "bypass_rls")?,
+            };
+        }
+    }
+    Ok(state)
+}
+
+/// One permission question, with what policies may look at.
+#[derive(Clone, Debug)]
+pub struct AccessRequest {
+    /// `anon`, `authenticated` or `project_admin`.
+    pub role: &'static str,
+    /// The caller's claims as JSON (`request.jwt.claims`).
+    pub claims: String,
+    /// The resolved channel name (`realtime.channel_name()`).
+    pub channel_name: String,
+    /// What is asked.
+    pub action: AccessAction,
+}
+
+/// Subscribe, or publish a given message.
+#[derive(Clone, Debug)]
+pub enum AccessAction {
+    /// SELECT on `realtime.channels`.
+    Subscribe,
+    /// INSERT of this row into `realtime.messages` (rolled back).
+    Publish {
+        /// The channel definition the name resolved to.
+        channel_id: Uuid,
+        /// The event.
+        event_name: String,
+        /// The payload as published.
+        payload: serde_json::Value,
+        /// `user` or `system`.
+        sender_type: &'static str,
+        /// The publishing user, if any.
+        sender_id: Option<Uuid>,
+    },
+}
+
+/// What the policies said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessOutcome {
+    /// A policy lets it through.
+    Allowed,
+    /// No policy does (or the role lacks the privilege).
+    Denied,
+    /// A policy failed with an error (it raised, or divided by zero):
+    /// denied for this caller; the database's words are kept for the log.
+    PolicyFailed(String),
+}
+
+/// Evaluates `request` as InsForge does: in one transaction, as the
+/// caller's role, with `request.jwt.claims` and `realtime.channel_name`
+/// set; subscribe is `SELECT 1 FROM realtime.channels` matching the name,
+/// publish an INSERT of the message into `realtime.messages`. The
+/// transaction is always rolled back (the real row is the writer's).
+///
+/// # Errors
+/// Only failures to reach the database; whatever the policies do is an
+/// [`AccessOutcome`].
+pub async fn check_postgres(
+    db: &DatabaseConnection,
+    request: &AccessRequest,
+) -> Result<AccessOutcome, PersistenceError> {
+    let txn = db.begin().await?;
+    let evaluated = evaluate(&txn, request).await;
+    // Dropping the transaction would roll back too, but not before the
+    // connection goes back to the pool.
+    let _ = txn.rollback().await;
+    match evaluated {
+        Ok(true) => Ok(AccessOutcome::Allowed),
+        Ok(false) => Ok(AccessOutcome::Denied),
+        Err(err) => match sqlstate(&err) {
+            // insufficient_privilege: "new row violates row-level security
+            // policy", or a role without the grant.
+            Some(code) if code == "42501" => Ok(AccessOutcome::Denied),
+            Some(_) => Ok(AccessOutcome::PolicyFailed(err.to_string())),
+            None => Err(err.into()),
+        },
+    }
+}
+
+async fn evaluate<C: ConnectionTrait>(conn: &C, request: &AccessRequest) -> Result<bool, DbErr> {
+    conn.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT set_config('role', $1, true), \
+                set_config('request.jwt.claims', $2, true), \
+                set_config('realtime.channel_name', $3, true)",
+        [
+            Value::from(request.role),
+            Value::from(request.claims.as_str()),
+            Value::from(request.channel_name.as_str()),
+        ],
+    ))
+    .await?;
+    match &request.action {
+        AccessAction::Subscribe => {
+            let row = conn
+                .query_one(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT 1 AS allowed FROM realtime.channels \
+                     WHERE enabled AND (pattern = $1 OR $1 LIKE pattern) LIMIT 1",
+                    [Value::from(request.channel_name.as_str())],
+                ))
+                .await?;
+            Ok(row.is_some())
+        }
+        AccessAction::Publish {
+            channel_id,
+            event_name,
+            payload,
+            sender_type,
+            sender_id,
+        } => {
+            conn.execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO realtime.messages \
+                 (event_name, channel_id, channel_name, payload, sender_type, sender_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    Value::from(event_name.as_str()),
+                    Value::from(*channel_id),
+                    Value::from(request.channel_name.as_str()),
+                    Value::from(payload.clone()),
+                    Value::from(*sender_type),
+                    Value::from(*sender_id),
+                ],
+            ))
+            .await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The SQLSTATE of an error the database answered with; `None` for
+/// failures to reach it (connection, pool, I/O).
+fn sqlstate(err: &DbErr) -> Option<String> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db)))
+        | DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db))) => {
+            Some(db.code().map(|code| code.into_owned()).unwrap_or_default())
+        }
+        _ => None,
+    }
 }

@@ -75,7 +75,8 @@ pub async fn number_arrivals(
     Ok(rows)
 }
 
-/// Opens the dedicated connection that LISTENs for new rows stored by SQL.
+/// Opens the dedicated connection that LISTENs for new rows stored by SQL
+/// and for policy changes.
 /// On its own (the pool's connections are lent out per query); when the
 /// connection is lost, [`PgListener::try_recv`] makes it again, LISTENs
 /// again, and returns `Ok(None)` so the caller knows to catch up.
@@ -91,7 +92,9 @@ pub async fn listen(url: &str) -> Result<PgListener, PersistenceError> {
         .connect_lazy_with(options);
     let listen = async {
         let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(migration::SEQUENCE_CHANNEL).await?;
+        listener
+            .listen_all([migration::SEQUENCE_CHANNEL, migration::POLICY_CHANNEL])
+            .await?;
         Ok::<_, sea_orm::sqlx::Error>(listener)
     };
     listen

@@ -117,6 +117,8 @@ pub struct TestServer {
     /// The `/socket.io/` endpoint and its open sessions.
     pub sockets: realtime::server::Sockets,
     pub backend: Backend,
+    /// The database URL the server was started with.
+    pub database_url: String,
     handle: ServerHandle,
     client: awc::Client,
     _dir: Option<tempfile::TempDir>,
@@ -133,6 +135,7 @@ impl TestServer {
         let (url, dir) = fresh_database(backend).await;
         let settings = test_settings(&url, extra_toml);
         let state = AppState::open(settings).await.unwrap();
+        let database_url = url.clone();
         let db = state.db.clone();
         let realtime = state.realtime.clone();
         let sockets = state.sockets.clone();
@@ -150,6 +153,7 @@ impl TestServer {
             realtime,
             sockets,
             backend,
+            database_url,
             handle,
             client,
             _dir: dir,

@@ -1,9 +1,14 @@
-//! Publishing from SQL (PostgreSQL): messages that `realtime.publish()` in
-//! a user's trigger, or a direct `INSERT INTO realtime.messages`, stored
-//! reach subscribers and webhooks like any other.
+//! What the server hears from PostgreSQL on its one LISTEN connection:
 //!
-//! One task holds a LISTEN connection. Woken by a notification (or by a
-//! poll, a safety net), it asks the sequencer to number what SQL stored
+//! - **Publishing from SQL**: messages that `realtime.publish()` in a
+//!   user's trigger, or a direct `INSERT INTO realtime.messages`, stored
+//!   reach subscribers and webhooks like any other.
+//! - **Policy changes**: the permission hook drops its cached decisions
+//!   and reads the policies' state again (and now and then without being
+//!   told, in case a change went unnoticed).
+//!
+//! A thread of its own holds the connection. Woken by a notification (or
+//! by a poll, a safety net), it asks the sequencer to number what SQL stored
 //! ([`sequencer::number_arrivals`]) and hands each row, in `seq` order, to
 //! its channel (`DeliverStored`, which reaches live channels only) and to
 //! the webhook dispatcher. Notifications sent while the connection is down
@@ -12,7 +17,7 @@
 //! exactly once, whenever it was stored.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use entity::messages;
@@ -22,6 +27,7 @@ use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, DeliverStored};
 use crate::channel::Stored;
 use crate::metrics::METRICS;
+use crate::permissions::PermissionHook;
 use crate::persistence::sequencer;
 use crate::webhooks::{WebhookMessage, Webhooks};
 
@@ -32,7 +38,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The task that delivers messages stored by SQL.
-pub struct SqlPublishes {
+pub struct DatabaseListener {
     /// Where rows are numbered.
     pub db: DatabaseConnection,
     /// The database URL, for the listening connection.
@@ -45,9 +51,16 @@ pub struct SqlPublishes {
     pub webhooks: Webhooks,
     /// Look for rows this often even without a notification.
     pub poll: Duration,
+    /// Whether rows SQL stores are delivered (`database.sql_publish`).
+    pub sql_publish: bool,
+    /// Told of policy changes.
+    pub permissions: Arc<dyn PermissionHook>,
+    /// Read the policies' state again this often even without a
+    /// notification (`permissions.refresh_ms`).
+    pub refresh: Duration,
 }
 
-impl SqlPublishes {
+impl DatabaseListener {
     /// Runs on a thread of its own until the channel registry stops. (Its
     /// own runtime, so the listening connection is always closed inside
     /// one, whatever order an actix system shuts down in.)
@@ -83,18 +96,23 @@ impl SqlPublishes {
                 }
             };
             backoff = FIRST_BACKOFF;
-            tracing::debug!("listening for messages published by SQL");
-            // Listening first, then catching up: a row stored from now on
-            // is notified, one stored before is found by this pass.
+            tracing::debug!("listening for messages published by SQL and policy changes");
+            // Listening first, then catching up: a row stored (or a policy
+            // changed) from now on is notified, one before is found now.
+            self.permissions.policies_changed().await;
             self.catch_up().await;
+            let mut last_refresh = Instant::now();
             while self.running() {
                 let woken = tokio::time::timeout(self.poll, listener.try_recv()).await;
+                let mut notified = Vec::new();
                 match woken {
-                    // A notification, or the poll's time.
-                    Ok(Ok(Some(_))) | Err(_) => {
-                        // Every notification waiting is answered by one pass.
-                        while listener.next_buffered().is_some() {}
+                    Ok(Ok(Some(notification))) => {
+                        notified.push(notification);
+                        // Every notification waiting is answered at once.
+                        notified.extend(std::iter::from_fn(|| listener.next_buffered()));
                     }
+                    // The poll's time.
+                    Err(_) => {}
                     // The connection was lost and made again (LISTEN too):
                     // what was notified meanwhile is caught up now.
                     Ok(Ok(None)) => {
@@ -102,12 +120,25 @@ impl SqlPublishes {
                         tracing::warn!(
                             "the listening connection was lost and made again; catching up"
                         );
+                        self.permissions.policies_changed().await;
+                        last_refresh = Instant::now();
                     }
                     Ok(Err(err)) => {
                         METRICS.sql_listener_reconnects.inc();
                         tracing::warn!(error = %err, "the listening connection was lost; connecting again");
                         break;
                     }
+                }
+                if notified
+                    .iter()
+                    .any(|notification| notification.channel() == migration::POLICY_CHANNEL)
+                {
+                    tracing::debug!("policies changed");
+                    self.permissions.policies_changed().await;
+                    last_refresh = Instant::now();
+                } else if last_refresh.elapsed() >= self.refresh {
+                    self.permissions.refresh().await;
+                    last_refresh = Instant::now();
                 }
                 self.catch_up().await;
             }
@@ -117,6 +148,9 @@ impl SqlPublishes {
     /// Numbers and hands on every row SQL stored, page by page. A failure
     /// leaves the rest for the next wake-up.
     async fn catch_up(&self) {
+        if !self.sql_publish {
+            return;
+        }
         loop {
             match sequencer::number_arrivals(&self.db, PAGE).await {
                 Ok(rows) => {

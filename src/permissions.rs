@@ -31,6 +31,7 @@ use crate::metrics::METRICS;
 use crate::persistence::permissions::{
     self as queries, AccessAction, AccessOutcome, AccessRequest, RlsState, ROLES,
 };
+use crate::persistence::policies::{self, PolicyAction, SqlitePolicySet, SqliteRequest};
 use crate::persistence::{self, PersistenceError};
 use crate::publish::Sender;
 
@@ -295,5 +296,174 @@ impl PermissionHook for PostgresPolicies {
 
     fn refresh(&self) -> Refresh<'_> {
         Box::pin(self.read_state())
+    }
+}
+
+/// The SQLite policy store (`persistence::policies`): conditions are SQLite
+/// expressions over the one-row table `request`, evaluated by SQLite. An
+/// action that never had a policy is open; once it had one, a caller needs
+/// a policy for its role whose condition holds (PostgreSQL's semantics with
+/// row-level security on).
+pub struct SqlitePolicies {
+    db: DatabaseConnection,
+    generation: AtomicU64,
+    set: RwLock<SqlitePolicySet>,
+    timeout: Duration,
+}
+
+impl SqlitePolicies {
+    /// Reads the store.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn open(
+        db: &DatabaseConnection,
+        settings: &PermissionSettings,
+    ) -> Result<Arc<SqlitePolicies>, PersistenceError> {
+        Ok(Arc::new(SqlitePolicies {
+            set: RwLock::new(policies::sqlite_policies(db).await?),
+            db: db.clone(),
+            generation: AtomicU64::new(1),
+            timeout: Duration::from_millis(settings.check_timeout_ms),
+        }))
+    }
+
+    /// Reads the store again; a change moves the generation.
+    async fn reload(&self, changed: bool) {
+        match policies::sqlite_policies(&self.db).await {
+            Ok(set) => {
+                let mut current = self.set.write();
+                if changed || *current != set {
+                    *current = set;
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the policies");
+                if changed {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// The conditions that may allow `role` to do `action`, or the decision
+    /// when none needs evaluating.
+    fn applicable(&self, role: Role, action: PolicyAction) -> Result<Vec<String>, Decision> {
+        let set = self.set.read();
+        let enforced = match action {
+            PolicyAction::Subscribe => set.subscribe_enforced,
+            PolicyAction::Publish => set.publish_enforced,
+        };
+        if !enforced {
+            return Err(Decision::Allow);
+        }
+        let conditions: Vec<String> = set
+            .policies
+            .iter()
+            .filter(|policy| policy.action == action)
+            .filter(|policy| {
+                policy
+                    .roles
+                    .iter()
+                    .any(|r| r == role.as_str() || r == "public")
+            })
+            .map(|policy| policy.condition.trim().to_owned())
+            .collect();
+        if conditions.is_empty() {
+            return Err(Decision::Deny);
+        }
+        if conditions
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("true") || c == "1")
+        {
+            return Err(Decision::Allow);
+        }
+        Ok(conditions)
+    }
+}
+
+fn policy_action(action: Action) -> PolicyAction {
+    match action {
+        Action::Subscribe => PolicyAction::Subscribe,
+        Action::Publish => PolicyAction::Publish,
+    }
+}
+
+impl PermissionHook for SqlitePolicies {
+    fn quick(&self, principal: &Principal, action: Action) -> Option<Decision> {
+        self.applicable(principal.role(), policy_action(action))
+            .err()
+    }
+
+    fn check(
+        &self,
+        principal: &Principal,
+        request: Request,
+        name: &str,
+        _channel: &ChannelDef,
+    ) -> PendingDecision {
+        let (action, event) = match request {
+            Request::Subscribe => (PolicyAction::Subscribe, None),
+            Request::Publish { event, .. } => (PolicyAction::Publish, Some(event)),
+        };
+        let conditions = match self.applicable(principal.role(), action) {
+            Ok(conditions) => conditions,
+            Err(decision) => return Box::pin(async move { decision }),
+        };
+        let request = SqliteRequest {
+            user_id: match principal {
+                Principal::Jwt {
+                    sub,
+                    role: Role::Authenticated,
+                    ..
+                } => Some(sub.clone()),
+                _ => None,
+            },
+            role: principal.role().as_str(),
+            channel: name.to_owned(),
+            claims: claims_json(principal),
+            event,
+        };
+        let db = self.db.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let evaluate = async {
+                // Permissive, as PostgreSQL's: any policy that holds allows.
+                for condition in &conditions {
+                    match policies::evaluate_sqlite(&db, condition, &request).await {
+                        Ok(true) => return Decision::Allow,
+                        Ok(false) => {}
+                        Err(err) if persistence::database_error(&err).is_some() => {
+                            METRICS.permission_policy_errors.inc();
+                            tracing::warn!(role = request.role, channel = %request.channel, error = %err,
+                                "a policy failed; it allows nothing for this caller");
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "permission check failed: database unavailable");
+                            return Decision::Unavailable;
+                        }
+                    }
+                }
+                Decision::Deny
+            };
+            let decision = tokio::time::timeout(timeout, evaluate)
+                .await
+                .unwrap_or(Decision::Unavailable);
+            METRICS.permission_checks[decision as usize].inc();
+            decision
+        })
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn policies_changed(&self) -> Refresh<'_> {
+        Box::pin(self.reload(true))
+    }
+
+    fn refresh(&self) -> Refresh<'_> {
+        Box::pin(self.reload(false))
     }
 }

@@ -18,7 +18,7 @@ use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
 use crate::channel::{Publish, Reply};
 use crate::config::{LimitSettings, Settings};
 use crate::db_listener::DatabaseListener;
-use crate::permissions::{AllowAll, PermissionHook, PostgresPolicies};
+use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
 use crate::persistence::writer::{Drain, MessageWriter};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
@@ -105,7 +105,7 @@ impl Realtime {
                 })?;
                 policies
             } else {
-                Arc::new(AllowAll)
+                SqlitePolicies::open(db, &settings.permissions).await?
             };
         Ok(Realtime {
             catalog,

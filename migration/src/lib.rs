@@ -11,6 +11,7 @@ mod m20261201_000001_create_webhook_pending;
 mod m20261201_000002_create_postgres_helpers;
 mod m20261201_000003_add_message_seq;
 mod m20261201_000004_notify_policy_changes;
+mod m20261201_000005_create_sqlite_policies;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_create_postgres_helpers::Migration),
             Box::new(m20261201_000003_add_message_seq::Migration),
             Box::new(m20261201_000004_notify_policy_changes::Migration),
+            Box::new(m20261201_000005_create_sqlite_policies::Migration),
         ]
     }
 }

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`channels`]: channel definitions.
 //! - [`messages`]: history listing, clearing and statistics.
-//! - [`permissions`]: the row-level-security policies of realtime.
+//! - [`permissions`]: the row-level-security policies of realtime, and
+//!   evaluating them on PostgreSQL.
+//! - [`policies`]: creating and dropping policies; the SQLite store.
 //! - [`retention`]: the `config` singleton row.
 //! - [`sequencer`]: PostgreSQL: numbering rows stored by SQL, and the
 //!   connection that LISTENs for them.
@@ -15,6 +17,7 @@
 pub mod channels;
 pub mod messages;
 pub mod permissions;
+pub mod policies;
 pub mod retention;
 pub mod sequencer;
 pub mod sweeper;
@@ -58,6 +61,20 @@ impl PersistenceError {
             Some(SqlErr::UniqueConstraintViolation(_)) => PersistenceError::Duplicate,
             _ => PersistenceError::Database(err),
         }
+    }
+}
+
+/// The SQLSTATE (or SQLite code) and message of an error the database
+/// answered with; `None` for failures to reach it (connection, pool, I/O).
+pub(crate) fn database_error(err: &DbErr) -> Option<(String, String)> {
+    use sea_orm::{sqlx, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db))) => Some((
+            db.code().map(|code| code.into_owned()).unwrap_or_default(),
+            db.message().to_owned(),
+        )),
+        _ => None,
     }
 }
 

@@ -1,15 +1,15 @@
 //! Row-level-security policies that govern realtime: on PostgreSQL the
 //! policies of `realtime.channels` (subscribe) and `realtime.messages`
 //! (publish), read from `pg_policies`, and checks that evaluate them as
-//! InsForge does. SQLite has no policies yet.
+//! InsForge does; on SQLite, the server's own store in the same shape.
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
-    Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
 use uuid::Uuid;
 
-use super::PersistenceError;
+use super::policies::PolicyAction;
+use super::{database_error, PersistenceError};
 
 /// One policy as `pg_policies` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub async fn realtime_policies(
 ) -> Result<RealtimePolicies, PersistenceError> {
     let backend = db.get_database_backend();
     if backend != DbBackend::Postgres {
-        return Ok(RealtimePolicies::default());
+        return sqlite_policies(db).await;
     }
     let rows = db
         .query_all(Statement::from_string(backend, POLICIES_SQL))
@@ -71,6 +71,29 @@ pub async fn realtime_policies(
             with_check: row.try_get("", "with_check")?,
         };
         if policy.table_name == "channels" {
+            policies.subscribe.push(policy);
+        } else {
+            policies.publish.push(policy);
+        }
+    }
+    Ok(policies)
+}
+
+/// The SQLite store in the same shape.
+async fn sqlite_policies(db: &DatabaseConnection) -> Result<RealtimePolicies, PersistenceError> {
+    let mut policies = RealtimePolicies::default();
+    for stored in super::policies::sqlite_policies(db).await?.policies {
+        let condition = Some(stored.condition);
+        let subscribe = stored.action == PolicyAction::Subscribe;
+        let policy = Policy {
+            policy_name: stored.name,
+            table_name: stored.action.table().to_owned(),
+            command: stored.action.command().to_owned(),
+            roles: stored.roles,
+            using: if subscribe { condition.clone() } else { None },
+            with_check: if subscribe { None } else { condition },
+        };
+        if subscribe {
             policies.subscribe.push(policy);
         } else {
             policies.publish.push(policy);
@@ -209,10 +232,10 @@ pub async fn check_postgres(
     match evaluated {
         Ok(true) => Ok(AccessOutcome::Allowed),
         Ok(false) => Ok(AccessOutcome::Denied),
-        Err(err) => match sqlstate(&err) {
+        Err(err) => match database_error(&err) {
             // insufficient_privilege: "new row violates row-level security
             // policy", or a role without the grant.
-            Some(code) if code == "42501" => Ok(AccessOutcome::Denied),
+            Some((code, _)) if code == "42501" => Ok(AccessOutcome::Denied),
             Some(_) => Ok(AccessOutcome::PolicyFailed(err.to_string())),
             None => Err(err.into()),
         },
@@ -268,17 +291,5 @@ async fn evaluate<C: ConnectionTrait>(conn: &C, request: &AccessRequest) -> Resu
             .await?;
             Ok(true)
         }
-    }
-}
-
-/// The SQLSTATE of an error the database answered with; `None` for
-/// failures to reach it (connection, pool, I/O).
-fn sqlstate(err: &DbErr) -> Option<String> {
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db)))
-        | DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db))) => {
-            Some(db.code().map(|code| code.into_owned()).unwrap_or_default())
-        }
-        _ => None,
     }
 }

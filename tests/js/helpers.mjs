@@ -121,6 +121,7 @@ export async function startRealtime(backend, extraEnv = {}) {
   }
   return {
     url,
+    databaseUrl: database.url,
     async admin(method, route, body) {
       const response = await fetch(`${url}${route}`, {
         method,
@@ -138,6 +139,15 @@ export async function startRealtime(backend, extraEnv = {}) {
       database.cleanup();
     },
   };
+}
+
+/** Runs SQL statements on the server's database (psql or sqlite3). */
+export function sql(server, statements) {
+  if (server.databaseUrl.startsWith("sqlite://")) {
+    execFileSync("sqlite3", [server.databaseUrl.slice("sqlite://".length), statements], { stdio: ["ignore", "ignore", "inherit"] });
+  } else {
+    execFileSync("psql", [server.databaseUrl, "-v", "ON_ERROR_STOP=1", "-qc", statements], { stdio: ["ignore", "ignore", "inherit"] });
+  }
 }
 
 /**

@@ -49,6 +49,11 @@ struct Target {
         default_value = "anon_dev_only_insecure_change_me"
     )]
     token: String,
+    /// Give each connection of `conns` and `fanout` a user of its own: an
+    /// `authenticated` JWT signed with this secret, whose `sub` is a uuid
+    /// made from the connection's index (instead of `--token`).
+    #[arg(long, global = true)]
+    users_jwt_secret: Option<String>,
     /// Admin key used to create the bench channel pattern (`bench:%`).
     #[arg(long, global = true, default_value = "ik_dev_only_insecure_change_me")]
     api_key: String,
@@ -504,7 +509,10 @@ async fn join_many(
         let batch = concurrency.min(n - index);
         let tasks: Vec<_> = (index..index + batch)
             .map(|i| {
-                let target = target.clone();
+                let mut target = target.clone();
+                if let Some(secret) = &target.users_jwt_secret {
+                    target.token = user_token(secret, i);
+                }
                 let channel = channel_of(i);
                 let source = source_of(i);
                 tokio::spawn(async move {
@@ -526,6 +534,19 @@ async fn join_many(
         }
     }
     Ok(joined)
+}
+
+/// An `authenticated` JWT for the user of connection `i`, whose `sub` is
+/// `00000000-0000-4000-8000-<i>`.
+fn user_token(secret: &str, i: usize) -> String {
+    let settings = realtime::config::AuthSettings {
+        jwt_secret: secret.to_owned(),
+        api_keys: Vec::new(),
+        anon_keys: Vec::new(),
+        require_exp: false,
+    };
+    let sub = format!("00000000-0000-4000-8000-{i:012}");
+    realtime::auth::Authenticator::new(&settings).mint(realtime::auth::Role::Authenticated, &sub, None, 3600)
 }
 
 fn percentiles(mut values: Vec<u64>) -> serde_json::Value {

@@ -546,7 +546,12 @@ fn user_token(secret: &str, i: usize) -> String {
         require_exp: false,
     };
     let sub = format!("00000000-0000-4000-8000-{i:012}");
-    realtime::auth::Authenticator::new(&settings).mint(realtime::auth::Role::Authenticated, &sub, None, 3600)
+    realtime::auth::Authenticator::new(&settings).mint(
+        realtime::auth::Role::Authenticated,
+        &sub,
+        None,
+        3600,
+    )
 }
 
 fn percentiles(mut values: Vec<u64>) -> serde_json::Value {

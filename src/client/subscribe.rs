@@ -121,11 +121,20 @@ impl Client {
                 acks.extend(ack_id);
                 return;
             }
-            Some(Subscription::Joined { .. }) => {
+            Some(Subscription::Joined { publish, .. }) => {
                 // Already live: join again (the channel keeps one entry per
                 // socket) for a fresh snapshot. Through the registry, which
                 // counts joins before it retires a channel. The publish
-                // decision is taken again.
+                // decision is taken again; publishes waiting for the old
+                // one are answered now rather than lost.
+                let waiting = std::mem::take(&mut publish.waiting);
+                let err = crate::publish::PublishError::Internal(
+                    "the subscription was renewed before this publish was authorized; publish again"
+                        .into(),
+                );
+                for (_, ack_id) in waiting {
+                    Self::publish_failed(socket, ack_id, Some(&name), &err);
+                }
                 if let Some(subscriber) = self.subscriber(socket) {
                     self.join(name, subscriber, ack_id.into_iter().collect());
                 }

@@ -144,6 +144,13 @@ impl PublishRequest {
             Some(Value::Object(payload)) => payload,
             Some(_) => return Err(invalid("payload: Expected object")),
         };
+        if payload.iter().any(|(key, value)| has_nul(key, value)) {
+            // PostgreSQL's jsonb cannot hold U+0000: refused here, for
+            // every database alike, rather than failing a whole batch.
+            return Err(invalid(
+                "payload: text must not contain the NUL character (\\u0000)",
+            ));
+        }
         validate_name(&channel)
             .map_err(|err| PublishError::InvalidInput(format!("channel: {err}")))?;
         check_event_name(&event)?;
@@ -153,6 +160,17 @@ impl PublishRequest {
             payload,
         })
     }
+}
+
+/// Whether a key or any text inside `value` holds U+0000.
+fn has_nul(key: &str, value: &Value) -> bool {
+    key.contains('\0')
+        || match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(|item| has_nul("", item)),
+            Value::Object(map) => map.iter().any(|(key, value)| has_nul(key, value)),
+            _ => false,
+        }
 }
 
 /// Whether a user or the system sent a message (`meta.senderType`).
@@ -239,6 +257,24 @@ mod tests {
 
     fn parse_err(body: Value) -> PublishError {
         PublishRequest::parse(body).unwrap_err()
+    }
+
+    #[test]
+    fn nul_characters_in_a_payload_are_refused_at_any_depth() {
+        for payload in [
+            json!({"a": "x\u{0}y"}),
+            json!({"a\u{0}": 1}),
+            json!({"a": [1, {"b": ["\u{0}"]}]}),
+        ] {
+            let err =
+                PublishRequest::parse(json!({"channel": "a:b", "event": "e", "payload": payload}))
+                    .unwrap_err();
+            assert_eq!(err.code(), "INVALID_INPUT", "{payload}");
+        }
+        assert!(PublishRequest::parse(
+            json!({"channel": "a:b", "event": "e", "payload": {"a": "\\u0000 as text is fine"}})
+        )
+        .is_ok());
     }
 
     #[test]

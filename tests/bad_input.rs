@@ -11,7 +11,10 @@ use common::{Backend, TestServer, ANON_KEY};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-backend_tests!(garbage_closes_only_the_sender);
+backend_tests!(
+    garbage_closes_only_the_sender,
+    nul_characters_are_refused_and_spoil_nothing,
+);
 
 /// Frames a hostile or broken client might send: random bytes, truncated
 /// and mutated Socket.IO packets, absurd attachment counts, huge ack ids.
@@ -129,4 +132,59 @@ async fn garbage_closes_only_the_sender(backend: Backend) {
             break;
         }
     }
+}
+
+/// PostgreSQL cannot store U+0000 in text or jsonb: such input is refused
+/// up front on both databases, and never fails the batch that carries
+/// other users' messages.
+async fn nul_characters_are_refused_and_spoil_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, channel) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "nul:%" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{channel}");
+    let bad = json!({ "channel": "nul:1", "event": "e", "payload": { "text": "a\u{0}b" } });
+    let rest = server
+        .admin("POST", "/api/realtime/messages", Some(bad.clone()))
+        .await;
+    common::assert_error(&rest, 400, "INVALID_INPUT");
+    let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let ack = client
+        .call("realtime:subscribe", json!({ "channel": "nul:1" }))
+        .await;
+    assert_eq!(ack["ok"], true);
+    // Sent back to back with good ones, so they would share a batch.
+    client.emit("realtime:publish", bad.clone()).await;
+    for n in 0..3 {
+        let ack = client
+            .call(
+                "realtime:publish",
+                json!({ "channel": "nul:1", "event": "e", "payload": { "n": n } }),
+            )
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    let id = channel["id"].as_str().unwrap();
+    for body in [
+        json!({ "description": "x\u{0}" }),
+        json!({ "webhookUrls": ["https://example.com/\u{0}"] }),
+    ] {
+        let answer = server
+            .admin(
+                "PUT",
+                &format!("/api/realtime/channels/{id}"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(answer.0, 400, "{body}: {}", answer.1);
+    }
+    let (status, history) = server
+        .admin("GET", "/api/realtime/messages?limit=10", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history.as_array().unwrap().len(), 3, "{history}");
 }

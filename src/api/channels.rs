@@ -225,6 +225,9 @@ fn parse_description(object: &Map<String, Value>) -> Result<Option<Option<String
                 "description: must be at most {MAX_TEXT_LEN} characters"
             )))
         }
+        Some(Value::String(text)) if text.contains('\0') => Err(ApiError::invalid_channel_request(
+            "description: must not contain the NUL character",
+        )),
         Some(Value::String(text)) => Ok(Some(Some(text.clone()))),
         Some(_) => Err(ApiError::invalid_channel_request(
             "description: Expected string",
@@ -269,6 +272,7 @@ fn parse_webhook_urls(
 
 fn is_http_url(text: &str) -> bool {
     text.len() <= MAX_TEXT_LEN
+        && !text.contains('\0')
         && url::Url::parse(text)
             .map(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
             .unwrap_or(false)

@@ -6,7 +6,9 @@
 //! - [`query`]: typed query-string parameters.
 //! - [`channels`], [`messages`], [`retention`], [`permissions`]: one
 //!   resource each.
+//! - [`actors`]: the live channel actors (inspection).
 
+pub mod actors;
 pub mod auth;
 pub mod channels;
 pub mod error;
@@ -43,7 +45,8 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                     .configure(channels::configure)
                     .configure(messages::configure)
                     .configure(retention::configure)
-                    .configure(permissions::configure),
+                    .configure(permissions::configure)
+                    .configure(actors::configure),
             );
     }
 }

@@ -156,6 +156,10 @@ struct ConnsArgs {
     /// Hold the connections this long before measuring memory.
     #[arg(long, default_value_t = 2)]
     settle_seconds: u64,
+    /// Then list every live channel actor through the admin API
+    /// (`GET /api/realtime/actors?limit=CHANNELS`) this many times, timed.
+    #[arg(long, default_value_t = 0)]
+    inspect_rounds: usize,
 }
 
 fn main() {
@@ -443,23 +447,38 @@ async fn setup_channel(target: &Target) -> Result<(), String> {
 /// Creates a channel with the JSON `body` through the REST API; an existing
 /// pattern (409) is fine.
 async fn create_channel(target: &Target, body: &str) -> Result<(), String> {
-    let (mut reader, writer) = {
-        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        let stream = socket
-            .connect(target.server)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (read, write) = stream.into_split();
-        (read, write)
-    };
+    let (status, response) = http_request(target, "POST", "/api/realtime/channels", body).await?;
+    if status == 201 || status == 409 {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not create channel {body}: {status} {}",
+            String::from_utf8_lossy(&response)
+        ))
+    }
+}
+
+/// One HTTP/1.1 request with the admin key on a connection of its own;
+/// the status and the body.
+async fn http_request(
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    let stream = socket
+        .connect(target.server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut reader, mut writer) = stream.into_split();
     let request = format!(
-        "POST /api/realtime/channels HTTP/1.1\r\nHost: {}\r\nx-api-key: {}\r\ncontent-type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nx-api-key: {}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         target.server,
         target.api_key,
         body.len()
     );
-    let mut writer = writer;
     writer
         .write_all(request.as_bytes())
         .await
@@ -469,15 +488,12 @@ async fn create_channel(target: &Target, body: &str) -> Result<(), String> {
         .read_to_end(&mut response)
         .await
         .map_err(|e| e.to_string())?;
-    let status = String::from_utf8_lossy(&response[..response.len().min(12)]).to_string();
-    if status.contains(" 201") || status.contains(" 409") {
-        Ok(())
-    } else {
-        Err(format!(
-            "could not create channel {body}: {}",
-            String::from_utf8_lossy(&response)
-        ))
-    }
+    let status = std::str::from_utf8(response.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body_at = find(&response, b"\r\n\r\n").map_or(response.len(), |at| at + 4);
+    Ok((status, response[body_at..].to_vec()))
 }
 
 /// Opens a WebSocket and reads the Engine.IO open packet, nothing more.
@@ -1029,6 +1045,7 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
         .collect();
     tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
     let after = args.server_pid.and_then(rss_kib);
+    let inspect = inspect_actors(target, args.channels.max(1), args.inspect_rounds).await?;
     let per_connection = match (before, after) {
         (Some(before), Some(after)) => {
             json!((after.saturating_sub(before) * 1024) as f64 / args.connections as f64)
@@ -1049,6 +1066,43 @@ async fn conns(target: &Target, args: ConnsArgs) -> Result<String, String> {
         "server_rss_before_kib": before,
         "server_rss_after_kib": after,
         "server_bytes_per_connection": per_connection,
+        "inspect": inspect,
     })
     .to_string())
+}
+
+/// Lists the live channel actors `rounds` times: how long each listing
+/// took, how many entries it had and how many were stale.
+async fn inspect_actors(
+    target: &Target,
+    channels: usize,
+    rounds: usize,
+) -> Result<serde_json::Value, String> {
+    if rounds == 0 {
+        return Ok(json!(null));
+    }
+    let path = format!("/api/realtime/actors?limit={channels}");
+    let mut millis = Vec::with_capacity(rounds);
+    let (mut entries, mut stale) = (0, 0);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let (status, body) = http_request(target, "GET", &path, "").await?;
+        millis.push(started.elapsed().as_secs_f64() * 1000.0);
+        if status != 200 {
+            return Err(format!("GET {path}: {status}"));
+        }
+        let list: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("GET {path}: {e}"))?;
+        let list = list.as_array().cloned().unwrap_or_default();
+        entries = list.len();
+        stale = list.iter().filter(|entry| entry["stale"] == true).count();
+    }
+    millis.sort_by(f64::total_cmp);
+    Ok(json!({
+        "rounds": rounds,
+        "entries": entries,
+        "stale": stale,
+        "median_ms": millis[millis.len() / 2],
+        "max_ms": millis[millis.len() - 1],
+    }))
 }

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient};
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use entity::messages;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
@@ -109,6 +109,63 @@ impl Handler<Barrier> for Channel {
     type Result = ();
 
     fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
+}
+
+/// What an operator sees of a channel actor (`GET /api/realtime/actors`).
+#[derive(Clone, Debug)]
+pub struct ActorView {
+    /// The resolved name.
+    pub name: Arc<str>,
+    /// Subscribed sockets.
+    pub subscribers: usize,
+    /// Logical presence members (a user with two sockets is one).
+    pub presence_members: usize,
+    /// Messages delivered since the actor started.
+    pub messages_delivered: u64,
+    /// Messages accepted and not yet durable (or waiting behind one).
+    pub pending_writes: usize,
+    /// When it last handled a join, leave or message.
+    pub last_activity_at: DateTime<Utc>,
+    /// When the actor started.
+    pub created_at: DateTime<Utc>,
+    /// With [`Inspect::detail`]: the subscribed sockets' ids and the
+    /// presence members as subscribers see them (a JSON array).
+    pub detail: Option<(Vec<Arc<str>>, Arc<str>)>,
+}
+
+/// Asks a channel what it holds; answered between two messages, so a
+/// channel that is busy answers late (callers bound their wait).
+#[derive(actix::Message)]
+#[rtype(result = "ActorView")]
+pub struct Inspect {
+    /// Also list the subscribers and presence members.
+    pub detail: bool,
+}
+
+impl Handler<Inspect> for Channel {
+    type Result = actix::MessageResult<Inspect>;
+
+    fn handle(&mut self, inspect: Inspect, _: &mut Context<Self>) -> Self::Result {
+        let detail = inspect.detail.then(|| {
+            let mut sockets: Vec<Arc<str>> = self
+                .subscribers
+                .values()
+                .map(|subscriber| subscriber.socket_id.clone())
+                .collect();
+            sockets.sort_unstable();
+            (sockets, self.members_json().clone())
+        });
+        actix::MessageResult(ActorView {
+            name: self.name.clone(),
+            subscribers: self.subscribers.len(),
+            presence_members: self.presence.len(),
+            messages_delivered: self.n_delivered,
+            pending_writes: self.pending.len(),
+            last_activity_at: self.last_activity_at,
+            created_at: self.created_at,
+            detail,
+        })
+    }
 }
 
 /// The registry retires an idle channel.
@@ -195,6 +252,11 @@ pub struct Channel {
     /// This channel as the writer's recipient of `Persisted`; made once,
     /// not per message.
     persisted_to: Option<Recipient<Persisted>>,
+    /// Messages delivered since the actor started (for inspection).
+    n_delivered: u64,
+    /// When the actor started, and last handled a join, leave or message.
+    created_at: DateTime<Utc>,
+    last_activity_at: DateTime<Utc>,
 }
 
 impl Channel {
@@ -221,6 +283,9 @@ impl Channel {
             subscribed_since: HashMap::new(),
             n_received: 0,
             persisted_to: None,
+            n_delivered: 0,
+            created_at: Utc::now(),
+            last_activity_at: Utc::now(),
         }
     }
 
@@ -354,6 +419,7 @@ impl Channel {
             let frames: Arc<[Frame]> = frames.into();
             let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
             METRICS.messages_delivered.add(delivered.len() as u64);
+            self.n_delivered += delivered.len() as u64;
             METRICS
                 .socket_deliveries
                 .add(delivered.len() as u64 * n_sent as u64);
@@ -428,6 +494,7 @@ impl Handler<Join> for Channel {
     type Result = ();
 
     fn handle(&mut self, Join(subscriber): Join, ctx: &mut Context<Self>) {
+        self.last_activity_at = Utc::now();
         self.n_received += 1;
         let id = subscriber.id;
         if !subscriber.events.connected() {
@@ -514,6 +581,7 @@ impl Handler<Leave> for Channel {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
+        self.last_activity_at = Utc::now();
         self.remove_subscriber(leave.subscriber_id, ctx);
         self.report_if_idle();
     }
@@ -523,6 +591,7 @@ impl Handler<Publish> for Channel {
     type Result = ();
 
     fn handle(&mut self, publish: Publish, ctx: &mut Context<Self>) {
+        self.last_activity_at = Utc::now();
         if publish.via_registry {
             self.n_received += 1;
         }
@@ -598,6 +667,7 @@ impl Handler<Stored> for Channel {
     type Result = ();
 
     fn handle(&mut self, stored: Stored, ctx: &mut Context<Self>) {
+        self.last_activity_at = Utc::now();
         if stored.via_registry {
             self.n_received += 1;
         }

@@ -168,6 +168,63 @@ impl Handler<DeliverStored> for ChannelRegistry {
     }
 }
 
+/// The live channel actors whose names start with `prefix`, sorted by
+/// name, `offset` and `limit` applied; with how many match in all.
+#[derive(actix::Message)]
+#[rtype(result = "ActorPage")]
+pub struct ListActors {
+    /// Only names starting with this.
+    pub prefix: String,
+    /// Most actors returned.
+    pub limit: usize,
+    /// Matching actors skipped first.
+    pub offset: usize,
+}
+
+/// The answer to [`ListActors`].
+pub struct ActorPage {
+    /// Actors matching the prefix, before `offset` and `limit`.
+    pub total: usize,
+    /// The page, by name.
+    pub actors: Vec<(Arc<str>, Addr<Channel>)>,
+}
+
+impl Handler<ListActors> for ChannelRegistry {
+    type Result = actix::MessageResult<ListActors>;
+
+    fn handle(&mut self, list: ListActors, _: &mut Context<Self>) -> Self::Result {
+        let mut matching: Vec<(&Arc<str>, &Entry)> = self
+            .channels
+            .iter()
+            .filter(|(name, _)| name.starts_with(&list.prefix))
+            .collect();
+        matching.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let total = matching.len();
+        let actors = matching
+            .into_iter()
+            .skip(list.offset)
+            .take(list.limit)
+            .map(|(name, entry)| (name.clone(), entry.channel.clone()))
+            .collect();
+        actix::MessageResult(ActorPage { total, actors })
+    }
+}
+
+/// The live actor of one name, if any.
+#[derive(actix::Message)]
+#[rtype(result = "Option<Addr<Channel>>")]
+pub struct FindActor(pub String);
+
+impl Handler<FindActor> for ChannelRegistry {
+    type Result = Option<Addr<Channel>>;
+
+    fn handle(&mut self, FindActor(name): FindActor, _: &mut Context<Self>) -> Self::Result {
+        self.channels
+            .get(name.as_str())
+            .map(|entry| entry.channel.clone())
+    }
+}
+
 /// A channel has no subscribers and nothing pending.
 #[derive(actix::Message)]
 #[rtype(result = "()")]

@@ -46,6 +46,8 @@ pub struct Member {
 pub struct Subscriber {
     /// Unique per socket for the life of the process.
     pub id: u64,
+    /// The socket's id (`socket.id` on the client), for inspection.
+    pub socket_id: Arc<str>,
     /// Where the channel's events for this socket go. One recipient for
     /// every kind of event keeps a subscription small.
     pub events: Recipient<SubscriberEvent>,

@@ -60,6 +60,7 @@ impl Inbox {
     fn subscriber(&self) -> Subscriber {
         Subscriber {
             id: self.id,
+            socket_id: format!("socket-{}", self.id).into(),
             events: self.addr.clone().recipient(),
             member: self.member.clone(),
         }

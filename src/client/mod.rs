@@ -90,6 +90,8 @@ pub struct Client {
     subscriber_id: u64,
     /// The presence identity, known once the socket id is.
     member: Option<Member>,
+    /// The Socket.IO socket id, once connected.
+    socket_id: Arc<str>,
     /// By channel name, in every state from request to live.
     subscriptions: HashMap<String, Subscription>,
     /// The socket's publish rate (`limits.publish_rate`, `publish_burst`).
@@ -105,6 +107,7 @@ impl Client {
             sender: Sender::SYSTEM,
             subscriber_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             member: None,
+            socket_id: "".into(),
             subscriptions: HashMap::new(),
             publish_bucket: TokenBucket::new(hub.limits.publish_rate, hub.limits.publish_burst),
             hub,
@@ -169,6 +172,7 @@ impl SocketHandler for Client {
             .principal
             .as_ref()
             .map(|principal| connection::member(principal, &socket_id));
+        self.socket_id = socket_id.into();
     }
 
     fn on_event(&mut self, socket: &mut Socket<'_, '_, Self>, _namespace: &str, event: Event) {

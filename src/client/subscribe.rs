@@ -233,6 +233,7 @@ impl Client {
     fn subscriber(&self, socket: &Socket<'_, '_, Self>) -> Option<Subscriber> {
         Some(Subscriber {
             id: self.subscriber_id,
+            socket_id: self.socket_id.clone(),
             events: socket.address().recipient(),
             member: self.member.clone()?,
         })

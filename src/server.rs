@@ -51,8 +51,11 @@ impl AppState {
         let realtime = Arc::new(Realtime::start(&db, &settings, auth).await?);
         let hub = realtime.clone();
         let socketio_config = settings.engineio.socketio_config();
-        let sockets = EngineServer::new(settings.engineio.engine_config(), move |_| {
-            SocketIo::new(Client::new(hub.clone()), socketio_config.clone())
+        let sockets = EngineServer::new(settings.engineio.engine_config(), move |head| {
+            SocketIo::new(
+                Client::new(hub.clone(), head.peer_addr),
+                socketio_config.clone(),
+            )
         });
         RetentionSweeper::new(
             db.clone(),

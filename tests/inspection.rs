@@ -12,7 +12,10 @@ backend_tests!(
     channel_actors_are_listed_with_their_counts,
     one_actor_shows_its_subscribers_and_presence,
     actor_requests_are_checked,
+    sessions_are_listed_inspected_and_closed,
 );
+
+const ALICE: &str = "00000000-0000-0000-0000-00000000a11c";
 
 async fn setup(server: &TestServer) -> Value {
     let (status, channel) = server
@@ -131,4 +134,92 @@ async fn actor_requests_are_checked(backend: Backend) {
         )
         .await;
     assert_eq!(status, 403);
+}
+
+async fn sessions_are_listed_inspected_and_closed(backend: Backend) {
+    use std::time::{Duration, Instant};
+    let server = TestServer::start(backend).await;
+    setup(&server).await;
+    let token = server.token(realtime::auth::Role::Authenticated, ALICE);
+    let mut alice = SioClient::connect(&server.base_url, json!({ "token": token })).await;
+    for channel in ["room:2", "room:1"] {
+        let ack = alice
+            .call("realtime:subscribe", json!({ "channel": channel }))
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    let _guest = subscribed(&server, &["room:1"]).await;
+
+    let (status, sessions) = server.admin("GET", "/api/realtime/sessions", None).await;
+    assert_eq!(status, 200, "{sessions}");
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+    let (_, mine) = server
+        .admin(
+            "GET",
+            &format!("/api/realtime/sessions?userId={ALICE}"),
+            None,
+        )
+        .await;
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    let session = &mine[0];
+    assert_eq!(session["role"], "authenticated");
+    assert_eq!(session["userId"], ALICE);
+    assert_eq!(session["channels"], json!(["room:1", "room:2"]));
+    assert_eq!(session["transport"], "websocket");
+    assert_eq!(session["queuedFrames"], 0);
+    assert!(
+        session["remoteAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{session}"
+    );
+    assert!(session["connectedAt"].is_string());
+    let id = session["id"].as_str().unwrap().to_owned();
+    assert!(!id.is_empty());
+    assert_ne!(id, alice.sid, "the Engine.IO session id stays private");
+
+    // The same socket ids as the channel actors show.
+    let (_, actor) = server
+        .admin("GET", "/api/realtime/actors/room%3A1", None)
+        .await;
+    let subscribers = actor["subscribers"].as_array().unwrap();
+    for entry in sessions.as_array().unwrap() {
+        assert!(subscribers.contains(&entry["id"]), "{actor} {entry}");
+    }
+    let (status, one) = server
+        .admin("GET", &format!("/api/realtime/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one, *session);
+    let missing = server
+        .admin("GET", "/api/realtime/sessions/nobody", None)
+        .await;
+    common::assert_error(&missing, 404, "REALTIME_SESSION_NOT_FOUND");
+
+    // Closing it closes the transport only: no Socket.IO DISCONNECT
+    // ("41"), which would stop the stock client from reconnecting.
+    let (status, _) = server
+        .admin("DELETE", &format!("/api/realtime/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let frames = alice.frames_until_closed(Duration::from_secs(5)).await;
+    assert!(!frames.iter().any(|f| f.starts_with("41")), "{frames:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, left) = server.admin("GET", "/api/realtime/sessions", None).await;
+        if left.as_array().unwrap().len() == 1 {
+            assert_ne!(left[0]["id"], id.as_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed session is still listed"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone = server
+        .admin("DELETE", &format!("/api/realtime/sessions/{id}"), None)
+        .await;
+    common::assert_error(&gone, 404, "REALTIME_SESSION_NOT_FOUND");
 }

@@ -6,7 +6,8 @@
 //! - [`query`]: typed query-string parameters.
 //! - [`channels`], [`messages`], [`retention`], [`permissions`]: one
 //!   resource each.
-//! - [`actors`]: the live channel actors (inspection).
+//! - [`actors`], [`sessions`]: the live channel actors and connections
+//!   (inspection).
 
 pub mod actors;
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod messages;
 pub mod permissions;
 pub mod query;
 pub mod retention;
+pub mod sessions;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -46,7 +48,8 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                     .configure(messages::configure)
                     .configure(retention::configure)
                     .configure(permissions::configure)
-                    .configure(actors::configure),
+                    .configure(actors::configure)
+                    .configure(sessions::configure),
             );
     }
 }

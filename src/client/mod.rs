@@ -15,11 +15,13 @@ mod publish;
 mod subscribe;
 
 use std::collections::HashMap;
+use std::net::SocketAddr as PeerAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{Context, Handler};
-use serde_json::{Map, Value};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
 use crate::channel::{Member, SubscriberEvent};
@@ -96,11 +98,15 @@ pub struct Client {
     subscriptions: HashMap<String, Subscription>,
     /// The socket's publish rate (`limits.publish_rate`, `publish_burst`).
     publish_bucket: TokenBucket,
+    /// When the connection was made, and from where (inspection).
+    connected_at: DateTime<Utc>,
+    remote_address: Option<PeerAddr>,
 }
 
 impl Client {
-    /// A client of `hub`, not yet connected.
-    pub fn new(hub: Arc<Realtime>) -> Self {
+    /// A client of `hub`, not yet connected, of a connection from
+    /// `remote_address`.
+    pub fn new(hub: Arc<Realtime>, remote_address: Option<PeerAddr>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Client {
             principal: None,
@@ -111,6 +117,8 @@ impl Client {
             subscriptions: HashMap::new(),
             publish_bucket: TokenBucket::new(hub.limits.publish_rate, hub.limits.publish_burst),
             hub,
+            connected_at: Utc::now(),
+            remote_address,
         }
     }
 
@@ -221,6 +229,36 @@ impl SocketHandler for Client {
                 Self::on_published(socket, published)
             }
         }
+    }
+
+    fn describe(&self) -> Value {
+        let Some(principal) = &self.principal else {
+            // Not connected to the namespace yet: nothing to show.
+            return Value::Null;
+        };
+        let mut channels: Vec<&str> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, subscription)| subscription.is_live())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        channels.sort_unstable();
+        let user_id = match principal {
+            Principal::Jwt {
+                sub,
+                role: crate::auth::Role::Authenticated,
+                ..
+            } => Some(sub.as_str()),
+            _ => None,
+        };
+        json!({
+            "id": self.socket_id,
+            "role": principal.role().as_str(),
+            "userId": user_id,
+            "channels": channels,
+            "connectedAt": self.connected_at,
+            "remoteAddress": self.remote_address.map(|address| address.to_string()),
+        })
     }
 
     fn on_disconnect(

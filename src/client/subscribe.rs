@@ -41,6 +41,13 @@ pub(super) struct PublishGate {
     pub(super) waiting: VecDeque<(Outgoing, Option<u64>)>,
 }
 
+impl Subscription {
+    /// Whether the socket is in the channel now.
+    pub(super) fn is_live(&self) -> bool {
+        matches!(self, Subscription::Joined { .. })
+    }
+}
+
 impl PublishGate {
     /// The last decision, if it was taken under `generation` less than
     /// `cache` ago.

@@ -155,6 +155,12 @@ pub trait EngineHandler: Sized + Unpin + 'static {
 
     /// The session ended; nothing more can be sent.
     fn on_close(&mut self, link: &mut Link<'_, Self>, reason: CloseReason);
+
+    /// What the application shows of this session to an operator (the
+    /// admin API); `null` by default.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Wraps an application message for a session's handler.
@@ -270,6 +276,15 @@ impl<H: EngineHandler> Registry<H> {
         for addr in self.sessions.read().values() {
             addr.do_send(session::Close(reason));
         }
+    }
+
+    /// Every open session (inspection).
+    pub fn all(&self) -> Vec<(Sid, Addr<Session<H>>)> {
+        self.sessions
+            .read()
+            .iter()
+            .map(|(sid, addr)| (sid.clone(), addr.clone()))
+            .collect()
     }
 
     /// How many sessions are open.

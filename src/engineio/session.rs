@@ -599,6 +599,41 @@ impl<H: EngineHandler> Handler<WsGone> for Session<H> {
     }
 }
 
+/// What an operator sees of a session: its transport, what waits to be
+/// sent, and what its handler tells ([`EngineHandler::describe`]).
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    /// `polling` or `websocket` (`polling` during an upgrade).
+    pub transport: &'static str,
+    /// Frames queued for the client and not yet written.
+    pub queued_frames: usize,
+    /// The handler's description.
+    pub app: serde_json::Value,
+}
+
+/// Asks a session for its [`SessionView`].
+#[derive(actix::Message)]
+#[rtype(result = "SessionView")]
+pub struct Inspect;
+
+impl<H: EngineHandler> Handler<Inspect> for Session<H> {
+    type Result = actix::MessageResult<Inspect>;
+
+    fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
+        let queued_frames = match &self.core.transport {
+            Transport::Polling(polling) | Transport::Upgrading { polling, .. } => {
+                polling.queue.len()
+            }
+            Transport::WebSocket(ws) => ws.queued_frames(),
+        };
+        actix::MessageResult(SessionView {
+            transport: self.core.transport_name(),
+            queued_frames,
+            app: self.handler.describe(),
+        })
+    }
+}
+
 /// Closes the session from outside (an admin, or server shutdown).
 #[derive(actix::Message)]
 #[rtype(result = "()")]

@@ -244,6 +244,11 @@ impl WsLink {
         Ok(())
     }
 
+    /// Frames waiting for the writer.
+    pub fn queued_frames(&self) -> usize {
+        self.outbox.state.lock().frames
+    }
+
     /// Asks the writer to send what is queued, then close the WebSocket.
     pub fn close(&self) {
         let writer = {

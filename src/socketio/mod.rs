@@ -115,6 +115,12 @@ pub trait SocketHandler: Sized + Unpin + 'static {
         _reason: DisconnectReason,
     ) {
     }
+
+    /// What an operator sees of this connection (the admin API); `null`
+    /// by default.
+    fn describe(&self) -> Value {
+        Value::Null
+    }
 }
 
 /// The Socket.IO layer's settings.
@@ -386,6 +392,10 @@ impl<A: SocketHandler> SocketIo<A> {
 
 impl<A: SocketHandler> EngineHandler for SocketIo<A> {
     type Event = A::Event;
+
+    fn describe(&self) -> Value {
+        self.app.describe()
+    }
 
     fn on_open(&mut self, link: &mut Link<'_, Self>) {
         self.connect_timer = Some(link.run_later(self.config.connect_timeout, |sio, link| {

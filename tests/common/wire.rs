@@ -250,6 +250,19 @@ impl SioClient {
             .await;
     }
 
+    /// Every text frame until the connection closes (pings answered
+    /// along the way are not included); panics if it stays open `within`.
+    pub async fn frames_until_closed(&mut self, within: Duration) -> Vec<String> {
+        let mut frames = Vec::new();
+        loop {
+            match self.ws.recv_within(within).await {
+                WsFrame::Text(text) => frames.push(text),
+                WsFrame::Binary(_) => {}
+                WsFrame::Closed => return frames,
+            }
+        }
+    }
+
     /// The next event as `(name, first argument)`, or `None` once closed.
     pub async fn next_event(&mut self) -> Option<(String, serde_json::Value)> {
         loop {

@@ -77,9 +77,23 @@ pub struct Metrics {
     pub webhook_backlog: Counter,
     /// Deliveries left in the database because memory was full.
     pub webhook_deferred: Counter,
-    /// Webhook request durations.
+    /// Webhook request durations, in milliseconds.
     pub webhook_latency: Histogram,
+    /// Open sessions by transport (indexed as [`TRANSPORTS`]).
+    pub connections: [Counter; 2],
+    /// Live subscriptions (a socket in a channel).
+    pub subscriptions: Counter,
+    /// From a channel accepting a message to delivering it (durable), in
+    /// microseconds.
+    pub publish_delivery: Histogram,
+    /// Rows per group-commit batch.
+    pub writer_batch_rows: Histogram,
+    /// How long a batch took to commit, in microseconds.
+    pub writer_commit: Histogram,
 }
+
+/// Transports of [`Metrics::connections`].
+pub const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
 
 /// Decisions of database permission checks, for
 /// [`Metrics::permission_checks`] (in `Decision`'s order).
@@ -89,31 +103,53 @@ pub const PERMISSION_DECISIONS: [&str; 3] = ["allow", "deny", "unavailable"];
 pub const WEBHOOK_OUTCOMES: [&str; 4] = ["2xx", "http_error", "network_error", "timeout"];
 
 /// Upper bounds of the webhook latency buckets, in milliseconds.
-const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+const WEBHOOK_BOUNDS_MS: &[u64] = &[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+/// Upper bounds of the pipeline's latency buckets, in microseconds.
+const PIPELINE_BOUNDS_US: &[u64] = &[
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+/// Upper bounds of the writer's batch-size buckets, in rows.
+const BATCH_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000];
+/// Most buckets a histogram has (bounds, then +Inf).
+const MAX_BUCKETS: usize = 16;
 
-/// A latency histogram with fixed buckets (cumulative when rendered).
+/// A histogram with fixed buckets (cumulative when rendered), of values in
+/// one unit (milliseconds, microseconds or rows).
 pub struct Histogram {
-    buckets: [Counter; LATENCY_BOUNDS_MS.len() + 1],
-    sum_ms: Counter,
+    bounds: &'static [u64],
+    buckets: [Counter; MAX_BUCKETS],
+    sum: Counter,
 }
 
 impl Histogram {
-    const fn new() -> Self {
+    const fn new(bounds: &'static [u64]) -> Self {
+        assert!(bounds.len() < MAX_BUCKETS);
         Histogram {
-            buckets: [const { Counter::new() }; LATENCY_BOUNDS_MS.len() + 1],
-            sum_ms: Counter::new(),
+            bounds,
+            buckets: [const { Counter::new() }; MAX_BUCKETS],
+            sum: Counter::new(),
         }
     }
 
-    /// Counts one observation.
-    pub fn observe(&self, duration: std::time::Duration) {
-        let ms = duration.as_millis() as u64;
-        let index = LATENCY_BOUNDS_MS
+    /// Counts one value.
+    pub fn observe_value(&self, value: u64) {
+        let index = self
+            .bounds
             .iter()
-            .position(|bound| ms <= *bound)
-            .unwrap_or(LATENCY_BOUNDS_MS.len());
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
         self.buckets[index].inc();
-        self.sum_ms.add(ms);
+        self.sum.add(value);
+    }
+
+    /// Counts one duration, in milliseconds (the webhook histogram).
+    pub fn observe(&self, duration: std::time::Duration) {
+        self.observe_value(duration.as_millis() as u64);
+    }
+
+    /// Counts one duration, in microseconds (the pipeline's histograms).
+    pub fn observe_micros(&self, duration: std::time::Duration) {
+        self.observe_value(duration.as_micros() as u64);
     }
 }
 
@@ -162,7 +198,12 @@ pub static METRICS: Metrics = Metrics {
     webhook_in_memory: Counter::new(),
     webhook_backlog: Counter::new(),
     webhook_deferred: Counter::new(),
-    webhook_latency: Histogram::new(),
+    webhook_latency: Histogram::new(WEBHOOK_BOUNDS_MS),
+    connections: [const { Counter::new() }; 2],
+    subscriptions: Counter::new(),
+    publish_delivery: Histogram::new(PIPELINE_BOUNDS_US),
+    writer_batch_rows: Histogram::new(BATCH_BOUNDS),
+    writer_commit: Histogram::new(PIPELINE_BOUNDS_US),
 };
 
 const CLOSE_REASONS: [CloseReason; 6] = [
@@ -193,6 +234,27 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// A histogram whose values are `scale` per exported unit (1000 for
+/// milliseconds shown as seconds, 1 for counts).
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram, scale: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in h.bounds.iter().zip(&h.buckets) {
+        cumulative += count.get();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / scale
+        );
+    }
+    cumulative += h.buckets[h.bounds.len()].get();
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {}\n{name}_count {cumulative}",
+        h.sum.get() as f64 / scale
     );
 }
 
@@ -339,25 +401,51 @@ pub fn render() -> String {
         "Messages whose webhooks have not finished (the durable backlog).",
         m.webhook_backlog.get(),
     );
-    let latency = &m.webhook_latency;
+    histogram(
+        &mut out,
+        "realtime_webhook_request_seconds",
+        "Webhook request durations.",
+        &m.webhook_latency,
+        1000.0,
+    );
     let _ = writeln!(
         out,
-        "# HELP realtime_webhook_request_seconds Webhook request durations.\n# TYPE realtime_webhook_request_seconds histogram"
+        "# HELP realtime_connections Open connections, by transport.\n# TYPE realtime_connections gauge"
     );
-    let mut cumulative = 0;
-    for (bound, count) in LATENCY_BOUNDS_MS.iter().zip(&latency.buckets) {
-        cumulative += count.get();
+    for (transport, count) in TRANSPORTS.iter().zip(&m.connections) {
         let _ = writeln!(
             out,
-            "realtime_webhook_request_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1000.0
+            "realtime_connections{{transport=\"{transport}\"}} {}",
+            count.get()
         );
     }
-    cumulative += latency.buckets[LATENCY_BOUNDS_MS.len()].get();
-    let _ = writeln!(
-        out,
-        "realtime_webhook_request_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nrealtime_webhook_request_seconds_sum {}\nrealtime_webhook_request_seconds_count {cumulative}",
-        latency.sum_ms.get() as f64 / 1000.0
+    gauge(
+        &mut out,
+        "realtime_subscriptions",
+        "Live subscriptions (a socket in a channel).",
+        m.subscriptions.get(),
     );
+    histogram(
+        &mut out,
+        "realtime_publish_delivery_seconds",
+        "From a channel accepting a message to delivering it, storage included.",
+        &m.publish_delivery,
+        1e6,
+    );
+    histogram(
+        &mut out,
+        "realtime_writer_batch_rows",
+        "Rows per group-commit batch.",
+        &m.writer_batch_rows,
+        1.0,
+    );
+    histogram(
+        &mut out,
+        "realtime_writer_commit_seconds",
+        "How long a group-commit batch took to write.",
+        &m.writer_commit,
+        1e6,
+    );
+    crate::api::http_metrics::render(&mut out);
     out
 }

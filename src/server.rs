@@ -100,6 +100,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
             // request that lasts hours, and polling sends one every few
             // seconds per client. Sessions log their opening and close (debug).
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/socket.io/"))
+            .wrap(middleware::from_fn(api::http_metrics::count))
             .configure(engineio::transport::configure(
                 "/socket.io/",
                 sockets.clone(),

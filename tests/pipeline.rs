@@ -404,6 +404,28 @@ async fn metrics_count_the_pipeline(backend: Backend) {
     }
     assert!(metric(&after, "realtime_sessions_open") >= 1);
     assert!(metric(&after, "realtime_channels_live") >= 1);
+    // What operators graph: connections by transport, subscriptions, the
+    // publish-to-delivery and commit latencies, batch sizes, HTTP requests.
+    assert!(metric(&after, "realtime_connections{transport=\"websocket\"}") >= 1);
+    assert!(metric(&after, "realtime_subscriptions") >= 1);
+    for (name, at_least) in [
+        ("realtime_publish_delivery_seconds_count", 3),
+        ("realtime_writer_batch_rows_count", 1),
+        ("realtime_writer_commit_seconds_count", 1),
+        (
+            "realtime_http_requests_total{route=\"/api/realtime/messages\",status=\"201\"}",
+            3,
+        ),
+    ] {
+        // A labelled line appears with its first observation.
+        let was = before
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0);
+        assert!(metric(&after, name) >= was + at_least, "{name}");
+    }
+    assert!(after.contains("# TYPE realtime_publish_delivery_seconds histogram"));
+    assert!(after.contains("realtime_publish_delivery_seconds_bucket{le=\"+Inf\"}"));
 }
 
 /// Publishes over REST; returns status and body.

@@ -4,6 +4,7 @@
 //! - [`error`]: the JSON error body every failure uses.
 //! - [`auth`]: the `Admin` extractor.
 //! - [`query`]: typed query-string parameters.
+//! - [`http_metrics`]: requests by route and status, for `/metrics`.
 //! - [`channels`], [`messages`], [`retention`], [`permissions`]: one
 //!   resource each.
 //! - [`actors`], [`sessions`]: the live channel actors and connections
@@ -13,6 +14,7 @@ pub mod actors;
 pub mod auth;
 pub mod channels;
 pub mod error;
+pub mod http_metrics;
 pub mod messages;
 pub mod permissions;
 pub mod query;

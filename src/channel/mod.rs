@@ -28,6 +28,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -185,6 +186,8 @@ struct Pending {
     outcome: Option<Result<(), PublishError>>,
     /// What goes to the channel's webhook URLs once durable.
     webhook: Webhook,
+    /// When the channel accepted it (the publish-to-delivery histogram).
+    accepted_at: Instant,
 }
 
 /// A pending message's webhooks.
@@ -372,6 +375,7 @@ impl Channel {
         let Some(subscriber) = self.subscribers.remove(&id) else {
             return;
         };
+        METRICS.subscriptions.sub(1);
         self.subscribed_since.remove(&id);
         let presence_id = subscriber.member.presence_id;
         let gone = match self.presence.get_mut(&presence_id) {
@@ -402,6 +406,9 @@ impl Channel {
                 Some(Ok(())) => {
                     // unwrap: front() just returned Some.
                     let pending = self.pending.pop_front().unwrap();
+                    METRICS
+                        .publish_delivery
+                        .observe_micros(pending.accepted_at.elapsed());
                     frames.push(pending.frame);
                     delivered.push((pending.id, pending.row, pending.reply, pending.webhook));
                 }
@@ -529,6 +536,7 @@ impl Handler<Join> for Channel {
                 }
             }
             self.subscribers.insert(id, subscriber.clone());
+            METRICS.subscriptions.inc();
             self.subscribed_since.insert(id, self.presence_seq);
         }
         let members = self.members_json().clone();
@@ -659,6 +667,7 @@ impl Handler<Publish> for Channel {
             reply: Some(reply),
             outcome: None,
             webhook,
+            accepted_at: Instant::now(),
         });
     }
 }
@@ -689,8 +698,9 @@ impl Handler<Stored> for Channel {
             reply: None,
             outcome: Some(Ok(())),
             // Webhooks of stored messages are sent by whoever stored them
-            // (the SQL listener will hand them over itself).
+            // (the database listener hands them over itself).
             webhook: Webhook::None,
+            accepted_at: Instant::now(),
         });
         self.deliver_ready(ctx);
     }

@@ -86,6 +86,11 @@ impl Core {
         self.closing.is_some()
     }
 
+    /// The index of [`Self::transport_name`] in `metrics::TRANSPORTS`.
+    fn transport_index(&self) -> usize {
+        usize::from(matches!(self.transport, Transport::WebSocket(_)))
+    }
+
     pub(crate) fn transport_name(&self) -> &'static str {
         match self.transport {
             Transport::WebSocket(_) => "websocket",
@@ -337,6 +342,9 @@ impl<H: EngineHandler> Session<H> {
                 polling.release(NOOP);
                 let queued = std::mem::take(&mut polling.queue);
                 self.core.transport = Transport::WebSocket(ws);
+                let connections = &crate::metrics::METRICS.connections;
+                connections[0].sub(1);
+                connections[1].inc();
                 for frame in queued {
                     self.core.send(frame, ctx);
                 }
@@ -355,6 +363,7 @@ impl<H: EngineHandler> Actor for Session<H> {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         tracing::debug!(sid = %self.core.sid, transport = self.core.transport_name(), "session opened");
         crate::metrics::METRICS.sessions_opened.inc();
+        crate::metrics::METRICS.connections[self.core.transport_index()].inc();
         if matches!(self.core.transport, Transport::WebSocket(_)) {
             let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
             self.core.send(Frame::Text(open.into()), ctx);
@@ -367,6 +376,7 @@ impl<H: EngineHandler> Actor for Session<H> {
         self.registry.remove(&self.core.sid);
         let reason = self.core.closing.unwrap_or(CloseReason::ServerClose);
         crate::metrics::METRICS.sessions_closed[crate::metrics::close_reason_index(reason)].inc();
+        crate::metrics::METRICS.connections[self.core.transport_index()].sub(1);
         tracing::debug!(sid = %self.core.sid, reason = reason.as_str(), "session closed");
         self.with_handler(ctx, |handler, link| handler.on_close(link, reason));
     }

@@ -191,6 +191,7 @@ impl MessageWriter {
         let db = self.db.clone();
         let counts_apart = self.counts_apart;
         let next_seq = self.next_seq;
+        let started = std::time::Instant::now();
         let write = async move {
             let next_seq = if counts_apart {
                 Ok(None)
@@ -226,6 +227,8 @@ impl MessageWriter {
                     let metrics = &crate::metrics::METRICS;
                     metrics.writer_batches.inc();
                     metrics.writer_rows.add(batch.len() as u64);
+                    metrics.writer_batch_rows.observe_value(batch.len() as u64);
+                    metrics.writer_commit.observe_micros(started.elapsed());
                     let n_webhooks = batch
                         .iter()
                         .filter(|(row, _)| row.wh_audience_count > 0)

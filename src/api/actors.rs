@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::ErrorResponse;
 use super::query::QueryParams;
 use crate::channel::registry::{FindActor, ListActors};
 use crate::channel::{ActorView, Inspect};
@@ -35,6 +39,79 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .get(get)
             .default_service(web::to(super::method_not_allowed)),
     );
+}
+
+/// A live channel actor as `GET /actors` lists it. An actor that did not
+/// answer in time has only `name` and `stale: true`.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: entries are built as JSON.
+pub struct ActorEntry {
+    /// The resolved channel name.
+    name: String,
+    /// Present (true) when the actor did not answer within 500 ms.
+    stale: Option<bool>,
+    /// Its channel definition, null once disabled or deleted.
+    channel_id: Option<Uuid>,
+    pattern: Option<String>,
+    /// Subscribed sockets.
+    subscribers: Option<u64>,
+    /// Logical presence members.
+    presence_members: Option<u64>,
+    messages_delivered: Option<u64>,
+    /// Accepted and not yet durable.
+    pending_writes: Option<u64>,
+    last_activity_at: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// One live channel actor (`GET /actors/{name}`).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: built as JSON.
+pub struct ActorDetail {
+    name: String,
+    /// Present (true) when the actor did not answer within 500 ms; then
+    /// nothing else is.
+    stale: Option<bool>,
+    channel_id: Option<Uuid>,
+    pattern: Option<String>,
+    /// The subscribed sockets' ids.
+    subscribers: Option<Vec<String>>,
+    presence_members: Option<u64>,
+    /// The members as subscribers see them.
+    presence: Option<Vec<PresenceMember>>,
+    messages_delivered: Option<u64>,
+    pending_writes: Option<u64>,
+    last_activity_at: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// A presence member.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only.
+pub struct PresenceMember {
+    /// The user id, or the socket id of an anonymous member.
+    presence_id: String,
+    /// `user` or `anonymous`.
+    #[schema(rename = "type")]
+    kind: String,
+    joined_at: DateTime<Utc>,
+}
+
+/// Query parameters of `GET /actors`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documentation only: the handler reads the raw query.
+pub struct ActorListParams {
+    /// Only names starting with this.
+    prefix: Option<String>,
+    /// Most actors (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+    #[param(minimum = 0)]
+    offset: Option<u32>,
 }
 
 /// An actor as the list shows it; its channel definition is looked up now
@@ -63,7 +140,21 @@ fn stale(name: &str) -> Value {
 
 /// `GET /actors?prefix=&limit=&offset=`: a JSON array by name; the total
 /// before paging is in `X-Total-Count`.
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/actors",
+    tag = "Inspection",
+    summary = "List live channel actors",
+    params(ActorListParams),
+    responses(
+        (status = 200, description = "The live channel actors by name; X-Total-Count holds the total", body = [ActorEntry]),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
@@ -100,7 +191,21 @@ async fn list(
 
 /// `GET /actors/{name}`: one actor, with its subscribers' socket ids and its
 /// presence members as subscribers see them.
-async fn get(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/actors/{name}",
+    tag = "Inspection",
+    summary = "One live channel actor",
+    params(("name" = String, Path, description = "The channel name, e.g. room:1")),
+    responses(
+        (status = 200, description = "The actor with its subscribers and presence", body = ActorDetail),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn get(
     _admin: Admin,
     state: web::Data<AppState>,
     name: web::Path<String>,

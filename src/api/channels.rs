@@ -5,10 +5,12 @@ use chrono::{DateTime, Utc};
 use entity::channels;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::{ErrorResponse, MessageResponse};
 use crate::pattern::validate_pattern;
 use crate::persistence::{self, channels::ChannelChanges, channels::NewChannel, PersistenceError};
 use crate::server::AppState;
@@ -19,16 +21,47 @@ const MAX_WEBHOOK_URLS: usize = 20;
 const MAX_TEXT_LEN: usize = 2048;
 
 /// A channel as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Channel)]
 pub struct ChannelView {
     id: Uuid,
+    /// A name, or a pattern with `%` wildcards (`order:%`).
     pattern: String,
     description: Option<String>,
+    /// Where each durable message of the channel is POSTed.
     webhook_urls: Option<Vec<String>>,
     enabled: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// The body of `POST /channels`.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct CreateChannelRequest {
+    /// A name, or a pattern with `%` wildcards (`order:%`).
+    pattern: String,
+    #[schema(max_length = 2048)]
+    description: Option<String>,
+    /// At most 20 http(s) URLs.
+    webhook_urls: Option<Vec<String>>,
+    /// Defaults to true.
+    enabled: Option<bool>,
+}
+
+/// The body of `PUT /channels/{id}`: absent fields stay as they are;
+/// `null` clears `description` and `webhookUrls`.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct UpdateChannelRequest {
+    pattern: Option<String>,
+    #[schema(max_length = 2048)]
+    description: Option<String>,
+    webhook_urls: Option<Vec<String>>,
+    enabled: Option<bool>,
 }
 
 impl From<channels::Model> for ChannelView {
@@ -62,12 +95,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/realtime/channels",
+    tag = "Channels",
+    summary = "List channels",
+    responses(
+        (status = 200, description = "Every channel", body = [ChannelView]),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn list(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let rows = persistence::channels::list(&state.db).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(ChannelView::from).collect::<Vec<_>>()))
 }
 
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/api/realtime/channels",
+    tag = "Channels",
+    summary = "Create a channel",
+    request_body = CreateChannelRequest,
+    responses(
+        (status = 201, description = "The channel", body = ChannelView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 409, description = "Already exists", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -90,7 +154,22 @@ async fn create(
     Ok(HttpResponse::Created().json(ChannelView::from(created)))
 }
 
-async fn get(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/channels/{id}",
+    tag = "Channels",
+    summary = "Get a channel",
+    params(("id" = String, Path, description = "The channel's id (a uuid)")),
+    responses(
+        (status = 200, description = "The channel", body = ChannelView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn get(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -102,7 +181,25 @@ async fn get(
     Ok(HttpResponse::Ok().json(ChannelView::from(channel)))
 }
 
-async fn update(
+#[utoipa::path(
+    put,
+    path = "/api/realtime/channels/{id}",
+    tag = "Channels",
+    summary = "Update a channel",
+    params(("id" = String, Path, description = "The channel's id (a uuid)")),
+    request_body = UpdateChannelRequest,
+    responses(
+        (status = 200, description = "The channel", body = ChannelView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+        (status = 409, description = "Already exists", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn update(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -124,7 +221,22 @@ async fn update(
     Ok(HttpResponse::Ok().json(ChannelView::from(updated)))
 }
 
-async fn delete(
+#[utoipa::path(
+    delete,
+    path = "/api/realtime/channels/{id}",
+    tag = "Channels",
+    summary = "Delete a channel",
+    params(("id" = String, Path, description = "The channel's id (a uuid)")),
+    responses(
+        (status = 200, description = "Deleted; its messages stay, with channelId null", body = MessageResponse),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn delete(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -135,7 +247,9 @@ async fn delete(
         .map_err(channel_error)?;
     refresh_catalog(&state).await;
     tracing::info!(%id, "channel deleted");
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": "Channel deleted" })))
+    Ok(HttpResponse::Ok().json(MessageResponse {
+        message: "Channel deleted".into(),
+    }))
 }
 
 /// Makes a channel change apply to subscribes and publishes at once.

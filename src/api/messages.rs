@@ -6,24 +6,29 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use entity::messages;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::ErrorResponse;
 use super::query::QueryParams;
 use crate::persistence::{self, messages::MessageFilter};
 use crate::publish::{PublishError, PublishRequest};
 use crate::server::AppState;
 
 /// A history row as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Message)]
 pub struct MessageView {
     id: Uuid,
     event_name: String,
+    /// Null once its channel was deleted.
     channel_id: Option<Uuid>,
+    /// The resolved name, e.g. `order:123`.
     channel_name: String,
+    #[schema(value_type = Object)]
     payload: serde_json::Value,
     sender_type: String,
     sender_id: Option<Uuid>,
@@ -31,6 +36,78 @@ pub struct MessageView {
     wh_audience_count: i32,
     wh_delivered_count: i32,
     created_at: DateTime<Utc>,
+}
+
+/// Query parameters of `GET /messages`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads the raw query.
+pub struct MessageListParams {
+    /// Only messages of this channel.
+    channel_id: Option<Uuid>,
+    /// Only messages of this event.
+    event_name: Option<String>,
+    /// Most rows (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Rows skipped first.
+    #[param(minimum = 0)]
+    offset: Option<u64>,
+}
+
+/// Query parameters of `GET /messages/stats`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads the raw query.
+pub struct StatsParams {
+    /// Only messages of this channel.
+    channel_id: Option<Uuid>,
+    /// Only messages created at or after this instant.
+    since: Option<DateTime<Utc>>,
+}
+
+/// The body of `POST /messages`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct PublishBody {
+    /// A channel name an enabled channel's pattern matches.
+    channel: String,
+    /// The event name.
+    event: String,
+    /// Defaults to `{}`.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<serde_json::Value>,
+}
+
+/// The answer to `DELETE /messages`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ClearMessagesResponse)]
+pub struct ClearedResponse {
+    /// Messages deleted.
+    deleted: u64,
+}
+
+/// The answer to `GET /messages/stats`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = MessageStats)]
+pub struct MessageStatsView {
+    total_messages: i64,
+    /// Webhook deliveries that succeeded over those attempted (0 to 1).
+    #[schema(minimum = 0, maximum = 1)]
+    wh_delivery_rate: f64,
+    /// The ten most frequent events.
+    top_events: Vec<TopEvent>,
+    /// Null keeps history forever.
+    retention_days: Option<i32>,
+}
+
+/// One of the most frequent events.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopEvent {
+    event_name: String,
+    count: i64,
 }
 
 impl From<messages::Model> for MessageView {
@@ -67,7 +144,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/messages",
+    tag = "Messages",
+    summary = "List messages",
+    params(MessageListParams),
+    responses(
+        (status = 200, description = "Messages, newest first", body = [MessageView]),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
@@ -87,7 +178,25 @@ async fn list(
 /// `POST /api/realtime/messages` `{channel, event, payload}`: publish as
 /// the system through the same pipeline as sockets. Answers 201 with the
 /// stored message once it is durable and delivered.
-async fn publish(
+#[utoipa::path(
+    post,
+    path = "/api/realtime/messages",
+    tag = "Messages",
+    summary = "Publish as the system",
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "Stored and delivered, with its audience", body = MessageView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 429, description = "The channel's backlog is full; retry", body = ErrorResponse),
+        (status = 503, description = "Not stored; retry", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn publish(
     _admin: Admin,
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
@@ -107,13 +216,42 @@ fn publish_error(err: PublishError) -> ApiError {
     ApiError::new(err.status(), err.code(), err.to_string())
 }
 
-async fn clear(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    delete,
+    path = "/api/realtime/messages",
+    tag = "Messages",
+    summary = "Clear the history",
+    responses(
+        (status = 200, description = "How many were deleted", body = ClearedResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn clear(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let deleted = persistence::messages::clear(&state.db).await?;
     tracing::info!(deleted, "message history cleared");
-    Ok(HttpResponse::Ok().json(json!({ "deleted": deleted })))
+    Ok(HttpResponse::Ok().json(ClearedResponse { deleted }))
 }
 
-async fn stats(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/messages/stats",
+    tag = "Messages",
+    summary = "Message statistics",
+    params(StatsParams),
+    responses(
+        (status = 200, description = "Statistics", body = MessageStatsView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn stats(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
@@ -126,15 +264,15 @@ async fn stats(
     };
     let stats = persistence::messages::stats(&state.db, &filter).await?;
     let retention_days = persistence::retention::retention_days(&state.db).await?;
-    let top_events: Vec<_> = stats
+    let top_events = stats
         .top_events
         .into_iter()
-        .map(|(event_name, count)| json!({ "eventName": event_name, "count": count }))
+        .map(|(event_name, count)| TopEvent { event_name, count })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "totalMessages": stats.total_messages,
-        "whDeliveryRate": stats.wh_delivery_rate,
-        "topEvents": top_events,
-        "retentionDays": retention_days,
-    })))
+    Ok(HttpResponse::Ok().json(MessageStatsView {
+        total_messages: stats.total_messages,
+        wh_delivery_rate: stats.wh_delivery_rate,
+        top_events,
+        retention_days,
+    }))
 }

@@ -5,6 +5,7 @@
 //! - [`auth`]: the `Admin` extractor.
 //! - [`query`]: typed query-string parameters.
 //! - [`http_metrics`]: requests by route and status, for `/metrics`.
+//! - [`openapi`]: the OpenAPI document, derived from the handlers.
 //! - [`channels`], [`messages`], [`retention`], [`permissions`]: one
 //!   resource each.
 //! - [`actors`], [`sessions`]: the live channel actors and connections
@@ -16,6 +17,7 @@ pub mod channels;
 pub mod error;
 pub mod http_metrics;
 pub mod messages;
+pub mod openapi;
 pub mod permissions;
 pub mod query;
 pub mod retention;
@@ -51,7 +53,8 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
                     .configure(retention::configure)
                     .configure(permissions::configure)
                     .configure(actors::configure)
-                    .configure(sessions::configure),
+                    .configure(sessions::configure)
+                    .configure(openapi::configure),
             );
     }
 }

@@ -6,10 +6,13 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::ErrorResponse;
 use crate::persistence::permissions::ROLES;
 use crate::persistence::policies::{self, NewPolicy, PolicyAction, PolicyError};
 use crate::persistence::{self, permissions::Policy};
@@ -35,25 +38,88 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn view(policy: Policy) -> serde_json::Value {
-    json!({
-        "policyName": policy.policy_name,
-        "tableName": policy.table_name,
-        "command": policy.command,
-        "roles": policy.roles,
-        "using": policy.using,
-        "withCheck": policy.with_check,
-    })
+/// A policy as `GET /permissions` shows it (InsForge's `RlsPolicy`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = RlsPolicy)]
+pub struct PolicyView {
+    policy_name: String,
+    /// `channels` (subscribe) or `messages` (publish).
+    table_name: String,
+    /// `SELECT`, `INSERT` (or `ALL`, … for policies made in SQL).
+    command: String,
+    roles: Vec<String>,
+    /// The condition of a subscribe policy.
+    using: Option<String>,
+    /// The condition of a publish policy.
+    with_check: Option<String>,
 }
 
-async fn get(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The policies of one action.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyList {
+    policies: Vec<PolicyView>,
+}
+
+/// Every realtime policy (InsForge's `RealtimePermissions`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = RealtimePermissions)]
+pub struct PermissionsView {
+    subscribe: PolicyList,
+    publish: PolicyList,
+}
+
+/// The body of `POST /permissions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct CreatePolicyRequest {
+    /// Unique per action, at most 63 bytes.
+    name: String,
+    /// `subscribe` or `publish`.
+    action: String,
+    /// Among `anon`, `authenticated`, `project_admin`.
+    roles: Vec<String>,
+    /// A boolean SQL expression (PostgreSQL, or SQLite over the `request`
+    /// table; docs/permissions.md).
+    condition: String,
+}
+
+fn view(policy: Policy) -> PolicyView {
+    PolicyView {
+        policy_name: policy.policy_name,
+        table_name: policy.table_name,
+        command: policy.command,
+        roles: policy.roles,
+        using: policy.using,
+        with_check: policy.with_check,
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/realtime/permissions",
+    tag = "Permissions",
+    summary = "List policies",
+    responses(
+        (status = 200, description = "The subscribe and publish policies", body = PermissionsView),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn get(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let policies = persistence::permissions::realtime_policies(&state.db).await?;
-    let subscribe: Vec<_> = policies.subscribe.into_iter().map(view).collect();
-    let publish: Vec<_> = policies.publish.into_iter().map(view).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "subscribe": { "policies": subscribe },
-        "publish": { "policies": publish },
-    })))
+    Ok(HttpResponse::Ok().json(PermissionsView {
+        subscribe: PolicyList {
+            policies: policies.subscribe.into_iter().map(view).collect(),
+        },
+        publish: PolicyList {
+            policies: policies.publish.into_iter().map(view).collect(),
+        },
+    }))
 }
 
 /// `{name, action: "subscribe" | "publish", roles: [...], condition}`.
@@ -125,7 +191,23 @@ fn policy_error(err: PolicyError) -> ApiError {
     }
 }
 
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/api/realtime/permissions",
+    tag = "Permissions",
+    summary = "Create a policy",
+    request_body = CreatePolicyRequest,
+    responses(
+        (status = 201, description = "The policy", body = PolicyView),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 409, description = "Already exists", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -149,7 +231,22 @@ async fn create(
     })))
 }
 
-async fn delete(
+#[utoipa::path(
+    delete,
+    path = "/api/realtime/permissions/{action}/{name}",
+    tag = "Permissions",
+    summary = "Drop a policy",
+    params(("action" = String, Path, description = "subscribe or publish"), ("name" = String, Path, description = "The policy's name")),
+    responses(
+        (status = 204, description = "Dropped"),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn delete(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,

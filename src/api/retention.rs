@@ -1,12 +1,34 @@
 //! `/api/realtime/config`: read and change the retention of history.
 
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::{ErrorResponse, MessageResponse};
 use crate::persistence;
 use crate::server::AppState;
+
+/// The retention of history.
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = RealtimeConfig)]
+pub struct ConfigView {
+    /// Days messages are kept; null keeps them forever.
+    #[schema(minimum = 1)]
+    retention_days: Option<i32>,
+}
+
+/// The body of `PATCH /config`.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct UpdateConfigRequest {
+    /// A positive number of days, or null to keep history forever.
+    #[schema(required, minimum = 1)]
+    retention_days: Option<i32>,
+}
 
 /// Registers the routes under `/api/realtime`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -18,12 +40,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn get(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/realtime/config",
+    tag = "Configuration",
+    summary = "Get the retention",
+    responses(
+        (status = 200, description = "The retention", body = ConfigView),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn get(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let retention_days = persistence::retention::retention_days(&state.db).await?;
-    Ok(HttpResponse::Ok().json(json!({ "retentionDays": retention_days })))
+    Ok(HttpResponse::Ok().json(ConfigView { retention_days }))
 }
 
-async fn update(
+#[utoipa::path(
+    patch,
+    path = "/api/realtime/config",
+    tag = "Configuration",
+    summary = "Set the retention",
+    request_body = UpdateConfigRequest,
+    responses(
+        (status = 200, description = "Updated", body = MessageResponse),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn update(
     _admin: Admin,
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -31,7 +83,9 @@ async fn update(
     let days = parse_retention_days(&body)?;
     persistence::retention::set_retention_days(&state.db, days).await?;
     tracing::info!(retention_days = ?days, "retention updated");
-    Ok(HttpResponse::Ok().json(json!({ "message": "Retention config updated successfully" })))
+    Ok(HttpResponse::Ok().json(MessageResponse {
+        message: "Retention config updated successfully".into(),
+    }))
 }
 
 /// `{"retentionDays": null | positive integer}`; the key is required.
@@ -65,6 +119,7 @@ fn parse_retention_days(body: &Value) -> Result<Option<i32>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn retention_values() {

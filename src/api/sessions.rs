@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::ErrorResponse;
 use super::query::QueryParams;
 use crate::engineio::session::Inspect;
 use crate::engineio::{CloseReason, Sid};
@@ -21,6 +24,42 @@ use crate::server::AppState;
 const INSPECT_DEADLINE: Duration = Duration::from_millis(500);
 /// Most sessions one request lists.
 const MAX_LIMIT: u64 = 10_000;
+
+/// A connected socket (`GET /sessions`).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the client describes itself as JSON.
+pub struct SessionEntry {
+    /// The socket id the client sees (`socket.id`).
+    id: String,
+    /// `anon`, `authenticated` or `project_admin`.
+    role: String,
+    /// The user of an authenticated socket.
+    user_id: Option<String>,
+    /// The channels it is subscribed to.
+    channels: Vec<String>,
+    connected_at: DateTime<Utc>,
+    /// Where it connected from (a proxy's address behind one).
+    remote_address: Option<String>,
+    /// `polling` or `websocket`.
+    transport: String,
+    /// Frames waiting to be written to it.
+    queued_frames: u64,
+}
+
+/// Query parameters of `GET /sessions`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Documentation only: the handler reads the raw query.
+pub struct SessionListParams {
+    /// Only sockets of this user.
+    user_id: Option<String>,
+    /// Most sockets (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+    #[param(minimum = 0)]
+    offset: Option<u32>,
+}
 
 /// Registers the routes under `/api/realtime`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -79,7 +118,21 @@ async fn describe_all(state: &AppState) -> (Vec<(Sid, Map<String, Value>)>, usiz
 /// `GET /sessions?limit=&offset=&userId=`: a JSON array in connection
 /// order; `X-Total-Count` holds the total before paging and
 /// `X-Stale-Count` the sessions too busy to answer in time.
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/sessions",
+    tag = "Inspection",
+    summary = "List connected sockets",
+    params(SessionListParams),
+    responses(
+        (status = 200, description = "Connected sockets; X-Total-Count and X-Stale-Count headers", body = [SessionEntry]),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
@@ -121,7 +174,21 @@ async fn find(state: &AppState, id: &str) -> Result<(Sid, Map<String, Value>), A
         })
 }
 
-async fn get(
+#[utoipa::path(
+    get,
+    path = "/api/realtime/sessions/{id}",
+    tag = "Inspection",
+    summary = "One connected socket",
+    params(("id" = String, Path, description = "The socket id the client sees")),
+    responses(
+        (status = 200, description = "The socket", body = SessionEntry),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn get(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -133,7 +200,21 @@ async fn get(
 /// `DELETE /sessions/{id}`: closes the socket's transport, as a dropped
 /// connection would (no Socket.IO DISCONNECT), so the stock client
 /// reconnects by itself.
-async fn close(
+#[utoipa::path(
+    delete,
+    path = "/api/realtime/sessions/{id}",
+    tag = "Inspection",
+    summary = "Disconnect a socket",
+    params(("id" = String, Path, description = "The socket id the client sees")),
+    responses(
+        (status = 204, description = "Its transport was closed; the client reconnects by itself"),
+        (status = 401, description = "No valid credentials", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = []))
+)]
+pub(super) async fn close(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -608,6 +608,9 @@ async fn messages_query_errors(backend: Backend) {
         "offset=-1",
         "offset=x",
         "channelId=nope",
+        // PostgreSQL cannot compare text holding U+0000 (schemathesis
+        // found a 500 here).
+        "eventName=a%00b",
     ] {
         let response = server
             .admin("GET", &format!("/api/realtime/messages?{query}"), None)

@@ -160,7 +160,7 @@ pub(super) async fn list(
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let query = QueryParams(query.into_inner());
-    let prefix = query.string("prefix").unwrap_or_default();
+    let prefix = query.string("prefix")?.unwrap_or_default();
     let limit = query.integer("limit", 1, MAX_LIMIT, 100)? as usize;
     let offset = query.integer("offset", 0, u32::MAX as u64, 0)? as usize;
     let page = state

@@ -166,7 +166,7 @@ pub(super) async fn list(
     let query = QueryParams(query.into_inner());
     let filter = MessageFilter {
         channel_id: query.uuid("channelId")?,
-        event_name: query.string("eventName"),
+        event_name: query.string("eventName")?,
         since: None,
     };
     let limit = query.integer("limit", 1, 1000, 100)?;

@@ -23,9 +23,15 @@ impl QueryParams {
             .transpose()
     }
 
-    /// A string parameter, if present and not empty.
-    pub fn string(&self, name: &str) -> Option<String> {
-        self.0.get(name).filter(|value| !value.is_empty()).cloned()
+    /// A string parameter, if present and not empty. U+0000 is refused:
+    /// PostgreSQL cannot compare text with it.
+    pub fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.0.get(name).filter(|value| !value.is_empty()) {
+            Some(value) if value.contains('\0') => Err(ApiError::invalid_input(format!(
+                "{name}: must not contain the NUL character"
+            ))),
+            value => Ok(value.cloned()),
+        }
     }
 
     /// An integer parameter within `min..=max`, or `default` when absent.

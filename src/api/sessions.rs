@@ -140,7 +140,7 @@ pub(super) async fn list(
     let query = QueryParams(query.into_inner());
     let limit = query.integer("limit", 1, MAX_LIMIT, 100)? as usize;
     let offset = query.integer("offset", 0, u32::MAX as u64, 0)? as usize;
-    let user_id = query.string("userId");
+    let user_id = query.string("userId")?;
     let (sessions, stale) = describe_all(&state).await;
     let matching: Vec<Map<String, Value>> = sessions
         .into_iter()

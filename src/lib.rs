@@ -20,6 +20,7 @@
 //! - [`server`]: wiring: database, state, HTTP server.
 //! - [`conformance`]: the protocol conformance server on the same layers.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod channel;

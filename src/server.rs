@@ -19,7 +19,7 @@ use crate::engineio::{self, EngineServer};
 use crate::persistence::sweeper::RetentionSweeper;
 use crate::realtime::Realtime;
 use crate::socketio::SocketIo;
-use crate::{api, persistence};
+use crate::{admin, api, persistence};
 
 /// The realtime Socket.IO endpoint: its settings and open sessions.
 pub type Sockets = EngineServer<SocketIo<Client>>;
@@ -106,6 +106,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
                 sockets.clone(),
             ))
             .configure(api::configure(max_body_bytes))
+            .configure(admin::configure)
             .default_service(web::to(api::not_found))
     };
     let options = HttpOptions {

@@ -13,6 +13,7 @@ backend_tests!(
     one_actor_shows_its_subscribers_and_presence,
     actor_requests_are_checked,
     sessions_are_listed_inspected_and_closed,
+    a_flooded_actor_is_stale_and_holds_up_nothing,
 );
 
 const ALICE: &str = "00000000-0000-0000-0000-00000000a11c";
@@ -222,4 +223,55 @@ async fn sessions_are_listed_inspected_and_closed(backend: Backend) {
         .admin("DELETE", &format!("/api/realtime/sessions/{id}"), None)
         .await;
     common::assert_error(&gone, 404, "REALTIME_SESSION_NOT_FOUND");
+}
+
+/// A channel with a long queue answers inspection late: its entry is
+/// `stale`, the request answers within its deadline, and the other actors
+/// are listed as usual.
+async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
+    use realtime::channel::registry::DeliverStored;
+    use realtime::channel::Stored;
+    use std::time::{Duration, Instant};
+    let server = TestServer::start(backend).await;
+    let channel = setup(&server).await;
+    let _calm = subscribed(&server, &["room:calm"]).await;
+    let _flooded = subscribed(&server, &["room:flood"]).await;
+    let channel_id = uuid::Uuid::parse_str(channel["id"].as_str().unwrap()).unwrap();
+    // Messages already in history, straight into the channel's mailbox.
+    for n in 0..200_000 {
+        server.realtime.registry.do_send(DeliverStored(Stored {
+            row: entity::messages::Model {
+                id: uuid::Uuid::now_v7(),
+                event_name: "flood".into(),
+                channel_id: Some(channel_id),
+                channel_name: "room:flood".into(),
+                payload: json!({ "n": n }),
+                sender_type: "system".into(),
+                sender_id: None,
+                ws_audience_count: 0,
+                wh_audience_count: 0,
+                wh_delivered_count: 0,
+                created_at: chrono::Utc::now(),
+                seq: None,
+            },
+            via_registry: false,
+        }));
+    }
+    let started = Instant::now();
+    let (status, actors) = server.admin("GET", "/api/realtime/actors", None).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{actors}");
+    assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+    let by_name = |name: &str| {
+        actors
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name("room:flood")["stale"], true, "{actors}");
+    assert_eq!(by_name("room:calm")["subscribers"], 1, "{actors}");
+    assert!(by_name("room:calm")["stale"].is_null());
 }

@@ -21,17 +21,31 @@ function chromiumPath() {
   return found;
 }
 
+/// Headless Chromium. Its start is the test's, not the server's, concern: a
+/// launch that dies at birth (seen once on a busy machine, with nothing but
+/// crash-reporter noise) is tried again, at most three times.
+async function launchBrowser() {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await puppeteer.launch({
+        executablePath: chromiumPath(),
+        headless: true,
+        args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-crash-reporter", "--no-first-run"],
+      });
+    } catch (error) {
+      if (attempt === 3) throw error;
+      console.error(`chromium did not start (attempt ${attempt}): ${error.message.split("\n")[0]}`);
+    }
+  }
+}
+
 describe("the admin dashboard", () => {
   let server;
   let browser;
   let page;
   before(async () => {
     server = await startRealtime("sqlite");
-    browser = await puppeteer.launch({
-      executablePath: chromiumPath(),
-      headless: true,
-      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-    });
+    browser = await launchBrowser();
     page = await browser.newPage();
     await page.setViewport({ width: 1280, height: 900 });
     page.setDefaultTimeout(10_000);

@@ -152,9 +152,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = server::serve(listener, state)?;
     let handle = running.server.handle();
     let sessions = running.sessions.clone();
+    let webhooks = realtime.webhooks.clone();
     actix_web::rt::spawn(async move {
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down: closing sockets and finishing requests");
+        // Webhook requests in flight may finish; none starts any more.
+        webhooks.stop_starting();
         server::shutdown(handle, &sessions).await;
     });
     running.server.await?;

@@ -116,6 +116,13 @@ impl Webhooks {
         METRICS.webhook_deferred.inc();
     }
 
+    /// Starts no new request from now on (the server got SIGTERM): what
+    /// is in flight finishes, the rest stays in the backlog for the next
+    /// start. [`Webhooks::shutdown`] follows once the pipeline drained.
+    pub fn stop_starting(&self) {
+        self.addr.do_send(StopStarting);
+    }
+
     /// Lets requests in flight finish (up to `grace`), records what
     /// finished, and stops sending; what is left stays in the backlog for
     /// the next start.
@@ -987,6 +994,19 @@ impl Handler<WebhooksRecorded> for WebhookDispatcher {
             self.recording.remove(&id);
         }
         self.next_scan(ctx);
+    }
+}
+
+/// See [`Webhooks::stop_starting`].
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct StopStarting;
+
+impl Handler<StopStarting> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: StopStarting, _: &mut Context<Self>) {
+        self.stopping = true;
     }
 }
 

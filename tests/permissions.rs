@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use common::wire::SioClient;
 use common::{postgres_skipped, Backend, TestServer, ANON_KEY};
 use realtime::auth::Role;
-use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{json, Value};
 
 const ALICE: &str = "00000000-0000-0000-0000-00000000a11c";
@@ -20,7 +19,7 @@ const BOB: &str = "00000000-0000-0000-0000-000000000b0b";
 /// trigger's notification): from then on its answers follow the change.
 async fn change_policies(server: &TestServer, statements: &str) {
     let before = server.realtime.permissions.generation();
-    sql(server, statements).await;
+    server.sql(statements).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.realtime.permissions.generation() == before {
         assert!(
@@ -29,27 +28,6 @@ async fn change_policies(server: &TestServer, statements: &str) {
         );
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn sql(server: &TestServer, statement: &str) {
-    server
-        .db
-        .execute_unprepared(statement)
-        .await
-        .unwrap_or_else(|err| panic!("{statement}: {err}"));
-}
-
-async fn count(server: &TestServer, query: &str) -> i64 {
-    let row = server
-        .db
-        .query_one(Statement::from_string(
-            server.db.get_database_backend(),
-            query,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index(0).unwrap()
 }
 
 async fn create_channel(server: &TestServer, pattern: &str) {
@@ -178,7 +156,9 @@ async fn publish_is_allowed_by_role_and_a_policy_change_takes_effect_at_once() {
     };
     assert_eq!(error["code"], "REALTIME_UNAUTHORIZED", "{error}");
     assert_eq!(
-        count(&server, "SELECT count(*) FROM realtime.messages").await,
+        server
+            .scalar("SELECT count(*) FROM realtime.messages")
+            .await,
         3,
         "refused publishes (and the checks themselves) store nothing"
     );
@@ -241,11 +221,9 @@ async fn quick_answers_follow_the_policies_state() {
     assert_eq!(hook.quick(&anon, Action::Publish), Some(Decision::Allow));
     let before = hook.generation();
 
-    sql(
-        &server,
-        "ALTER TABLE realtime.channels ENABLE ROW LEVEL SECURITY",
-    )
-    .await;
+    server
+        .sql("ALTER TABLE realtime.channels ENABLE ROW LEVEL SECURITY")
+        .await;
     hook.policies_changed().await;
     assert!(hook.generation() > before, "cached decisions are void");
     assert_eq!(
@@ -255,7 +233,9 @@ async fn quick_answers_follow_the_policies_state() {
     );
     assert_eq!(hook.quick(&anon, Action::Publish), Some(Decision::Allow));
 
-    sql(&server, "REVOKE INSERT ON realtime.messages FROM anon").await;
+    server
+        .sql("REVOKE INSERT ON realtime.messages FROM anon")
+        .await;
     hook.policies_changed().await;
     assert_eq!(hook.quick(&anon, Action::Publish), Some(Decision::Deny));
     assert_eq!(

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::receiver::Receiver;
 use common::wire::SioClient;
 use common::{postgres_skipped, Backend, TestServer, ANON_KEY};
-use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{json, Value};
 
 async fn create_channel(server: &TestServer, pattern: &str, urls: &[String]) {
@@ -23,27 +22,6 @@ async fn create_channel(server: &TestServer, pattern: &str, urls: &[String]) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-}
-
-async fn sql(server: &TestServer, statement: &str) {
-    server
-        .db
-        .execute_unprepared(statement)
-        .await
-        .unwrap_or_else(|err| panic!("{statement}: {err}"));
-}
-
-async fn scalar_i64(server: &TestServer, query: &str) -> i64 {
-    let row = server
-        .db
-        .query_one(Statement::from_string(
-            server.db.get_database_backend(),
-            query,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index(0).unwrap()
 }
 
 async fn subscriber(server: &TestServer, channel: &str) -> SioClient {
@@ -90,9 +68,9 @@ async fn a_trigger_publish_reaches_subscribers_webhooks_and_counts() {
     let server = TestServer::start(Backend::Postgres).await;
     let receiver = Receiver::start();
     create_channel(&server, "order:%", &[receiver.url("/orders")]).await;
-    sql(
-        &server,
-        "CREATE TABLE public.orders (id int PRIMARY KEY, status text NOT NULL);
+    server
+        .sql(
+            "CREATE TABLE public.orders (id int PRIMARY KEY, status text NOT NULL);
          CREATE FUNCTION public.notify_order_status() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF NEW.status IS DISTINCT FROM OLD.status THEN
@@ -104,10 +82,10 @@ async fn a_trigger_publish_reaches_subscribers_webhooks_and_counts() {
          CREATE TRIGGER order_status AFTER UPDATE ON public.orders
            FOR EACH ROW EXECUTE FUNCTION public.notify_order_status();
          INSERT INTO public.orders VALUES (7, 'new'), (8, 'new');",
-    )
-    .await;
+        )
+        .await;
     let mut client = subscriber(&server, "order:7").await;
-    sql(&server, "UPDATE public.orders SET status = 'paid'").await;
+    server.sql("UPDATE public.orders SET status = 'paid'").await;
 
     let (event, payload) = next_message(&mut client).await;
     assert_eq!(event, "status_changed");
@@ -133,42 +111,40 @@ async fn a_trigger_publish_reaches_subscribers_webhooks_and_counts() {
     // Counts as for any message: one socket for order:7, none for order:8,
     // one webhook each, delivered.
     wait_until("counts recorded", Duration::from_secs(10), || async {
-        scalar_i64(
-            &server,
-            "SELECT count(*) FROM realtime.messages
+        server
+            .scalar(
+                "SELECT count(*) FROM realtime.messages
               WHERE wh_audience_count = 1 AND wh_delivered_count = 1",
-        )
-        .await
+            )
+            .await
             == 2
     })
     .await;
     assert_eq!(
-        scalar_i64(
-            &server,
+        server.scalar(
             "SELECT ws_audience_count::bigint FROM realtime.messages WHERE channel_name = 'order:7'"
         )
         .await,
         1
     );
     assert_eq!(
-        scalar_i64(
-            &server,
+        server.scalar(
             "SELECT ws_audience_count::bigint FROM realtime.messages WHERE channel_name = 'order:8'"
         )
         .await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            &server,
-            "SELECT count(*) FROM realtime.messages WHERE seq IS NULL OR seq <= 0"
-        )
-        .await,
+        server
+            .scalar("SELECT count(*) FROM realtime.messages WHERE seq IS NULL OR seq <= 0")
+            .await,
         0,
         "every message is numbered"
     );
     assert_eq!(
-        scalar_i64(&server, "SELECT count(*) FROM realtime.webhook_pending").await,
+        server
+            .scalar("SELECT count(*) FROM realtime.webhook_pending")
+            .await,
         0
     );
 }
@@ -183,8 +159,7 @@ async fn a_direct_insert_is_delivered_and_a_disabled_channel_is_not() {
     let server = TestServer::start(Backend::Postgres).await;
     create_channel(&server, "room:%", &[]).await;
     let mut client = subscriber(&server, "room:1").await;
-    sql(
-        &server,
+    server.sql(
         "INSERT INTO realtime.messages (event_name, channel_id, channel_name, payload, sender_type)
          SELECT 'said', id, 'room:1', '{\"text\":\"hi\"}', 'user' FROM realtime.channels",
     )
@@ -206,18 +181,17 @@ async fn a_direct_insert_is_delivered_and_a_disabled_channel_is_not() {
         )
         .await;
     assert_eq!(status, 200);
-    sql(
-        &server,
+    server.sql(
         "INSERT INTO realtime.messages (event_name, channel_id, channel_name, payload, sender_type)
          SELECT 'hidden', id, 'room:1', '{}', 'system' FROM realtime.channels",
     )
     .await;
     wait_until("the row numbered", Duration::from_secs(10), || async {
-        scalar_i64(
-            &server,
-            "SELECT count(*) FROM realtime.messages WHERE event_name = 'hidden' AND seq > 0",
-        )
-        .await
+        server
+            .scalar(
+                "SELECT count(*) FROM realtime.messages WHERE event_name = 'hidden' AND seq > 0",
+            )
+            .await
             == 1
     })
     .await;
@@ -246,13 +220,13 @@ async fn killing_the_listener_loses_nothing_and_repeats_nothing() {
     let publishing = async {
         for n in 0..N {
             if n == 500 || n == 1200 {
-                assert_eq!(scalar_i64(&server, kill).await, 1, "one listener to kill");
+                assert_eq!(server.scalar(kill).await, 1, "one listener to kill");
             }
-            sql(
-                &server,
-                &format!("SELECT realtime.publish('feed:1', 'tick', jsonb_build_object('n', {n}))"),
-            )
-            .await;
+            server
+                .sql(&format!(
+                    "SELECT realtime.publish('feed:1', 'tick', jsonb_build_object('n', {n}))"
+                ))
+                .await;
         }
     };
     let receiving = async {
@@ -298,11 +272,11 @@ async fn own_messages_are_not_delivered_twice() {
             )
             .await;
         assert_eq!(ack["ok"], true, "{ack}");
-        sql(
-            &server,
-            &format!("SELECT realtime.publish('chat:1', 'sql', jsonb_build_object('n', {n}))"),
-        )
-        .await;
+        server
+            .sql(&format!(
+                "SELECT realtime.publish('chat:1', 'sql', jsonb_build_object('n', {n}))"
+            ))
+            .await;
     }
     let mut ids = std::collections::HashSet::new();
     let (mut n_socket, mut n_sql) = (0, 0);
@@ -328,11 +302,9 @@ async fn own_messages_are_not_delivered_twice() {
     );
     // Every message has its own positive seq.
     assert_eq!(
-        scalar_i64(
-            &server,
-            "SELECT count(DISTINCT seq) FROM realtime.messages WHERE seq > 0"
-        )
-        .await,
+        server
+            .scalar("SELECT count(DISTINCT seq) FROM realtime.messages WHERE seq > 0")
+            .await,
         100
     );
 }

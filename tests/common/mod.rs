@@ -192,6 +192,29 @@ impl TestServer {
         .await
     }
 
+    /// Runs SQL statements on the server's database (simple protocol, so
+    /// several may be given at once); panics with the database's words.
+    pub async fn sql(&self, statements: &str) {
+        self.db
+            .execute_unprepared(statements)
+            .await
+            .unwrap_or_else(|err| panic!("{statements}: {err}"));
+    }
+
+    /// The first column of the first row of `query`, as an integer.
+    pub async fn scalar(&self, query: &str) -> i64 {
+        let row = self
+            .db
+            .query_one(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                query,
+            ))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{query}: no row"));
+        row.try_get_by_index(0).unwrap()
+    }
+
     /// GETs `path` and returns status and body text (for non-JSON answers).
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let mut response = self

@@ -72,7 +72,7 @@ impl DatabaseListener {
             .enable_all()
             .build()?;
         std::thread::Builder::new()
-            .name("realtime-sql-publish".into())
+            .name("realtime-db-listener".into())
             .spawn(move || runtime.block_on(self.run()))?;
         Ok(())
     }

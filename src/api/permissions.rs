@@ -75,13 +75,37 @@ pub struct PermissionsView {
 pub struct CreatePolicyRequest {
     /// Unique per action, at most 63 bytes.
     name: String,
-    /// `subscribe` or `publish`.
-    action: String,
+    action: ActionName,
     /// Among `anon`, `authenticated`, `project_admin`.
-    roles: Vec<String>,
+    #[schema(min_items = 1)]
+    roles: Vec<RoleName>,
     /// A boolean SQL expression (PostgreSQL, or SQLite over the `request`
     /// table; docs/permissions.md).
     condition: String,
+}
+
+/// What a policy governs.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum ActionName {
+    /// Subscribing (policies on `realtime.channels`).
+    Subscribe,
+    /// Publishing (policies on `realtime.messages`).
+    Publish,
+}
+
+/// A role policies are written for.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum RoleName {
+    /// Anonymous keys and anon JWTs.
+    Anon,
+    /// Users' JWTs.
+    Authenticated,
+    /// API keys and admin JWTs.
+    ProjectAdmin,
 }
 
 fn view(policy: Policy) -> PolicyView {
@@ -236,7 +260,7 @@ pub(super) async fn create(
     path = "/api/realtime/permissions/{action}/{name}",
     tag = "Permissions",
     summary = "Drop a policy",
-    params(("action" = String, Path, description = "subscribe or publish"), ("name" = String, Path, description = "The policy's name")),
+    params(("action" = ActionName, Path, description = "subscribe or publish"), ("name" = String, Path, description = "The policy's name")),
     responses(
         (status = 204, description = "Dropped"),
         (status = 400, description = "Invalid input", body = ErrorResponse),

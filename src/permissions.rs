@@ -347,39 +347,42 @@ impl SqlitePolicies {
         }
     }
 
-    /// The conditions that may allow `role` to do `action`, or the decision
-    /// when none needs evaluating.
-    fn applicable(&self, role: Role, action: PolicyAction) -> Result<Vec<String>, Decision> {
-        let set = self.set.read();
+    /// The decision when none needs evaluating: the action is not
+    /// governed, the role has no policy, or one of its policies is `true`.
+    /// Allocates nothing (every publish asks).
+    fn decided(set: &SqlitePolicySet, role: Role, action: PolicyAction) -> Option<Decision> {
         let enforced = match action {
             PolicyAction::Subscribe => set.subscribe_enforced,
             PolicyAction::Publish => set.publish_enforced,
         };
         if !enforced {
-            return Err(Decision::Allow);
+            return Some(Decision::Allow);
         }
-        let conditions: Vec<String> = set
-            .policies
+        let mut applicable = Self::applicable(set, role, action).peekable();
+        if applicable.peek().is_none() {
+            return Some(Decision::Deny);
+        }
+        applicable
+            .any(|condition| condition.eq_ignore_ascii_case("true") || condition == "1")
+            .then_some(Decision::Allow)
+    }
+
+    /// The conditions of the policies that may allow `role` to do `action`.
+    fn applicable(
+        set: &SqlitePolicySet,
+        role: Role,
+        action: PolicyAction,
+    ) -> impl Iterator<Item = &str> {
+        set.policies
             .iter()
-            .filter(|policy| policy.action == action)
-            .filter(|policy| {
+            .filter(move |policy| policy.action == action)
+            .filter(move |policy| {
                 policy
                     .roles
                     .iter()
                     .any(|r| r == role.as_str() || r == "public")
             })
-            .map(|policy| policy.condition.trim().to_owned())
-            .collect();
-        if conditions.is_empty() {
-            return Err(Decision::Deny);
-        }
-        if conditions
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case("true") || c == "1")
-        {
-            return Err(Decision::Allow);
-        }
-        Ok(conditions)
+            .map(|policy| policy.condition.trim())
     }
 }
 
@@ -392,8 +395,7 @@ fn policy_action(action: Action) -> PolicyAction {
 
 impl PermissionHook for SqlitePolicies {
     fn quick(&self, principal: &Principal, action: Action) -> Option<Decision> {
-        self.applicable(principal.role(), policy_action(action))
-            .err()
+        Self::decided(&self.set.read(), principal.role(), policy_action(action))
     }
 
     fn check(
@@ -407,9 +409,14 @@ impl PermissionHook for SqlitePolicies {
             Request::Subscribe => (PolicyAction::Subscribe, None),
             Request::Publish { event, .. } => (PolicyAction::Publish, Some(event)),
         };
-        let conditions = match self.applicable(principal.role(), action) {
-            Ok(conditions) => conditions,
-            Err(decision) => return Box::pin(async move { decision }),
+        let conditions: Vec<String> = {
+            let set = self.set.read();
+            if let Some(decision) = Self::decided(&set, principal.role(), action) {
+                return Box::pin(async move { decision });
+            }
+            Self::applicable(&set, principal.role(), action)
+                .map(str::to_owned)
+                .collect()
         };
         let request = SqliteRequest {
             user_id: match principal {

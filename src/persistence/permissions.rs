@@ -3,9 +3,7 @@
 //! (publish), read from `pg_policies`, and checks that evaluate them as
 //! InsForge does; on SQLite, the server's own store in the same shape.
 
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use uuid::Uuid;
 
 use super::policies::PolicyAction;
@@ -211,11 +209,12 @@ pub enum AccessOutcome {
     PolicyFailed(String),
 }
 
-/// Evaluates `request` as InsForge does: in one transaction, as the
-/// caller's role, with `request.jwt.claims` and `realtime.channel_name`
-/// set; subscribe is `SELECT 1 FROM realtime.channels` matching the name,
-/// publish an INSERT of the message into `realtime.messages`. The
-/// transaction is always rolled back (the real row is the writer's).
+/// Evaluates `request` as InsForge does, in one statement
+/// (`realtime.check_access`, migration 6): as the caller's role, with
+/// `request.jwt.claims` and `realtime.channel_name` set for that statement
+/// only; subscribe is `SELECT 1 FROM realtime.channels` matching the name,
+/// publish an INSERT of the message into `realtime.messages`, always
+/// undone (the real row is the writer's).
 ///
 /// # Errors
 /// Only failures to reach the database; whatever the policies do is an
@@ -224,12 +223,45 @@ pub async fn check_postgres(
     db: &DatabaseConnection,
     request: &AccessRequest,
 ) -> Result<AccessOutcome, PersistenceError> {
-    let txn = db.begin().await?;
-    let evaluated = evaluate(&txn, request).await;
-    // Dropping the transaction would roll back too, but not before the
-    // connection goes back to the pool.
-    let _ = txn.rollback().await;
-    match evaluated {
+    let (action, channel_id, event_name, payload, sender_type, sender_id) = match &request.action {
+        AccessAction::Subscribe => ("subscribe", None, None, None, None, None),
+        AccessAction::Publish {
+            channel_id,
+            event_name,
+            payload,
+            sender_type,
+            sender_id,
+        } => (
+            "publish",
+            Some(*channel_id),
+            Some(event_name.clone()),
+            Some(payload.clone()),
+            Some(*sender_type),
+            *sender_id,
+        ),
+    };
+    let checked = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT realtime.check_access($1, $2, $3, $4, $5, $6, $7, $8, $9) AS allowed",
+            [
+                Value::from(request.role),
+                Value::from(request.claims.as_str()),
+                Value::from(request.channel_name.as_str()),
+                Value::from(action),
+                Value::from(channel_id),
+                Value::from(event_name),
+                Value::Json(payload.map(Box::new)),
+                Value::from(sender_type),
+                Value::from(sender_id),
+            ],
+        ))
+        .await
+        .and_then(|row| match row {
+            Some(row) => row.try_get::<bool>("", "allowed"),
+            None => Ok(false),
+        });
+    match checked {
         Ok(true) => Ok(AccessOutcome::Allowed),
         Ok(false) => Ok(AccessOutcome::Denied),
         Err(err) => match database_error(&err) {
@@ -239,57 +271,5 @@ pub async fn check_postgres(
             Some(_) => Ok(AccessOutcome::PolicyFailed(err.to_string())),
             None => Err(err.into()),
         },
-    }
-}
-
-async fn evaluate<C: ConnectionTrait>(conn: &C, request: &AccessRequest) -> Result<bool, DbErr> {
-    conn.execute(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT set_config('role', $1, true), \
-                set_config('request.jwt.claims', $2, true), \
-                set_config('realtime.channel_name', $3, true)",
-        [
-            Value::from(request.role),
-            Value::from(request.claims.as_str()),
-            Value::from(request.channel_name.as_str()),
-        ],
-    ))
-    .await?;
-    match &request.action {
-        AccessAction::Subscribe => {
-            let row = conn
-                .query_one(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT 1 AS allowed FROM realtime.channels \
-                     WHERE enabled AND (pattern = $1 OR $1 LIKE pattern) LIMIT 1",
-                    [Value::from(request.channel_name.as_str())],
-                ))
-                .await?;
-            Ok(row.is_some())
-        }
-        AccessAction::Publish {
-            channel_id,
-            event_name,
-            payload,
-            sender_type,
-            sender_id,
-        } => {
-            conn.execute(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "INSERT INTO realtime.messages \
-                 (event_name, channel_id, channel_name, payload, sender_type, sender_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                [
-                    Value::from(event_name.as_str()),
-                    Value::from(*channel_id),
-                    Value::from(request.channel_name.as_str()),
-                    Value::from(payload.clone()),
-                    Value::from(*sender_type),
-                    Value::from(*sender_id),
-                ],
-            ))
-            .await?;
-            Ok(true)
-        }
     }
 }

@@ -168,6 +168,10 @@ impl PostgresPolicies {
         match queries::rls_state(&self.db).await {
             Ok(state) => {
                 let mut current = self.state.write();
+                if current.is_some_and(|(read_at, _)| read_at > generation) {
+                    // A read that began later finished first: it stays.
+                    return;
+                }
                 let differs = current.is_some_and(|(_, old)| old != state);
                 *current = Some((generation, state));
                 if differs {

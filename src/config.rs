@@ -35,6 +35,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Subscribe and publish permissions (row-level security).
     pub permissions: PermissionSettings,
+    /// Recovering what a dropped connection missed.
+    pub recovery: RecoverySettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -179,6 +181,25 @@ pub struct PermissionSettings {
     /// How often the policies' state is read again even without a
     /// notification of change. Defaults to 30000 ms.
     pub refresh_ms: u64,
+}
+
+/// The `[recovery]` section: connection state recovery (SPEC §9b).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverySettings {
+    /// Give clients a private session id and delivered messages their
+    /// offset, and restore sessions that come back. Defaults to true.
+    pub enabled: bool,
+    /// How long after a connection dropped it may still be recovered.
+    /// Defaults to 600000 ms (10 minutes).
+    pub window_ms: u64,
+    /// Most missed messages one recovery replays; a session that missed
+    /// more starts afresh. Defaults to 10000.
+    pub max_messages: u64,
+    /// Deliveries a session remembers until the client confirms them (by
+    /// answering a ping); a session past it can no longer be recovered.
+    /// Defaults to 8192.
+    pub max_unconfirmed: usize,
 }
 
 /// The `[webhooks]` section.
@@ -419,6 +440,16 @@ impl Settings {
             return Err(ConfigError::new(
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
+            ));
+        }
+        let recovery = &self.recovery;
+        if recovery.window_ms == 0 {
+            return Err(ConfigError::new("recovery.window_ms", "must be at least 1"));
+        }
+        if recovery.max_unconfirmed < 16 {
+            return Err(ConfigError::new(
+                "recovery.max_unconfirmed",
+                "must be at least 16",
             ));
         }
         let permissions = &self.permissions;

@@ -20,7 +20,7 @@ use crate::engineio::{
     self, CloseReason, EngineConfig, EngineHandler, EngineServer, Link, Message,
 };
 use crate::protocol::engineio::Frame;
-use crate::socketio::{Event, Refusal, Socket, SocketHandler, SocketIo, SocketIoConfig};
+use crate::socketio::{Admission, Event, Refusal, Socket, SocketHandler, SocketIo, SocketIoConfig};
 
 /// The settings the suites check: 300 / 200 ms heartbeat, 1e6 bytes.
 pub fn engine_config() -> EngineConfig {
@@ -77,8 +77,8 @@ impl SocketHandler for EchoSocket {
         _socket: &mut Socket<'_, '_, Self>,
         _namespace: &str,
         _auth: Option<&Value>,
-    ) -> Result<(), Refusal> {
-        Ok(())
+    ) -> Result<Admission, Refusal> {
+        Ok(Admission::Now { pid: None })
     }
 
     fn on_connected(

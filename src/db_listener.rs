@@ -29,6 +29,7 @@ use crate::channel::Stored;
 use crate::metrics::METRICS;
 use crate::permissions::PermissionHook;
 use crate::persistence::sequencer;
+use crate::persistence::writer::CommittedSeq;
 use crate::webhooks::{WebhookMessage, Webhooks};
 
 /// Rows numbered per statement.
@@ -58,6 +59,8 @@ pub struct DatabaseListener {
     /// Read the policies' state again this often even without a
     /// notification (`permissions.refresh_ms`).
     pub refresh: Duration,
+    /// Advanced past the rows numbered here.
+    pub committed: CommittedSeq,
 }
 
 impl DatabaseListener {
@@ -172,6 +175,9 @@ impl DatabaseListener {
     /// row of a channel that is gone or disabled goes nowhere (InsForge
     /// skips them too).
     fn hand_on(&self, rows: Vec<messages::Model>) {
+        if let Some(last) = rows.iter().filter_map(|row| row.seq).max() {
+            self.committed.advance(last);
+        }
         for row in rows {
             let Some(definition) = row.channel_id.and_then(|id| self.catalog.by_id(id)) else {
                 continue;

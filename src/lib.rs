@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod publish;
 pub mod rate_limit;
 pub mod realtime;
+pub mod recovery;
 pub mod server;
 pub mod socketio;
 pub mod webhooks;

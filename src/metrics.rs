@@ -61,6 +61,11 @@ pub struct Metrics {
     pub sql_messages: Counter,
     /// Times the PostgreSQL listener connection was lost and made again.
     pub sql_listener_reconnects: Counter,
+    /// Connections that came back with a private session id, by outcome
+    /// (indexed as [`RECOVERY_OUTCOMES`]).
+    pub recoveries: [Counter; 2],
+    /// Messages replayed to recovered sessions.
+    pub recovery_replayed: Counter,
     /// Permission checks that went to the database, by decision (indexed
     /// as [`PERMISSION_DECISIONS`]).
     pub permission_checks: [Counter; 3],
@@ -98,6 +103,9 @@ pub const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
 /// Decisions of database permission checks, for
 /// [`Metrics::permission_checks`] (in `Decision`'s order).
 pub const PERMISSION_DECISIONS: [&str; 3] = ["allow", "deny", "unavailable"];
+
+/// How a recovery ended, for [`Metrics::recoveries`].
+pub const RECOVERY_OUTCOMES: [&str; 2] = ["recovered", "fresh"];
 
 /// How a webhook request ended, for [`Metrics::webhook_requests`].
 pub const WEBHOOK_OUTCOMES: [&str; 4] = ["2xx", "http_error", "network_error", "timeout"];
@@ -191,6 +199,8 @@ pub static METRICS: Metrics = Metrics {
     writer_rows: Counter::new(),
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
+    recoveries: [const { Counter::new() }; 2],
+    recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],
     permission_policy_errors: Counter::new(),
     webhook_requests: [const { Counter::new() }; 4],
@@ -348,6 +358,23 @@ pub fn render() -> String {
         "realtime_sql_listener_reconnects_total",
         "Times the PostgreSQL listener connection was lost and made again.",
         m.sql_listener_reconnects.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP realtime_recoveries_total Connections that came back with a private session id, by outcome.\n# TYPE realtime_recoveries_total counter"
+    );
+    for (outcome, count) in RECOVERY_OUTCOMES.iter().zip(&m.recoveries) {
+        let _ = writeln!(
+            out,
+            "realtime_recoveries_total{{outcome=\"{outcome}\"}} {}",
+            count.get()
+        );
+    }
+    counter(
+        &mut out,
+        "realtime_recovery_replayed_total",
+        "Messages replayed to recovered sessions.",
+        m.recovery_replayed.get(),
     );
     let _ = writeln!(
         out,

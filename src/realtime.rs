@@ -15,13 +15,14 @@ use tokio::sync::oneshot;
 use crate::auth::Authenticator;
 use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
-use crate::channel::{Publish, Reply};
-use crate::config::{LimitSettings, Settings};
+use crate::channel::{ChannelSettings, Publish, Reply};
+use crate::config::{LimitSettings, RecoverySettings, Settings};
 use crate::db_listener::DatabaseListener;
 use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
-use crate::persistence::writer::{Drain, MessageWriter};
+use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
+use crate::recovery::RecoveryStore;
 use crate::webhooks::{WebhookDispatcher, Webhooks};
 
 /// The shared state of the realtime pipeline.
@@ -43,6 +44,12 @@ pub struct Realtime {
     /// How long a socket's publish decision for a channel is reused
     /// (`permissions.publish_cache_ms`).
     pub publish_cache: Duration,
+    /// Where history is read back (recovery replays).
+    pub db: sea_orm::DatabaseConnection,
+    /// Sessions that can be recovered, when recovery is on.
+    pub recovery: Option<Arc<RecoveryStore>>,
+    /// `[recovery]`.
+    pub recovery_settings: RecoverySettings,
 }
 
 impl Realtime {
@@ -58,10 +65,17 @@ impl Realtime {
     ) -> Result<Realtime, PersistenceError> {
         let catalog = Arc::new(ChannelCatalog::load(db).await?);
         let database = &settings.database;
+        let committed = CommittedSeq::new(
+            crate::persistence::messages::max_seq(db)
+                .await?
+                .unwrap_or(0)
+                .max(0),
+        );
         let writer = MessageWriter::new(
             db.clone(),
             database.batch_size,
             Duration::from_millis(database.batch_window_ms),
+            committed.clone(),
         );
         let writer = MessageWriter::start_in_arbiter(&actix::Arbiter::new().handle(), |_| writer);
         let webhooks = WebhookDispatcher::start(
@@ -80,7 +94,11 @@ impl Realtime {
             writer.clone(),
             webhooks.clone(),
             n_threads,
-            settings.limits.max_pending_per_channel,
+            ChannelSettings {
+                max_pending: settings.limits.max_pending_per_channel,
+                offsets: settings.recovery.enabled,
+            },
+            committed.clone(),
         )
         .start_on_own_thread();
         let permissions: Arc<dyn PermissionHook> =
@@ -96,6 +114,7 @@ impl Realtime {
                     sql_publish: database.sql_publish,
                     permissions: policies.clone(),
                     refresh: Duration::from_millis(settings.permissions.refresh_ms),
+                    committed: committed.clone(),
                 }
                 .spawn()
                 .map_err(|err| {
@@ -107,7 +126,26 @@ impl Realtime {
             } else {
                 SqlitePolicies::open(db, &settings.permissions).await?
             };
+        let recovery = if settings.recovery.enabled {
+            let store = RecoveryStore::new(
+                db.clone(),
+                Duration::from_millis(settings.recovery.window_ms),
+            );
+            match store.forget_expired().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(n, "forgot sessions saved for recovery that expired")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "could not forget expired saved sessions"),
+            }
+            Some(Arc::new(store))
+        } else {
+            None
+        };
         Ok(Realtime {
+            db: db.clone(),
+            recovery,
+            recovery_settings: settings.recovery.clone(),
             catalog,
             registry,
             writer,
@@ -173,5 +211,13 @@ impl Realtime {
         self.drain().await;
         self.webhooks.shutdown(grace).await;
         let _ = self.writer.send(Drain).await;
+        // The sessions closed before this: their clients can recover from
+        // the next process.
+        if let Some(store) = &self.recovery {
+            match store.save_all().await {
+                Ok(n) => tracing::info!(n, "sessions saved for recovery after the restart"),
+                Err(err) => tracing::error!(error = %err, "could not save sessions for recovery"),
+            }
+        }
     }
 }

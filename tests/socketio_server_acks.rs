@@ -10,7 +10,9 @@ use actix_web::App;
 use common::wire::{WsClient, WsFrame};
 use realtime::engineio::upgrade::{self, HttpOptions, UpgradeRoutes};
 use realtime::engineio::{transport, EngineConfig, EngineServer};
-use realtime::socketio::{Event, Refusal, Socket, SocketHandler, SocketIo, SocketIoConfig};
+use realtime::socketio::{
+    Admission, Event, Refusal, Socket, SocketHandler, SocketIo, SocketIoConfig,
+};
 use serde_json::{json, Value};
 
 /// Asks the client a question on connect and reports the answer.
@@ -30,8 +32,8 @@ impl SocketHandler for Asker {
         _: &mut Socket<'_, '_, Self>,
         _: &str,
         _: Option<&Value>,
-    ) -> Result<(), Refusal> {
-        Ok(())
+    ) -> Result<Admission, Refusal> {
+        Ok(Admission::Now { pid: None })
     }
 
     fn on_connected(

@@ -13,6 +13,7 @@ mod m20261201_000003_add_message_seq;
 mod m20261201_000004_notify_policy_changes;
 mod m20261201_000005_create_sqlite_policies;
 mod m20261201_000006_create_check_access;
+mod m20261201_000007_create_recovery;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_notify_policy_changes::Migration),
             Box::new(m20261201_000005_create_sqlite_policies::Migration),
             Box::new(m20261201_000006_create_check_access::Migration),
+            Box::new(m20261201_000007_create_recovery::Migration),
         ]
     }
 }

@@ -1,13 +1,18 @@
 //! How deliveries look on the wire: each message and presence event is
 //! encoded once, as the Engine.IO text frame every subscriber gets, with
-//! the `meta` object of SPEC §5.
+//! the `meta` object of SPEC §5. A stored message also carries its offset
+//! (its `seq`, as a string) as the event's last argument, which is what
+//! `socket.io-client` keeps to recover a dropped connection; the offset is
+//! known only once the message is durable, so a message is encoded open
+//! ([`OpenFrame`]) and sealed with it then.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::protocol::engineio::Frame;
-use crate::publish::Sender;
+use crate::publish::{Sender, SenderType};
+use entity::messages;
 
 /// `meta` of a delivered message or presence event: `{channel, messageId,
 /// senderType, senderId?, timestamp}`.
@@ -36,15 +41,38 @@ pub fn encode_event(event: &str, body: &Value) -> Frame {
     event_frame(event, &[&body.to_string()])
 }
 
+/// A delivered message's frame without its closing bracket:
+/// `42[<event>,<body>`, waiting for its offset.
+#[derive(Debug)]
+pub struct OpenFrame(String);
+
+/// Room reserved in an open frame for `,"<offset>"]`, so sealing it never
+/// copies the text.
+const SEAL_ROOM: usize = 24;
+
+impl OpenFrame {
+    /// Closes the frame, with `offset` as the event's last argument if
+    /// given: `42[<event>,<body>,"<offset>"]`.
+    pub fn seal(mut self, offset: Option<i64>) -> Frame {
+        if let Some(offset) = offset {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(self.0, ",\"{offset}\"");
+        }
+        self.0.push(']');
+        Frame::Text(self.0.into())
+    }
+}
+
 /// Encodes a delivered message once: the payload's fields plus `meta`,
 /// spliced into the payload's own serialization instead of copying the
 /// payload into a new map (`{"a":1}` + meta → `{"a":1,"meta":{…}}`). A
 /// payload key named `meta` is replaced, as a map insert would.
-pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> OpenFrame {
     if payload.contains_key("meta") {
         let mut body = payload.clone();
         body.insert("meta".into(), meta.clone());
-        return encode_event(event, &Value::Object(body));
+        return open_event(event, &[&Value::Object(body).to_string()]);
     }
     // unwrap: a map of JSON values always serializes.
     let body = serde_json::to_string(payload).unwrap();
@@ -54,25 +82,48 @@ pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) 
     } else {
         ",\"meta\":"
     };
-    event_frame(
+    open_event(
         event,
         &[&body[..body.len() - 1], separator, &meta.to_string(), "}"],
     )
 }
 
-/// `42[<event as JSON>,<body parts>]` as one text frame.
-fn event_frame(event: &str, body_parts: &[&str]) -> Frame {
+/// A stored row as its subscribers get it (its id and time kept). A
+/// payload that is not an object (SQL can store any JSON) spreads into
+/// nothing, as `{...payload, meta}` does in InsForge.
+pub fn open_stored(channel: &str, row: &messages::Model) -> OpenFrame {
+    let sender = Sender {
+        sender_type: SenderType::parse(&row.sender_type),
+        sender_id: row.sender_id,
+    };
+    let meta = meta(channel, row.id, &sender, row.created_at);
+    let empty = Map::new();
+    let payload = row.payload.as_object().unwrap_or(&empty);
+    open_delivery(&row.event_name, payload, &meta)
+}
+
+/// [`open_delivery`], sealed without an offset.
+pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+    open_delivery(event, payload, meta).seal(None)
+}
+
+/// `42[<event as JSON>,<body parts>`.
+fn open_event(event: &str, body_parts: &[&str]) -> OpenFrame {
     let event = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
     let body_len: usize = body_parts.iter().map(|part| part.len()).sum();
-    let mut text = String::with_capacity(event.len() + body_len + 5);
+    let mut text = String::with_capacity(event.len() + body_len + 4 + SEAL_ROOM);
     text.push_str("42[");
     text.push_str(&event);
     text.push(',');
     for part in body_parts {
         text.push_str(part);
     }
-    text.push(']');
-    Frame::Text(text.into())
+    OpenFrame(text)
+}
+
+/// `42[<event as JSON>,<body parts>]` as one text frame.
+fn event_frame(event: &str, body_parts: &[&str]) -> Frame {
+    open_event(event, body_parts).seal(None)
 }
 
 #[cfg(test)]
@@ -110,6 +161,15 @@ mod tests {
         assert_eq!(
             encode_delivery("e", &Map::new(), &json!({ "m": 1 })),
             Frame::Text(r#"42["e",{"meta":{"m":1}}]"#.into())
+        );
+    }
+
+    #[test]
+    fn a_sealed_frame_ends_with_its_offset_as_a_string() {
+        let open = open_delivery("e", &Map::new(), &json!({ "m": 1 }));
+        assert_eq!(
+            open.seal(Some(9_007_199_254_740_993)),
+            Frame::Text(r#"42["e",{"meta":{"m":1}},"9007199254740993"]"#.into())
         );
     }
 }

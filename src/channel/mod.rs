@@ -33,19 +33,19 @@ use std::time::Instant;
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::messages;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::metrics::METRICS;
 use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
 use crate::protocol::engineio::Frame;
-use crate::publish::{Outgoing, PublishError, Sender, SenderType};
+use crate::publish::{Outgoing, PublishError, Sender};
 use crate::webhooks::{WebhookMessage, Webhooks};
 use catalog::ChannelDef;
-pub use delivery::{encode_delivery, encode_event};
+pub use delivery::{encode_delivery, encode_event, open_delivery, open_stored, OpenFrame};
 use registry::{ChannelRegistry, Idle};
-pub use subscriber::{Joined, Member, Published, Subscriber, SubscriberEvent};
+pub use subscriber::{Delivered, Joined, Member, Published, Subscriber, SubscriberEvent};
 
 /// Where the outcome of a publish goes.
 #[derive(Debug)]
@@ -179,7 +179,10 @@ struct Pending {
     id: Uuid,
     /// The stored row, kept only for a REST publisher, who gets it back.
     row: Option<messages::Model>,
-    frame: Frame,
+    /// Sealed with the offset when delivered.
+    frame: OpenFrame,
+    /// Known once durable.
+    seq: Option<i64>,
     /// `None` for [`Stored`] messages: nobody waits for them.
     reply: Option<Reply>,
     /// `None` until the writer answers; `Stored` messages start durable.
@@ -260,6 +263,20 @@ pub struct Channel {
     /// When the actor started, and last handled a join, leave or message.
     created_at: DateTime<Utc>,
     last_activity_at: DateTime<Utc>,
+    /// The `seq` of the last message delivered (at start: the highest
+    /// committed then, as nothing before it will come through here).
+    last_seq: i64,
+    /// Whether delivered messages carry their offset.
+    offsets: bool,
+}
+
+/// How a channel runs, the same for all of them.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelSettings {
+    /// Most messages waiting to be durable (`limits.max_pending_per_channel`).
+    pub max_pending: usize,
+    /// Delivered messages carry their offset (`recovery.enabled`).
+    pub offsets: bool,
 }
 
 impl Channel {
@@ -269,7 +286,8 @@ impl Channel {
         registry: Addr<ChannelRegistry>,
         writer: Addr<MessageWriter>,
         webhooks: Webhooks,
-        max_pending: usize,
+        settings: ChannelSettings,
+        committed_seq: i64,
     ) -> Self {
         Channel {
             name,
@@ -280,7 +298,7 @@ impl Channel {
             presence: HashMap::new(),
             members_json: None,
             pending: VecDeque::new(),
-            max_pending,
+            max_pending: settings.max_pending,
             presence_outbox: Vec::new(),
             presence_seq: 0,
             subscribed_since: HashMap::new(),
@@ -289,6 +307,8 @@ impl Channel {
             n_delivered: 0,
             created_at: Utc::now(),
             last_activity_at: Utc::now(),
+            last_seq: committed_seq,
+            offsets: settings.offsets,
         }
     }
 
@@ -319,23 +339,23 @@ impl Channel {
         encode_event(event, &json!({ "member": member, "meta": meta }))
     }
 
-    /// Pushes to each subscriber the frames `frames_for` picks for it
-    /// (none when it returns `None`); returns how many took them. A
-    /// subscriber whose mailbox is full is too slow: it is told it was
-    /// evicted, and it leaves.
-    fn push_frames(
+    /// Pushes to each subscriber the event `event_for` picks for it (none
+    /// when it returns `None`); returns how many took it. A subscriber
+    /// whose mailbox is full is too slow: it is told it was evicted, and
+    /// it leaves.
+    fn push_events(
         &mut self,
-        frames_for: impl Fn(u64) -> Option<Arc<[Frame]>>,
+        event_for: impl Fn(u64) -> Option<SubscriberEvent>,
         ctx: &mut Context<Self>,
     ) -> usize {
         let mut n_sent = 0;
         let mut too_slow = Vec::new();
         let mut gone = Vec::new();
         for (id, subscriber) in &self.subscribers {
-            let Some(frames) = frames_for(*id) else {
+            let Some(event) = event_for(*id) else {
                 continue;
             };
-            match subscriber.events.try_send(SubscriberEvent::Frames(frames)) {
+            match subscriber.events.try_send(event) {
                 Ok(()) => n_sent += 1,
                 Err(actix::dev::SendError::Full(_)) => too_slow.push(*id),
                 Err(actix::dev::SendError::Closed(_)) => gone.push(*id),
@@ -399,6 +419,7 @@ impl Channel {
     /// Delivers the durable messages at the front of the queue, in order.
     fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
         let mut frames = Vec::new();
+        let mut seqs = Vec::new();
         let mut delivered = Vec::new();
         while let Some(front) = self.pending.front() {
             match &front.outcome {
@@ -409,7 +430,12 @@ impl Channel {
                     METRICS
                         .publish_delivery
                         .observe_micros(pending.accepted_at.elapsed());
-                    frames.push(pending.frame);
+                    if let Some(seq) = pending.seq {
+                        self.last_seq = self.last_seq.max(seq);
+                    }
+                    let offset = pending.seq.filter(|_| self.offsets);
+                    frames.push(pending.frame.seal(offset));
+                    seqs.push(offset);
                     delivered.push((pending.id, pending.row, pending.reply, pending.webhook));
                 }
                 Some(Err(_)) => {
@@ -423,8 +449,13 @@ impl Channel {
             }
         }
         if !delivered.is_empty() {
-            let frames: Arc<[Frame]> = frames.into();
-            let n_sent = self.push_frames(|_| Some(frames.clone()), ctx) as i32;
+            let messages = Arc::new(Delivered {
+                channel: self.name.clone(),
+                frames,
+                seqs,
+            });
+            let n_sent =
+                self.push_events(|_| Some(SubscriberEvent::Messages(messages.clone())), ctx) as i32;
             METRICS.messages_delivered.add(delivered.len() as u64);
             self.n_delivered += delivered.len() as u64;
             METRICS
@@ -544,6 +575,7 @@ impl Handler<Join> for Channel {
             name: self.name.clone(),
             channel: ctx.address(),
             members,
+            after_seq: self.last_seq,
         }));
     }
 }
@@ -559,12 +591,12 @@ impl Handler<FlushPresence> for Channel {
         let all: Arc<[Frame]> = events.iter().map(|event| event.frame.clone()).collect();
         let joiners: HashSet<u64> = events.iter().filter_map(|event| event.except).collect();
         let since = std::mem::take(&mut self.subscribed_since);
-        self.push_frames(
+        self.push_events(
             |id| {
                 let joined_at = since.get(&id).copied().unwrap_or(0);
                 if joined_at < first_seq && !joiners.contains(&id) {
                     // Here before the burst: every event, shared.
-                    return Some(all.clone());
+                    return Some(SubscriberEvent::Frames(all.clone()));
                 }
                 // Joined during the burst: what came after, minus its own join.
                 let frames: Vec<Frame> = events
@@ -572,7 +604,7 @@ impl Handler<FlushPresence> for Channel {
                     .filter(|event| event.seq > joined_at && event.except != Some(id))
                     .map(|event| event.frame.clone())
                     .collect();
-                (!frames.is_empty()).then(|| frames.into())
+                (!frames.is_empty()).then(|| SubscriberEvent::Frames(frames.into()))
             },
             ctx,
         );
@@ -620,7 +652,7 @@ impl Handler<Publish> for Channel {
         let id = Uuid::now_v7();
         let created_at = crate::persistence::now();
         let meta = delivery::meta(&self.name, id, &message.sender, created_at);
-        let frame = encode_delivery(&message.event, &message.payload, &meta);
+        let frame = open_delivery(&message.event, &message.payload, &meta);
         let n_webhooks = message.channel.webhook_urls.len();
         let webhook = if n_webhooks == 0 {
             Webhook::None
@@ -664,6 +696,7 @@ impl Handler<Publish> for Channel {
             id,
             row: kept,
             frame,
+            seq: None,
             reply: Some(reply),
             outcome: None,
             webhook,
@@ -681,20 +714,12 @@ impl Handler<Stored> for Channel {
             self.n_received += 1;
         }
         let row = stored.row;
-        let sender = Sender {
-            sender_type: SenderType::parse(&row.sender_type),
-            sender_id: row.sender_id,
-        };
-        let meta = delivery::meta(&self.name, row.id, &sender, row.created_at);
-        // A payload that is not an object (SQL can store any JSON) spreads
-        // into nothing, as `{...payload, meta}` does in InsForge.
-        let empty = Map::new();
-        let payload = row.payload.as_object().unwrap_or(&empty);
-        let frame = encode_delivery(&row.event_name, payload, &meta);
+        let frame = delivery::open_stored(&self.name, &row);
         self.pending.push_back(Pending {
             id: row.id,
             row: None,
             frame,
+            seq: row.seq.filter(|seq| *seq > 0),
             reply: None,
             outcome: Some(Ok(())),
             // Webhooks of stored messages are sent by whoever stored them
@@ -716,12 +741,13 @@ impl Handler<Persisted> for Channel {
             .iter()
             .position(|p| p.outcome.is_none())
             .unwrap_or(0);
-        for id in &persisted.ids {
+        for (i, id) in persisted.ids.iter().enumerate() {
             while index < self.pending.len() && self.pending[index].id != *id {
                 index += 1;
             }
             if let Some(pending) = self.pending.get_mut(index) {
                 pending.outcome = Some(persisted.result.clone());
+                pending.seq = persisted.seqs.get(i).copied().flatten();
                 index += 1;
             }
         }

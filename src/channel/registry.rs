@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 
-use super::{Barrier, Channel, Join, Publish, Retire, Stored};
-use crate::persistence::writer::MessageWriter;
+use super::{Barrier, Channel, ChannelSettings, Join, Publish, Retire, Stored};
+use crate::persistence::writer::{CommittedSeq, MessageWriter};
 use crate::webhooks::Webhooks;
 
 struct Entry {
@@ -33,27 +33,31 @@ pub struct ChannelRegistry {
     writer: Addr<MessageWriter>,
     /// Given to each channel: where durable messages go for webhooks.
     webhooks: Webhooks,
-    /// Given to each channel: the bound of its queue of unstored messages.
-    max_pending: usize,
+    /// Given to each channel: how it runs.
+    settings: ChannelSettings,
+    /// Where a new channel's deliveries begin after.
+    committed: CommittedSeq,
     /// Threads the channels run on; they live as long as the registry.
     arbiters: Vec<Arbiter>,
 }
 
 impl ChannelRegistry {
     /// A registry whose channels write through `writer`, hand webhooks to
-    /// `webhooks`, run on `n_threads` arbiters and hold at most
-    /// `max_pending` unstored messages each.
+    /// `webhooks`, run on `n_threads` arbiters with `settings`, and start
+    /// after the `seq` that `committed` holds then.
     pub fn new(
         writer: Addr<MessageWriter>,
         webhooks: Webhooks,
         n_threads: usize,
-        max_pending: usize,
+        settings: ChannelSettings,
+        committed: CommittedSeq,
     ) -> Self {
         ChannelRegistry {
             channels: HashMap::new(),
             writer,
             webhooks,
-            max_pending,
+            settings,
+            committed,
             arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
         }
     }
@@ -78,9 +82,17 @@ impl ChannelRegistry {
             let writer = self.writer.clone();
             let webhooks = self.webhooks.clone();
             let channel_name = name.clone();
-            let max_pending = self.max_pending;
+            let settings = self.settings;
+            let committed = self.committed.get();
             let channel = Channel::start_in_arbiter(&self.arbiter_for(&name), move |_| {
-                Channel::new(channel_name, registry, writer, webhooks, max_pending)
+                Channel::new(
+                    channel_name,
+                    registry,
+                    writer,
+                    webhooks,
+                    settings,
+                    committed,
+                )
             });
             tracing::debug!(channel = %name, "channel started");
             crate::metrics::METRICS.channels_started.inc();

@@ -64,6 +64,23 @@ pub struct Joined {
     pub channel: Addr<Channel>,
     /// Everyone present, the new subscriber included, as a JSON array.
     pub members: Arc<str>,
+    /// The `seq` after which the channel's messages reach the new
+    /// subscriber: the last one it delivered before the join (or, for a
+    /// channel that delivered nothing yet, the highest committed when it
+    /// started).
+    pub after_seq: i64,
+}
+
+/// Durable messages of one channel, in its delivery order, encoded once
+/// and shared by every subscriber.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The channel's name.
+    pub channel: Arc<str>,
+    /// One frame per message.
+    pub frames: Vec<Frame>,
+    /// Each message's `seq` (its offset), in the same order.
+    pub seqs: Vec<Option<i64>>,
 }
 
 /// How a socket's publish ended.
@@ -81,9 +98,11 @@ pub struct Published {
 #[derive(actix::Message, Debug)]
 #[rtype(result = "()")]
 pub enum SubscriberEvent {
-    /// Frames to send as they are: durable messages and presence events,
-    /// each encoded once and shared by every subscriber.
+    /// Presence events to send as they are, each encoded once and shared
+    /// by every subscriber.
     Frames(Arc<[Frame]>),
+    /// Durable messages to send.
+    Messages(Arc<Delivered>),
     /// The subscriber fell so far behind that its mailbox was full; the
     /// channel has dropped it. Its connection should close (the client
     /// reconnects and can catch up from history).

@@ -15,10 +15,15 @@ use super::registry::ChannelRegistry;
 use super::*;
 use crate::config::DatabaseSettings;
 use crate::persistence::messages::MessageFilter;
-use crate::persistence::writer::{Drain, MessageWriter};
+use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter};
 use crate::persistence::{self, channels::NewChannel};
 use crate::publish::{Outgoing, Sender};
 use crate::webhooks::{WebhookDispatcher, Webhooks};
+
+const SETTINGS: ChannelSettings = ChannelSettings {
+    max_pending: 1000,
+    offsets: true,
+};
 
 /// A subscriber that hands every event to the test.
 struct Probe {
@@ -77,6 +82,7 @@ impl Inbox {
     async fn frames(&mut self) -> Vec<(String, Value)> {
         match self.next().await {
             SubscriberEvent::Frames(frames) => frames.iter().map(decode).collect(),
+            SubscriberEvent::Messages(delivered) => delivered.frames.iter().map(decode).collect(),
             other => panic!("expected frames, got {other:?}"),
         }
     }
@@ -98,9 +104,8 @@ fn decode(frame: &Frame) -> (String, Value) {
         panic!("binary frame")
     };
     let text: &str = text;
-    let mut array: Vec<Value> = serde_json::from_str(&text[2..]).unwrap();
-    let body = array.pop().unwrap();
-    (array[0].as_str().unwrap().to_owned(), body)
+    let array: Vec<Value> = serde_json::from_str(&text[2..]).unwrap();
+    (array[0].as_str().unwrap().to_owned(), array[1].clone())
 }
 
 struct Setup {
@@ -138,12 +143,25 @@ impl Setup {
         )
         .await
         .unwrap();
-        let writer = MessageWriter::new(db.clone(), 64, Duration::from_millis(1)).start();
+        let writer = MessageWriter::new(
+            db.clone(),
+            64,
+            Duration::from_millis(1),
+            CommittedSeq::default(),
+        )
+        .start();
         let catalog = Arc::new(ChannelCatalog::load(&db).await.unwrap());
         let settings = crate::config::Settings::from_toml_overlay("").unwrap();
         let webhooks =
             WebhookDispatcher::start(settings.webhooks, db.clone(), catalog, writer.clone());
-        let registry = ChannelRegistry::new(writer.clone(), webhooks.clone(), 1, 1000).start();
+        let registry = ChannelRegistry::new(
+            writer.clone(),
+            webhooks.clone(),
+            1,
+            SETTINGS,
+            CommittedSeq::default(),
+        )
+        .start();
         Setup {
             db,
             writer,
@@ -165,7 +183,8 @@ impl Setup {
             self.registry.clone(),
             self.writer.clone(),
             self.webhooks.clone(),
-            1000,
+            SETTINGS,
+            0,
         )
         .start()
     }
@@ -236,6 +255,55 @@ impl Setup {
             via_registry: false,
         });
         rx
+    }
+}
+
+#[actix::test]
+async fn each_message_carries_its_stored_seq_as_offset_and_joins_say_where_they_start() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:seq");
+    let mut inbox = setup.probe("p1", 16, None);
+    channel.do_send(Join(inbox.subscriber()));
+    let SubscriberEvent::Joined(joined) = inbox.next().await else {
+        panic!("expected joined")
+    };
+    assert_eq!(joined.after_seq, 0);
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        stored.push(setup.publish(&channel, n).await.unwrap().unwrap());
+    }
+    let mut offsets = Vec::new();
+    while offsets.len() < 3 {
+        let SubscriberEvent::Messages(delivered) = inbox.next().await else {
+            panic!("expected messages")
+        };
+        for (frame, seq) in delivered.frames.iter().zip(&delivered.seqs) {
+            let Frame::Text(text) = frame else {
+                panic!("binary")
+            };
+            let array: Vec<Value> = serde_json::from_str(&text[2..]).unwrap();
+            // The offset is the last argument, as a string.
+            assert_eq!(array.len(), 3);
+            assert_eq!(array[2], json!(seq.unwrap().to_string()));
+            offsets.push(seq.unwrap());
+        }
+    }
+    let rows =
+        persistence::messages::by_ids(&setup.db, &stored.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    let mut seqs: Vec<i64> = rows.iter().map(|row| row.seq.unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(offsets, seqs);
+    assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]));
+    // A later subscriber starts after the last delivered one.
+    let mut late = setup.probe("p2", 16, None);
+    channel.do_send(Join(late.subscriber()));
+    loop {
+        if let SubscriberEvent::Joined(joined) = late.next().await {
+            assert_eq!(joined.after_seq, *offsets.last().unwrap());
+            break;
+        }
     }
 }
 
@@ -381,6 +449,7 @@ async fn a_full_mailbox_evicts_only_that_subscriber() {
         match slow.next().await {
             SubscriberEvent::Evicted => break,
             SubscriberEvent::Frames(frames) => n_messages += frames.len(),
+            SubscriberEvent::Messages(delivered) => n_messages += delivered.frames.len(),
             SubscriberEvent::Joined(_) => {}
             other => panic!("unexpected {other:?}"),
         }

@@ -12,6 +12,7 @@
 
 mod connection;
 mod publish;
+mod recover;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -31,8 +32,9 @@ use crate::permissions::Decision;
 use crate::publish::Sender;
 use crate::rate_limit::TokenBucket;
 use crate::realtime::Realtime;
+use crate::recovery::{DeliveryLog, HandOver};
 use crate::socketio::{
-    DisconnectReason, Event, Refusal, Socket, SocketAddr, SocketHandler, SocketIo,
+    Admission, DisconnectReason, Event, Refusal, Socket, SocketAddr, SocketHandler, SocketIo,
 };
 pub use subscribe::Authorization;
 use subscribe::Subscription;
@@ -64,6 +66,25 @@ pub enum ClientEvent {
     },
     /// One of the socket's channels tells it something.
     Channel(SubscriberEvent),
+    /// Whether (and how) the session asked for can be recovered.
+    Recovery(Result<recover::Plan, ()>),
+    /// A page of missed messages, or why it could not be read.
+    Replayed(Result<Vec<entity::messages::Model>, String>),
+    /// Another connection recovers this session.
+    HandOver(tokio::sync::oneshot::Sender<crate::recovery::SessionState>),
+}
+
+/// A recovering connection asks this session for its state.
+impl Handler<HandOver> for Session<SocketIo<Client>> {
+    type Result = ();
+
+    fn handle(&mut self, HandOver(to): HandOver, ctx: &mut Context<Self>) {
+        <Self as Handler<SessionEvent<ClientEvent>>>::handle(
+            self,
+            SessionEvent(ClientEvent::HandOver(to)),
+            ctx,
+        );
+    }
 }
 
 /// Channels hold a session as a recipient of their events; they reach the
@@ -101,6 +122,14 @@ pub struct Client {
     /// When the connection was made, and from where (inspection).
     connected_at: DateTime<Utc>,
     remote_address: Option<PeerAddr>,
+    /// The private session id, when recovery is on.
+    pid: Option<String>,
+    /// What was delivered and confirmed, when recovery is on.
+    log: Option<DeliveryLog>,
+    /// A recovery's replay, while it runs.
+    replay: Option<recover::Replay>,
+    /// The session's state went to a connection that recovered it.
+    handed_over: bool,
 }
 
 impl Client {
@@ -119,6 +148,10 @@ impl Client {
             hub,
             connected_at: Utc::now(),
             remote_address,
+            pid: None,
+            log: None,
+            replay: None,
+            handed_over: false,
         }
     }
 
@@ -156,31 +189,32 @@ impl SocketHandler for Client {
 
     fn on_connect(
         &mut self,
-        _socket: &mut Socket<'_, '_, Self>,
+        socket: &mut Socket<'_, '_, Self>,
         _namespace: &str,
         auth: Option<&Value>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Admission, Refusal> {
         let principal = connection::admit(&self.hub.auth, auth)?;
         self.sender = Sender::of(&principal);
         self.principal = Some(principal);
-        Ok(())
+        if self.hub.recovery.is_none() {
+            return Ok(Admission::Now { pid: None });
+        }
+        if let Some((pid, offset)) = recover::recovery_request(auth) {
+            self.plan_recovery(socket, pid, offset);
+            return Ok(Admission::Later);
+        }
+        let pid = recover::new_pid();
+        self.pid = Some(pid.clone());
+        Ok(Admission::Now { pid: Some(pid) })
     }
 
     fn on_connected(
         &mut self,
         socket: &mut Socket<'_, '_, Self>,
-        namespace: &str,
+        _namespace: &str,
         _auth: Option<Value>,
     ) {
-        let socket_id = socket
-            .socket_id(namespace)
-            .map(|sid| sid.to_string())
-            .unwrap_or_default();
-        self.member = self
-            .principal
-            .as_ref()
-            .map(|principal| connection::member(principal, &socket_id));
-        self.socket_id = socket_id.into();
+        self.start_session(socket);
     }
 
     fn on_event(&mut self, socket: &mut Socket<'_, '_, Self>, _namespace: &str, event: Event) {
@@ -221,6 +255,14 @@ impl SocketHandler for Client {
             ClientEvent::Channel(SubscriberEvent::Frames(frames)) => {
                 socket.send_frames(&frames);
             }
+            ClientEvent::Channel(SubscriberEvent::Messages(delivered)) => {
+                if let Some(delivered) = self.hold_during_replay(socket, delivered) {
+                    self.send_delivered(socket, &delivered);
+                }
+            }
+            ClientEvent::Recovery(plan) => self.on_recovery(socket, plan),
+            ClientEvent::Replayed(page) => self.on_replayed(socket, page),
+            ClientEvent::HandOver(to) => self.on_hand_over(socket, to),
             ClientEvent::Channel(SubscriberEvent::Evicted) => {
                 socket.close(CloseReason::SlowClient);
             }
@@ -265,9 +307,22 @@ impl SocketHandler for Client {
         &mut self,
         _socket: &mut Socket<'_, '_, Self>,
         _namespace: &str,
-        _reason: DisconnectReason,
+        reason: DisconnectReason,
     ) {
+        self.end_session(reason);
         self.leave_all();
+    }
+
+    fn on_ping_sent(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.ping_sent();
+        }
+    }
+
+    fn on_pong(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.pong_received();
+        }
     }
 }
 

@@ -237,7 +237,7 @@ impl Client {
     }
 
     /// This socket as a subscriber, once it is connected.
-    fn subscriber(&self, socket: &Socket<'_, '_, Self>) -> Option<Subscriber> {
+    pub(super) fn subscriber(&self, socket: &Socket<'_, '_, Self>) -> Option<Subscriber> {
         Some(Subscriber {
             id: self.subscriber_id,
             socket_id: self.socket_id.clone(),
@@ -248,7 +248,7 @@ impl Client {
 
     /// Asks the registry to add `subscriber` to `name` (it counts joins
     /// before it retires a channel) and waits for `Joined`.
-    fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>) {
+    pub(super) fn join(&mut self, name: String, subscriber: Subscriber, acks: Vec<u64>) {
         self.hub.registry.do_send(JoinChannel {
             name: name.clone(),
             join: Join(subscriber),
@@ -267,6 +267,7 @@ impl Client {
             name,
             channel,
             members,
+            after_seq,
         } = joined;
         let Some(Subscription::Joining { acks, cancelled }) =
             self.subscriptions.remove(name.as_ref())
@@ -287,6 +288,9 @@ impl Client {
                 subscriber_id: self.subscriber_id,
             });
         } else {
+            if let Some(log) = &mut self.log {
+                log.subscribed(&name, after_seq);
+            }
             self.subscriptions.insert(
                 name.to_string(),
                 Subscription::Joined {
@@ -295,6 +299,7 @@ impl Client {
                 },
             );
         }
+        self.on_replay_join(socket, &name);
     }
 
     pub(super) fn on_unsubscribe(
@@ -311,6 +316,9 @@ impl Client {
                 channel.do_send(Leave {
                     subscriber_id: self.subscriber_id,
                 });
+                if let Some(log) = &mut self.log {
+                    log.unsubscribed(name);
+                }
                 let waiting = std::mem::take(&mut publish.waiting);
                 self.subscriptions.remove(name);
                 let err = crate::publish::PublishError::NotSubscribed(

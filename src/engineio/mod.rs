@@ -49,6 +49,11 @@ impl Sid {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id given before (a recovered socket keeps its id).
+    pub fn restored(id: &str) -> Sid {
+        Sid(id.into())
+    }
 }
 
 impl fmt::Display for Sid {
@@ -156,6 +161,13 @@ pub trait EngineHandler: Sized + Unpin + 'static {
     /// The session ended; nothing more can be sent.
     fn on_close(&mut self, link: &mut Link<'_, Self>, reason: CloseReason);
 
+    /// A ping went out, behind everything sent so far.
+    fn on_ping_sent(&mut self) {}
+
+    /// The client answered the last ping: it has received everything sent
+    /// before it (transports deliver in order).
+    fn on_pong(&mut self) {}
+
     /// What the application shows of this session to an operator (the
     /// admin API); `null` by default.
     fn describe(&self) -> serde_json::Value {
@@ -200,6 +212,12 @@ impl<H: EngineHandler> Link<'_, H> {
     /// Whether the session is closing or closed.
     pub fn is_closed(&self) -> bool {
         self.core.is_closed()
+    }
+
+    /// Frames queued for the client and not yet written to its
+    /// connection (or fetched by its poll).
+    pub fn queued(&self) -> usize {
+        self.core.queued()
     }
 
     /// The session's address, for other actors to send events to.

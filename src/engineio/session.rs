@@ -91,6 +91,16 @@ impl Core {
         usize::from(matches!(self.transport, Transport::WebSocket(_)))
     }
 
+    /// Frames queued and not yet taken by the transport.
+    pub(crate) fn queued(&self) -> usize {
+        match &self.transport {
+            Transport::Polling(polling) | Transport::Upgrading { polling, .. } => {
+                polling.queue.len()
+            }
+            Transport::WebSocket(ws) => ws.queued_frames(),
+        }
+    }
+
     pub(crate) fn transport_name(&self) -> &'static str {
         match self.transport {
             Transport::WebSocket(_) => "websocket",
@@ -273,6 +283,7 @@ impl<H: EngineHandler> Session<H> {
             session
                 .core
                 .send(Frame::Text(ByteString::from_static(PING)), ctx);
+            session.handler.on_ping_sent();
             session.core.pong_deadline = Some(ctx.run_later(timeout, |session, ctx| {
                 session.core.pong_deadline = None;
                 session.core.begin_close(CloseReason::PingTimeout, ctx);
@@ -283,6 +294,7 @@ impl<H: EngineHandler> Session<H> {
     fn on_pong(&mut self, ctx: &mut Context<Self>) {
         if let Some(deadline) = self.core.pong_deadline.take() {
             ctx.cancel_future(deadline);
+            self.handler.on_pong();
             self.schedule_ping(ctx);
         }
     }
@@ -630,15 +642,9 @@ impl<H: EngineHandler> Handler<Inspect> for Session<H> {
     type Result = actix::MessageResult<Inspect>;
 
     fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
-        let queued_frames = match &self.core.transport {
-            Transport::Polling(polling) | Transport::Upgrading { polling, .. } => {
-                polling.queue.len()
-            }
-            Transport::WebSocket(ws) => ws.queued_frames(),
-        };
         actix::MessageResult(SessionView {
             transport: self.core.transport_name(),
-            queued_frames,
+            queued_frames: self.core.queued(),
             app: self.handler.describe(),
         })
     }

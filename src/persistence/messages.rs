@@ -69,7 +69,7 @@ pub async fn insert_batch<'a>(
 ) -> Result<(), PersistenceError> {
     let rows: Vec<&messages::Model> = batch.into_iter().collect();
     if db.get_database_backend() == DbBackend::Postgres {
-        return insert_numbered(db, &rows, false).await;
+        return insert_numbered(db, &rows, false).await.map(|_| ());
     }
     insert_rows(db, rows, false).await
 }
@@ -78,7 +78,7 @@ pub async fn insert_batch<'a>(
 ///
 /// # Errors
 /// Database failures.
-pub async fn max_seq(db: &DatabaseConnection) -> Result<Option<i64>, PersistenceError> {
+pub async fn max_seq<C: ConnectionTrait>(db: &C) -> Result<Option<i64>, PersistenceError> {
     let max: Option<Option<i64>> = Messages::find()
         .select_only()
         .column_as(Column::Seq.max(), "max")
@@ -124,7 +124,7 @@ pub async fn write_batch_in_one_transaction(
 pub async fn insert_batch_with_webhooks(
     db: &DatabaseConnection,
     batch: &[&messages::Model],
-) -> Result<(), PersistenceError> {
+) -> Result<Option<i64>, PersistenceError> {
     insert_numbered(db, batch, true).await
 }
 
@@ -133,20 +133,21 @@ pub async fn insert_batch_with_webhooks(
 /// those with webhook URLs in the webhook backlog. The lock is taken before
 /// the sequence moves (`first` reads `locked`) and is held until the
 /// statement commits, so `seq` values become visible in increasing order.
-/// The statement's text depends only on the row count and is built once per
-/// count.
+/// Returns the first row's `seq` (the others follow in order; `None` for
+/// no rows). The statement's text depends only on the row count and is
+/// built once per count.
 async fn insert_numbered(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
     with_backlog: bool,
-) -> Result<(), PersistenceError> {
+) -> Result<Option<i64>, PersistenceError> {
     const COLUMNS: &str = "id, event_name, channel_id, channel_name, payload, sender_type, \
                            sender_id, ws_audience_count, wh_audience_count, wh_delivered_count, created_at";
     /// Statement texts by (row count, with backlog).
     type Texts = std::sync::Mutex<HashMap<(usize, bool), Arc<str>>>;
     static TEXTS: OnceLock<Texts> = OnceLock::new();
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let n = rows.len();
     let sql = TEXTS
@@ -162,18 +163,20 @@ async fn insert_numbered(
                 let comma = if row == 0 { "" } else { ", " };
                 values.push_str(&format!("{comma}({}, {row})", params.join(", ")));
             }
+            // Data-modifying WITH clauses run whether or not the final
+            // SELECT reads them.
             let backlog = if with_backlog {
-                "INSERT INTO webhook_pending (message_id) SELECT id FROM inserted WHERE wh_audience_count > 0"
+                ", backlog AS (INSERT INTO webhook_pending (message_id) SELECT id FROM inserted WHERE wh_audience_count > 0)"
             } else {
-                "SELECT 1"
+                ""
             };
             format!(
                 "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), \
                  first AS MATERIALIZED (SELECT setval('realtime.message_seq', nextval('realtime.message_seq') + {last}) - {last} AS seq FROM locked), \
                  inserted AS (INSERT INTO messages ({COLUMNS}, seq) \
                    SELECT {picked}, first.seq + v.ord FROM first, (VALUES {values}) AS v({COLUMNS}, ord) \
-                   RETURNING id, wh_audience_count) \
-                 {backlog}",
+                   RETURNING id, wh_audience_count){backlog} \
+                 SELECT seq FROM first",
                 lock = migration::SEQUENCE_LOCK,
                 last = n - 1,
                 picked = COLUMNS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", "),
@@ -181,17 +184,43 @@ async fn insert_numbered(
             .into()
         })
         .clone();
-    db.execute(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql.as_ref(),
-        rows.iter().flat_map(|row| {
-            let [values @ .., _seq] = row_values(row);
-            values
-        }),
-    ))
-    .await
-    .map_err(PersistenceError::from_write)?;
-    Ok(())
+    let first = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql.as_ref(),
+            rows.iter().flat_map(|row| {
+                let [values @ .., _seq] = row_values(row);
+                values
+            }),
+        ))
+        .await
+        .map_err(PersistenceError::from_write)?
+        .ok_or_else(|| PersistenceError::Database(sea_orm::DbErr::RecordNotInserted))?;
+    Ok(Some(first.try_get_by_index::<i64>(0)?))
+}
+
+/// The `seq` of each of `ids` that is stored and numbered (the writer asks
+/// after a retry found its batch written by an attempt that seemed to fail).
+///
+/// # Errors
+/// Database failures.
+pub async fn seqs_of(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, i64>, PersistenceError> {
+    let mut seqs = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
+        let rows: Vec<(Uuid, Option<i64>)> = Messages::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::Seq)
+            .filter(Column::Id.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        seqs.extend(rows.into_iter().filter_map(|(id, seq)| Some((id, seq?))));
+    }
+    Ok(seqs)
 }
 
 /// Adds the rows that have webhook URLs to the webhook backlog, in
@@ -418,6 +447,8 @@ pub async fn list(
 }
 
 /// Deletes up to `limit` messages created before `cutoff`; returns how many.
+/// Records how far history was deleted, in the same transaction (a
+/// recovery must not replay across the hole).
 ///
 /// # Errors
 /// Database failures.
@@ -432,19 +463,44 @@ pub async fn delete_older_than(
         .and_where(Expr::col(Column::CreatedAt).lt(cutoff))
         .limit(limit)
         .to_owned();
+    let txn = db.begin().await?;
+    let deleted_through: Option<Option<i64>> = Messages::find()
+        .select_only()
+        .column_as(Column::Seq.max(), "max")
+        .filter(Column::Id.in_subquery(expired.clone()))
+        .into_tuple()
+        .one(&txn)
+        .await?;
     let result = Messages::delete_many()
         .filter(Column::Id.in_subquery(expired))
-        .exec(db)
+        .exec(&txn)
         .await?;
+    if let Some(seq) = deleted_through.flatten() {
+        super::recovery::record_deletion(&txn, seq).await?;
+    }
+    txn.commit().await?;
     Ok(result.rows_affected)
 }
 
-/// Deletes every message and returns how many there were.
+/// Deletes every message and returns how many there were; records that
+/// history was deleted up to the highest `seq` there was.
 ///
 /// # Errors
 /// Database failures.
 pub async fn clear(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
-    Ok(Messages::delete_many().exec(db).await?.rows_affected)
+    let txn = db.begin().await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Rows committed while this runs must not slip past the record.
+        txn.execute_unprepared("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+    }
+    let deleted_through = max_seq(&txn).await?;
+    let deleted = Messages::delete_many().exec(&txn).await?.rows_affected;
+    if let Some(seq) = deleted_through {
+        super::recovery::record_deletion(&txn, seq).await?;
+    }
+    txn.commit().await?;
+    Ok(deleted)
 }
 
 /// Totals, webhook delivery rate and top events of the messages matching

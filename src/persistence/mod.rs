@@ -7,6 +7,8 @@
 //! - [`permissions`]: the row-level-security policies of realtime, and
 //!   evaluating them on PostgreSQL.
 //! - [`policies`]: creating and dropping policies; the SQLite store.
+//! - [`recovery`]: missed messages, sessions saved for recovery, and how
+//!   far history was deleted.
 //! - [`retention`]: the `config` singleton row.
 //! - [`sequencer`]: PostgreSQL: numbering rows stored by SQL, and the
 //!   connection that LISTENs for them.
@@ -18,6 +20,7 @@ pub mod channels;
 pub mod messages;
 pub mod permissions;
 pub mod policies;
+pub mod recovery;
 pub mod retention;
 pub mod sequencer;
 pub mod sweeper;

@@ -10,6 +10,8 @@
 //! arrived.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{
@@ -44,6 +46,10 @@ pub struct Persist {
 pub struct Persisted {
     /// The messages, in the order they were sent.
     pub ids: Vec<Uuid>,
+    /// Their `seq` (ARCHITECTURE.md, "The message sequence"), in the same
+    /// order; empty when the batch failed. `None` only in the rare case a
+    /// retried batch was stored but its numbers could not be read back.
+    pub seqs: Vec<Option<i64>>,
     /// [`PublishError::Storage`] when the batch could not be written; the
     /// writer has logged why.
     pub result: Result<(), PublishError>,
@@ -86,6 +92,30 @@ struct Updates<'a> {
     webhooks: &'a [WebhookOutcome],
 }
 
+/// The highest `seq` known committed on this node: a channel that starts
+/// takes it as the point its deliveries begin after (recovery replays what
+/// a socket missed from there). Shared by the writer and the database
+/// listener, which advance it, and the channel registry.
+#[derive(Clone, Debug, Default)]
+pub struct CommittedSeq(Arc<AtomicI64>);
+
+impl CommittedSeq {
+    /// Starting at `seq` (the highest stored at start).
+    pub fn new(seq: i64) -> Self {
+        CommittedSeq(Arc::new(AtomicI64::new(seq)))
+    }
+
+    /// The highest committed `seq`.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records that `seq` committed.
+    pub fn advance(&self, seq: i64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
 /// The group-commit writer.
 pub struct MessageWriter {
     db: DatabaseConnection,
@@ -115,12 +145,21 @@ pub struct MessageWriter {
     /// at a time, so numbering rows as they are flushed is commit order.
     /// (PostgreSQL numbers rows in the INSERT itself.)
     next_seq: Option<i64>,
+    /// Advanced after each commit.
+    committed: CommittedSeq,
 }
 
 impl MessageWriter {
-    /// A writer over `db` with the given batch bounds.
-    pub fn new(db: DatabaseConnection, batch_size: usize, batch_window: Duration) -> Self {
+    /// A writer over `db` with the given batch bounds, that advances
+    /// `committed`.
+    pub fn new(
+        db: DatabaseConnection,
+        batch_size: usize,
+        batch_window: Duration,
+        committed: CommittedSeq,
+    ) -> Self {
         MessageWriter {
+            committed,
             counts_apart: db.get_database_backend() != DbBackend::Sqlite,
             db,
             batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
@@ -217,6 +256,13 @@ impl MessageWriter {
                 }
             };
             drop(rows);
+            let inserted = match inserted {
+                Ok(written) => {
+                    number_written(&db, &mut batch, written).await;
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            };
             (batch, webhooks, inserted, next_seq)
         };
         ctx.spawn(write.into_actor(self).map(
@@ -224,6 +270,9 @@ impl MessageWriter {
                 writer.flushing = false;
                 writer.next_seq = next_seq;
                 if inserted.is_ok() && !batch.is_empty() {
+                    if let Some(last) = batch.iter().filter_map(|(row, _)| row.seq).max() {
+                        writer.committed.advance(last);
+                    }
                     let metrics = &crate::metrics::METRICS;
                     metrics.writer_batches.inc();
                     metrics.writer_rows.add(batch.len() as u64);
@@ -332,31 +381,32 @@ async fn write_with_retries(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
     updates: Option<Updates<'_>>,
-) -> Result<(), PersistenceError> {
+) -> Result<Written, PersistenceError> {
     if rows.is_empty()
         && updates.is_none_or(|updates| updates.audience.is_empty() && updates.webhooks.is_empty())
     {
-        return Ok(());
+        return Ok(Written::Numbered);
     }
     let mut attempt = 0;
     loop {
         let written = match updates {
-            Some(updates) => {
-                queries::write_batch_in_one_transaction(
-                    db,
-                    rows,
-                    updates.audience,
-                    updates.webhooks,
-                )
+            Some(updates) => queries::write_batch_in_one_transaction(
+                db,
+                rows,
+                updates.audience,
+                updates.webhooks,
+            )
+            .await
+            .map(|()| Written::Numbered),
+            None => queries::insert_batch_with_webhooks(db, rows)
                 .await
-            }
-            None => queries::insert_batch_with_webhooks(db, rows).await,
+                .map(|first| first.map_or(Written::Numbered, Written::From)),
         };
         match written {
-            Ok(()) => return Ok(()),
+            Ok(written) => return Ok(written),
             // After a failed attempt, a duplicate id means that attempt
             // committed after all; on the first attempt it is a real error.
-            Err(PersistenceError::Duplicate) if attempt > 0 => return Ok(()),
+            Err(PersistenceError::Duplicate) if attempt > 0 => return Ok(Written::Earlier),
             Err(err @ PersistenceError::Duplicate) => {
                 tracing::error!(error = %err, rows = rows.len(), "message batch has a duplicate id; not stored");
                 return Err(err);
@@ -374,22 +424,68 @@ async fn write_with_retries(
     }
 }
 
+/// How a batch's rows got their `seq`.
+enum Written {
+    /// Before the write (SQLite), or there were no rows.
+    Numbered,
+    /// By the INSERT, from this one on, in batch order (PostgreSQL).
+    From(i64),
+    /// By an attempt that seemed to fail but committed: read them back.
+    Earlier,
+}
+
+/// Gives the batch's rows the `seq` the database gave them. The rows are
+/// stored whatever happens here: a number that cannot be read back is left
+/// unknown (logged), never turned into a failed publish.
+async fn number_written(
+    db: &DatabaseConnection,
+    batch: &mut [(messages::Model, Recipient<Persisted>)],
+    written: Written,
+) {
+    match written {
+        Written::Numbered => {}
+        Written::From(first) => {
+            for (ordinal, (row, _)) in batch.iter_mut().enumerate() {
+                row.seq = Some(first + ordinal as i64);
+            }
+        }
+        Written::Earlier => {
+            let ids: Vec<Uuid> = batch.iter().map(|(row, _)| row.id).collect();
+            match queries::seqs_of(db, &ids).await {
+                Ok(seqs) => {
+                    for (row, _) in batch.iter_mut() {
+                        row.seq = seqs.get(&row.id).copied();
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "batch stored, but its sequence numbers could not be read");
+                }
+            }
+        }
+    }
+}
+
 /// Tells each channel about its messages of the batch, in order.
 fn notify_channels(
     batch: Vec<(messages::Model, Recipient<Persisted>)>,
     result: Result<(), PublishError>,
 ) {
-    let mut by_channel: HashMap<String, (Recipient<Persisted>, Vec<Uuid>)> = HashMap::new();
+    type Numbered = (Recipient<Persisted>, Vec<Uuid>, Vec<Option<i64>>);
+    let mut by_channel: HashMap<String, Numbered> = HashMap::new();
+    let ok = result.is_ok();
     for (row, notify) in batch {
-        by_channel
+        let entry = by_channel
             .entry(row.channel_name)
-            .or_insert_with(|| (notify, Vec::new()))
-            .1
-            .push(row.id);
+            .or_insert_with(|| (notify, Vec::new(), Vec::new()));
+        entry.1.push(row.id);
+        if ok {
+            entry.2.push(row.seq);
+        }
     }
-    for (notify, ids) in by_channel.into_values() {
+    for (notify, ids, seqs) in by_channel.into_values() {
         notify.do_send(Persisted {
             ids,
+            seqs,
             result: result.clone(),
         });
     }

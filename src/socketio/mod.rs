@@ -9,7 +9,7 @@
 //! does. A connection that joins no namespace within the connect timeout is
 //! closed too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::{Addr, SpawnHandle};
@@ -46,6 +46,20 @@ pub struct Refusal {
     pub data: Option<Value>,
 }
 
+/// How a handler takes a CONNECT it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Answer now, with a new socket id, and with `pid` (the private id of
+    /// connection state recovery) if given.
+    Now {
+        /// The private session id to send beside the socket id.
+        pid: Option<String>,
+    },
+    /// The handler answers later, with [`Socket::accept`] or
+    /// [`Socket::refuse`]; until then the namespace takes no packets.
+    Later,
+}
+
 /// Why a namespace socket ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -78,9 +92,10 @@ pub trait SocketHandler: Sized + Unpin + 'static {
         socket: &mut Socket<'_, '_, Self>,
         namespace: &str,
         auth: Option<&Value>,
-    ) -> Result<(), Refusal>;
+    ) -> Result<Admission, Refusal>;
 
-    /// The CONNECT was answered; the namespace socket is live.
+    /// The CONNECT was answered ([`Admission::Now`]); the namespace socket
+    /// is live.
     fn on_connected(
         &mut self,
         _socket: &mut Socket<'_, '_, Self>,
@@ -121,6 +136,12 @@ pub trait SocketHandler: Sized + Unpin + 'static {
     fn describe(&self) -> Value {
         Value::Null
     }
+
+    /// A ping went out behind everything sent so far.
+    fn on_ping_sent(&mut self) {}
+
+    /// The client answered the last ping: it has everything sent before.
+    fn on_pong(&mut self) {}
 }
 
 /// The Socket.IO layer's settings.
@@ -137,7 +158,9 @@ pub struct SocketIoConfig {
 pub struct Socket<'l, 'c, A: SocketHandler> {
     link: &'l mut Link<'c, SocketIo<A>>,
     namespaces: &'l mut HashMap<String, Sid>,
+    connecting: &'l mut HashSet<String>,
     next_ack_id: &'l mut u64,
+    connect_timer: &'l mut Option<SpawnHandle>,
 }
 
 impl<A: SocketHandler> Socket<'_, '_, A> {
@@ -173,6 +196,34 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
     /// Sends already encoded frames (the fan-out path).
     pub fn send_frames(&mut self, frames: &[Frame]) -> bool {
         self.link.send_frames(frames)
+    }
+
+    /// Frames queued for the client and not yet written.
+    pub fn queued(&self) -> usize {
+        self.link.queued()
+    }
+
+    /// Answers a CONNECT the handler took [`Admission::Later`]: the socket
+    /// gets `sid` (a new one if `None`) and the client `pid` if given.
+    /// Returns the socket id, or `None` if no CONNECT to `namespace` waits.
+    pub fn accept(&mut self, namespace: &str, sid: Option<Sid>, pid: Option<&str>) -> Option<Sid> {
+        if !self.connecting.remove(namespace) {
+            return None;
+        }
+        if let Some(timer) = self.connect_timer.take() {
+            self.link.cancel(timer);
+        }
+        let sid = sid.unwrap_or_else(Sid::random);
+        answer_connect(self.link, self.namespaces, namespace, sid.clone(), pid);
+        Some(sid)
+    }
+
+    /// Refuses a CONNECT the handler took [`Admission::Later`].
+    pub fn refuse(&mut self, namespace: &str, refusal: Refusal) {
+        if self.connecting.remove(namespace) {
+            let packet = Packet::connect_error(namespace, &refusal.message, refusal.data);
+            self.link.send(Frame::message(&packet.encode()));
+        }
     }
 
     /// Emits `name` with `args` on `namespace`.
@@ -275,6 +326,8 @@ pub struct SocketIo<A: SocketHandler> {
     decoder: Decoder,
     /// Connected namespaces and their socket ids.
     namespaces: HashMap<String, Sid>,
+    /// Namespaces whose CONNECT the handler will answer later.
+    connecting: HashSet<String>,
     /// The next id for server-initiated acks.
     next_ack_id: u64,
     /// Closes the connection if no namespace is joined in time.
@@ -289,6 +342,7 @@ impl<A: SocketHandler> SocketIo<A> {
             decoder: Decoder::with_limit(config.max_attachment_bytes),
             config,
             namespaces: HashMap::new(),
+            connecting: HashSet::new(),
             next_ack_id: 0,
             connect_timer: None,
         }
@@ -307,7 +361,9 @@ impl<A: SocketHandler> SocketIo<A> {
         let mut socket = Socket {
             link,
             namespaces: &mut self.namespaces,
+            connecting: &mut self.connecting,
             next_ack_id: &mut self.next_ack_id,
+            connect_timer: &mut self.connect_timer,
         };
         f(&mut self.app, &mut socket)
     }
@@ -325,7 +381,9 @@ impl<A: SocketHandler> SocketIo<A> {
         let namespace = packet.namespace.clone();
         let connected = self.namespaces.contains_key(&namespace);
         match packet.kind {
-            PacketKind::Connect if connected => self.violation(link, "connect twice"),
+            PacketKind::Connect if connected || self.connecting.contains(&namespace) => {
+                self.violation(link, "connect twice")
+            }
             PacketKind::Connect => self.on_connect(link, &namespace, packet.data),
             PacketKind::Disconnect if connected => {
                 self.namespaces.remove(&namespace);
@@ -369,25 +427,51 @@ impl<A: SocketHandler> SocketIo<A> {
         let decision = self.with_app(link, |app, socket| {
             app.on_connect(socket, namespace, auth.as_ref())
         });
-        if let Err(refusal) = decision {
-            let packet = Packet::connect_error(namespace, &refusal.message, refusal.data);
-            link.send(Frame::message(&packet.encode()));
-            return;
-        }
+        let pid = match decision {
+            Err(refusal) => {
+                let packet = Packet::connect_error(namespace, &refusal.message, refusal.data);
+                link.send(Frame::message(&packet.encode()));
+                return;
+            }
+            Ok(Admission::Later) => {
+                self.connecting.insert(namespace.to_owned());
+                return;
+            }
+            Ok(Admission::Now { pid }) => pid,
+        };
         if let Some(timer) = self.connect_timer.take() {
             link.cancel(timer);
         }
-        let socket_id = Sid::random();
-        let answer = Packet::connect(
+        answer_connect(
+            link,
+            &mut self.namespaces,
             namespace,
-            Some(serde_json::json!({ "sid": socket_id.as_str() })),
+            Sid::random(),
+            pid.as_deref(),
         );
-        self.namespaces.insert(namespace.to_owned(), socket_id);
-        link.send(Frame::message(&answer.encode()));
         self.with_app(link, |app, socket| {
             app.on_connected(socket, namespace, auth)
         });
     }
+}
+
+/// Makes `namespace` live with socket id `sid` and sends the CONNECT
+/// answer: `{"sid": …}`, and `"pid"` when given.
+fn answer_connect<A: SocketHandler>(
+    link: &mut Link<'_, SocketIo<A>>,
+    namespaces: &mut HashMap<String, Sid>,
+    namespace: &str,
+    sid: Sid,
+    pid: Option<&str>,
+) {
+    let mut data = serde_json::Map::new();
+    data.insert("sid".into(), sid.as_str().into());
+    if let Some(pid) = pid {
+        data.insert("pid".into(), pid.into());
+    }
+    let answer = Packet::connect(namespace, Some(Value::Object(data)));
+    namespaces.insert(namespace.to_owned(), sid);
+    link.send(Frame::message(&answer.encode()));
 }
 
 impl<A: SocketHandler> EngineHandler for SocketIo<A> {
@@ -421,6 +505,14 @@ impl<A: SocketHandler> EngineHandler for SocketIo<A> {
 
     fn on_event(&mut self, link: &mut Link<'_, Self>, event: A::Event) {
         self.with_app(link, |app, socket| app.on_app_event(socket, event));
+    }
+
+    fn on_ping_sent(&mut self) {
+        self.app.on_ping_sent();
+    }
+
+    fn on_pong(&mut self) {
+        self.app.on_pong();
     }
 
     fn on_close(&mut self, link: &mut Link<'_, Self>, reason: CloseReason) {

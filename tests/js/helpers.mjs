@@ -107,18 +107,28 @@ export async function startRealtime(backend, extraEnv = {}) {
     REALTIME__LIMITS__PUBLISH_RATE: "0",
     ...extraEnv,
   };
-  const child = spawn(bin, ["serve"], { env, stdio: ["ignore", "inherit", "inherit"] });
+  let child;
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`realtime exited with ${child.exitCode}`);
-    try {
-      const response = await fetch(`${url}/health`);
-      if (response.ok) break;
-    } catch {}
-    if (Date.now() > deadline) throw new Error("realtime did not become healthy");
-    await new Promise((resolve) => setTimeout(resolve, 50));
+  async function launch() {
+    child = spawn(bin, ["serve"], { env, stdio: ["ignore", "inherit", "inherit"] });
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`realtime exited with ${child.exitCode}`);
+      try {
+        const response = await fetch(`${url}/health`);
+        if (response.ok) break;
+      } catch {}
+      if (Date.now() > deadline) throw new Error("realtime did not become healthy");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   }
+  async function terminate() {
+    if (child.exitCode === null) {
+      child.kill("SIGTERM");
+      await once(child, "exit");
+    }
+  }
+  await launch();
   return {
     url,
     databaseUrl: database.url,
@@ -131,11 +141,13 @@ export async function startRealtime(backend, extraEnv = {}) {
       const text = await response.text();
       return { status: response.status, body: text ? JSON.parse(text) : null };
     },
+    /** A graceful restart (SIGTERM) on the same database and port. */
+    async restart() {
+      await terminate();
+      await launch();
+    },
     async stop() {
-      if (child.exitCode === null) {
-        child.kill("SIGTERM");
-        await once(child, "exit");
-      }
+      await terminate();
       database.cleanup();
     },
   };

@@ -1,0 +1,76 @@
+//! What connection state recovery needs (ARCHITECTURE.md, "Recovery"):
+//! an index that makes "this channel's messages after `seq`" one range
+//! scan, the sessions saved at shutdown for clients that come back after a
+//! restart, and how far history was ever deleted (a recovery that would
+//! need a deleted message must not replay a partial history).
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+
+/// The recovery tables and the replay index.
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m20261201_000007_create_recovery"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements: &[&str] = match manager.get_database_backend() {
+            DbBackend::Postgres => &[
+                "CREATE INDEX IF NOT EXISTS idx_messages_channel_seq
+                   ON realtime.messages (channel_name, seq)",
+                "CREATE TABLE IF NOT EXISTS realtime.recovery_sessions (
+                    pid TEXT PRIMARY KEY,
+                    saved_at_ms BIGINT NOT NULL,
+                    state TEXT NOT NULL
+                )",
+                "CREATE TABLE IF NOT EXISTS realtime.history_deletions (
+                    id SMALLINT PRIMARY KEY CHECK (id = 1),
+                    deleted_through BIGINT NOT NULL
+                )",
+            ],
+            _ => &[
+                "CREATE INDEX IF NOT EXISTS idx_messages_channel_seq
+                   ON messages (channel_name, seq)",
+                "CREATE TABLE IF NOT EXISTS recovery_sessions (
+                    pid TEXT PRIMARY KEY NOT NULL,
+                    saved_at_ms INTEGER NOT NULL,
+                    state TEXT NOT NULL
+                ) WITHOUT ROWID",
+                "CREATE TABLE IF NOT EXISTS history_deletions (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    deleted_through INTEGER NOT NULL
+                )",
+            ],
+        };
+        let db = manager.get_connection();
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements: &[&str] = match manager.get_database_backend() {
+            DbBackend::Postgres => &[
+                "DROP TABLE IF EXISTS realtime.history_deletions",
+                "DROP TABLE IF EXISTS realtime.recovery_sessions",
+                "DROP INDEX IF EXISTS realtime.idx_messages_channel_seq",
+            ],
+            _ => &[
+                "DROP TABLE IF EXISTS history_deletions",
+                "DROP TABLE IF EXISTS recovery_sessions",
+                "DROP INDEX IF EXISTS idx_messages_channel_seq",
+            ],
+        };
+        let db = manager.get_connection();
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! What connection state recovery reads and writes (ARCHITECTURE.md,
+//! "Recovery"): the messages a session missed, in `seq` order; the
+//! sessions saved at shutdown (`recovery_sessions`); and how far history
+//! was ever deleted (`history_deletions`), so a recovery never replays a
+//! history with holes.
+
+use entity::messages::{self, Entity as Messages};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement, TransactionTrait, Value,
+};
+
+use super::PersistenceError;
+
+/// What a session missed: per channel, everything after a `seq`, and
+/// single messages sent before the drop but never received whose `seq` is
+/// below their channel's point (a channel can deliver a message stored by
+/// SQL after a later one).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Missed {
+    /// `(channel name, after this seq)`.
+    pub channels: Vec<(String, i64)>,
+    /// Single messages, by `seq`.
+    pub extra: Vec<i64>,
+}
+
+impl Missed {
+    /// `WHERE` text for these messages with `seq > $1`, and its values
+    /// (`$1` is `after`).
+    fn condition(&self, after: i64) -> (String, Vec<Value>) {
+        let mut values: Vec<Value> = vec![after.into()];
+        let mut alternatives = Vec::new();
+        for (name, floor) in &self.channels {
+            values.push(name.clone().into());
+            values.push((*floor).into());
+            alternatives.push(format!(
+                "(channel_name = ${} AND seq > ${})",
+                values.len() - 1,
+                values.len()
+            ));
+        }
+        if !self.extra.is_empty() {
+            let first = values.len() + 1;
+            values.extend(self.extra.iter().map(|seq| Value::from(*seq)));
+            let params: Vec<String> = (first..=values.len()).map(|i| format!("${i}")).collect();
+            alternatives.push(format!("seq IN ({})", params.join(", ")));
+        }
+        if alternatives.is_empty() {
+            alternatives.push("FALSE".into());
+        }
+        (
+            format!("seq > $1 AND ({})", alternatives.join(" OR ")),
+            values,
+        )
+    }
+}
+
+/// Up to `limit` of the `missed` messages with `seq > after`, in `seq`
+/// order: one range scan of `(channel_name, seq)` per channel.
+///
+/// # Errors
+/// Database failures.
+pub async fn missed_page(
+    db: &DatabaseConnection,
+    missed: &Missed,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    let (condition, mut values) = missed.condition(after);
+    values.push((limit as i64).into());
+    let sql = format!(
+        "SELECT * FROM messages WHERE {condition} ORDER BY seq LIMIT ${}",
+        values.len()
+    );
+    Ok(Messages::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            values,
+        ))
+        .all(db)
+        .await?)
+}
+
+/// How many messages `missed` holds, counting at most `limit + 1` (enough
+/// to know whether there are more than `limit`).
+///
+/// # Errors
+/// Database failures.
+pub async fn count_missed(
+    db: &DatabaseConnection,
+    missed: &Missed,
+    limit: u64,
+) -> Result<u64, PersistenceError> {
+    let (condition, mut values) = missed.condition(i64::MIN);
+    values.push(((limit + 1) as i64).into());
+    let sql = format!(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM messages WHERE {condition} LIMIT ${}) AS missed",
+        values.len()
+    );
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            values,
+        ))
+        .await?
+        .ok_or(PersistenceError::NotFound)?;
+    Ok(row.try_get::<i64>("", "n")?.max(0) as u64)
+}
+
+/// The highest `seq` of any message ever deleted (0 if none): history
+/// after it is whole.
+///
+/// # Errors
+/// Database failures.
+pub async fn deleted_through(db: &DatabaseConnection) -> Result<i64, PersistenceError> {
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT deleted_through FROM history_deletions WHERE id = 1",
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<i64>("", "deleted_through")?,
+        None => 0,
+    })
+}
+
+/// Records that messages up to `seq` may have been deleted.
+pub(super) async fn record_deletion<C: ConnectionTrait>(
+    conn: &C,
+    seq: i64,
+) -> Result<(), PersistenceError> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "INSERT INTO history_deletions (id, deleted_through) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE
+             SET deleted_through = GREATEST(history_deletions.deleted_through, EXCLUDED.deleted_through)"
+        }
+        _ => {
+            "INSERT INTO history_deletions (id, deleted_through) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE
+             SET deleted_through = MAX(history_deletions.deleted_through, excluded.deleted_through)"
+        }
+    };
+    conn.execute(Statement::from_sql_and_values(backend, sql, [seq.into()]))
+        .await?;
+    Ok(())
+}
+
+/// A session saved for recovery: its private id, when it was saved (Unix
+/// milliseconds) and its state as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedSession {
+    /// The private session id.
+    pub pid: String,
+    /// When the connection dropped, in Unix milliseconds.
+    pub saved_at_ms: i64,
+    /// What recovery needs, as JSON.
+    pub state: String,
+}
+
+/// Saves `sessions` (replacing any saved under the same pid), in one
+/// transaction.
+///
+/// # Errors
+/// Database failures; nothing is saved then.
+pub async fn save_sessions(
+    db: &DatabaseConnection,
+    sessions: &[SavedSession],
+) -> Result<(), PersistenceError> {
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    for session in sessions {
+        txn.execute(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO recovery_sessions (pid, saved_at_ms, state) VALUES ($1, $2, $3)
+             ON CONFLICT (pid) DO UPDATE SET saved_at_ms = excluded.saved_at_ms, state = excluded.state",
+            [
+                session.pid.clone().into(),
+                session.saved_at_ms.into(),
+                session.state.clone().into(),
+            ],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Removes and returns the session saved under `pid`, if any.
+///
+/// # Errors
+/// Database failures.
+pub async fn take_session(
+    db: &DatabaseConnection,
+    pid: &str,
+) -> Result<Option<SavedSession>, PersistenceError> {
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "DELETE FROM recovery_sessions WHERE pid = $1 RETURNING saved_at_ms, state",
+            [pid.into()],
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(SavedSession {
+        pid: pid.to_owned(),
+        saved_at_ms: row.try_get("", "saved_at_ms")?,
+        state: row.try_get("", "state")?,
+    }))
+}
+
+/// Deletes sessions saved before `before_ms` (too old to recover).
+///
+/// # Errors
+/// Database failures.
+pub async fn delete_sessions_before(
+    db: &DatabaseConnection,
+    before_ms: i64,
+) -> Result<u64, PersistenceError> {
+    Ok(db
+        .execute(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "DELETE FROM recovery_sessions WHERE saved_at_ms < $1",
+            [before_ms.into()],
+        ))
+        .await?
+        .rows_affected())
+}

@@ -1,0 +1,386 @@
+//! What one session knows of what its client received, to work out, from
+//! the single offset a reconnecting client sends, what it missed.
+//!
+//! A socket's channels deliver through separate actors, so the offsets
+//! (`seq`s) one socket receives do not only grow: channel B's message 103
+//! may reach it after channel A's 105. "Everything after the client's
+//! offset" would then replay 105 twice, or skip B's messages that were
+//! still on their way. So a session logs the deliveries the client has not
+//! confirmed yet, in the order it sent them: the client's offset marks how
+//! far along that log it got. The client confirms everything sent before a
+//! ping by answering it, so the log holds at most a ping interval of
+//! deliveries (bounded; past the bound the oldest entries are dropped and
+//! count as received only if the client's offset proves it).
+//!
+//! Per channel, a floor: every message of the channel with `seq` at or
+//! below it either reached the client or came before its subscription.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::persistence::recovery::Missed;
+
+/// Most single messages a recovery re-sends below their channel's floor
+/// (messages a channel delivered out of `seq` order); past it the session
+/// cannot be recovered.
+const MAX_EXTRA: usize = 1000;
+
+/// The log of one live session.
+#[derive(Debug)]
+pub struct DeliveryLog {
+    max_unconfirmed: usize,
+    channels: HashMap<Arc<str>, Mark>,
+    /// Slot → channel, for the subscribed channels.
+    names: HashMap<u32, Arc<str>>,
+    next_slot: u32,
+    /// `(seq, slot)` of each delivery not yet confirmed, in sending order.
+    unconfirmed: VecDeque<(i64, u32)>,
+    /// Deliveries logged since the start: the index the next one gets.
+    n_logged: u64,
+    /// `n_logged` when the ping that waits for its pong went out.
+    ping_mark: Option<u64>,
+    /// The index after the last entry dropped for room.
+    dropped_through: u64,
+    /// The `seq` of the last delivery dropped for room.
+    last_dropped: Option<i64>,
+    /// The `seq` of the last delivery the client confirmed.
+    last_confirmed: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Mark {
+    slot: u32,
+    floor: i64,
+    /// The highest `seq` of this channel dropped for room and not yet
+    /// confirmed.
+    provisional: Option<i64>,
+}
+
+/// A session's log when its connection dropped: what recovery starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogState {
+    /// Subscribed channels.
+    pub channels: Vec<ChannelMark>,
+    /// Unconfirmed deliveries in sending order: `(seq, index into
+    /// channels)`.
+    pub unconfirmed: Vec<(i64, u32)>,
+    /// The `seq` of the last delivery the client confirmed.
+    pub last_confirmed: Option<i64>,
+}
+
+/// One subscribed channel in a [`LogState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMark {
+    /// The resolved name.
+    pub name: String,
+    /// Everything at or below it reached the client (or predates the
+    /// subscription).
+    pub floor: i64,
+    /// Dropped for room, unconfirmed: reached the client only if its offset
+    /// is in the log.
+    pub provisional: Option<i64>,
+}
+
+impl DeliveryLog {
+    /// An empty log that holds at most `max_unconfirmed` deliveries.
+    pub fn new(max_unconfirmed: usize) -> Self {
+        DeliveryLog {
+            max_unconfirmed,
+            channels: HashMap::new(),
+            names: HashMap::new(),
+            next_slot: 0,
+            unconfirmed: VecDeque::new(),
+            n_logged: 0,
+            ping_mark: None,
+            dropped_through: 0,
+            last_dropped: None,
+            last_confirmed: None,
+        }
+    }
+
+    /// A log that continues a recovered one: its channels start at the
+    /// given floors, and what the client confirmed stays confirmed.
+    pub fn resume(max_unconfirmed: usize, floors: &[(String, i64)], last: Option<i64>) -> Self {
+        let mut log = DeliveryLog::new(max_unconfirmed);
+        for (name, floor) in floors {
+            log.subscribed(&Arc::from(name.as_str()), *floor);
+        }
+        log.last_confirmed = last;
+        log
+    }
+
+    /// The socket joined `name`, whose deliveries to it start after
+    /// `after_seq`. Joining again (for a fresh snapshot) changes nothing.
+    pub fn subscribed(&mut self, name: &Arc<str>, after_seq: i64) {
+        if self.channels.contains_key(name) {
+            return;
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.names.insert(slot, name.clone());
+        self.channels.insert(
+            name.clone(),
+            Mark {
+                slot,
+                floor: after_seq,
+                provisional: None,
+            },
+        );
+    }
+
+    /// The socket left `name`: nothing of it is recovered.
+    pub fn unsubscribed(&mut self, name: &str) {
+        if let Some(mark) = self.channels.remove(name) {
+            self.names.remove(&mark.slot);
+        }
+    }
+
+    /// Whether `name` is logged (subscribed).
+    pub fn has_channel(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
+    }
+
+    /// Messages of `channel` were sent to the client, in this order.
+    pub fn delivered(&mut self, channel: &str, seqs: impl IntoIterator<Item = i64>) {
+        let Some(slot) = self.channels.get(channel).map(|mark| mark.slot) else {
+            return;
+        };
+        for seq in seqs {
+            self.unconfirmed.push_back((seq, slot));
+            self.n_logged += 1;
+        }
+        while self.unconfirmed.len() > self.max_unconfirmed {
+            // unwrap: longer than the bound, so not empty.
+            let (seq, slot) = self.unconfirmed.pop_front().unwrap();
+            self.dropped_through = self.n_logged - self.unconfirmed.len() as u64;
+            self.last_dropped = Some(seq);
+            if let Some(mark) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
+                mark.provisional = Some(mark.provisional.map_or(seq, |p| p.max(seq)));
+            }
+        }
+    }
+
+    /// A ping went out: its pong confirms everything sent before it.
+    pub fn ping_sent(&mut self) {
+        self.ping_mark = Some(self.n_logged);
+    }
+
+    /// The pong of the last ping arrived.
+    pub fn pong_received(&mut self) {
+        let Some(mark) = self.ping_mark.take() else {
+            return;
+        };
+        if mark >= self.dropped_through && self.dropped_through > 0 {
+            for channel in self.channels.values_mut() {
+                if let Some(provisional) = channel.provisional.take() {
+                    channel.floor = channel.floor.max(provisional);
+                }
+            }
+            if let Some(seq) = self.last_dropped.take() {
+                self.last_confirmed = Some(seq);
+            }
+        }
+        let mut front = self.n_logged - self.unconfirmed.len() as u64;
+        while front < mark {
+            let Some((seq, slot)) = self.unconfirmed.pop_front() else {
+                break;
+            };
+            front += 1;
+            self.last_confirmed = Some(seq);
+            if let Some(channel) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
+                channel.floor = channel.floor.max(seq);
+            }
+        }
+        if self.unconfirmed.is_empty() {
+            // An idle socket keeps no buffer.
+            self.unconfirmed = VecDeque::new();
+        }
+    }
+
+    /// The log as it stands, for a later recovery.
+    pub fn state(&self) -> LogState {
+        let mut channels = Vec::with_capacity(self.channels.len());
+        let mut index_of_slot = HashMap::with_capacity(self.channels.len());
+        for (name, mark) in &self.channels {
+            index_of_slot.insert(mark.slot, channels.len() as u32);
+            channels.push(ChannelMark {
+                name: name.to_string(),
+                floor: mark.floor,
+                provisional: mark.provisional,
+            });
+        }
+        let unconfirmed = self
+            .unconfirmed
+            .iter()
+            .filter_map(|(seq, slot)| Some((*seq, *index_of_slot.get(slot)?)))
+            .collect();
+        LogState {
+            channels,
+            unconfirmed,
+            last_confirmed: self.last_confirmed,
+        }
+    }
+}
+
+impl LogState {
+    /// What the client missed, given the offset of the last message it
+    /// received (`None` if it never received one); `None` when the log
+    /// cannot tell (the offset is not one this session sent and still
+    /// knows), which means the session cannot be recovered.
+    pub fn missed(&self, offset: Option<i64>) -> Option<Missed> {
+        // How far along the unconfirmed deliveries the client got: through
+        // index `p`, or none of them.
+        let received_through = match offset {
+            Some(offset) => match self.unconfirmed.iter().rposition(|(seq, _)| *seq == offset) {
+                Some(p) => Some(p),
+                None if Some(offset) == self.last_confirmed => None,
+                None => return None,
+            },
+            None if self.last_confirmed.is_none() => None,
+            None => return None,
+        };
+        let mut floors: Vec<i64> = self.channels.iter().map(|c| c.floor).collect();
+        let rest = match received_through {
+            Some(p) => {
+                // Dropped entries came before `p`: the client has them.
+                for (floor, channel) in floors.iter_mut().zip(&self.channels) {
+                    if let Some(provisional) = channel.provisional {
+                        *floor = (*floor).max(provisional);
+                    }
+                }
+                for (seq, index) in &self.unconfirmed[..=p] {
+                    let floor = &mut floors[*index as usize];
+                    *floor = (*floor).max(*seq);
+                }
+                &self.unconfirmed[p + 1..]
+            }
+            None => &self.unconfirmed[..],
+        };
+        let extra: Vec<i64> = rest
+            .iter()
+            .filter(|(seq, index)| *seq <= floors[*index as usize])
+            .map(|(seq, _)| *seq)
+            .collect();
+        if extra.len() > MAX_EXTRA {
+            return None;
+        }
+        Some(Missed {
+            channels: self
+                .channels
+                .iter()
+                .zip(floors)
+                .map(|(channel, floor)| (channel.name.clone(), floor))
+                .collect(),
+            extra,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> Arc<str> {
+        Arc::from(text)
+    }
+
+    fn floors(missed: &Missed) -> Vec<(String, i64)> {
+        let mut floors = missed.channels.clone();
+        floors.sort();
+        floors
+    }
+
+    #[test]
+    fn the_offset_marks_how_far_along_the_sent_order_the_client_got() {
+        let mut log = DeliveryLog::new(100);
+        log.subscribed(&name("a"), 100);
+        log.subscribed(&name("b"), 100);
+        // A's 105 went out before B's 103 (separate actors).
+        log.delivered("a", [101, 105]);
+        log.delivered("b", [103]);
+        log.delivered("a", [106]);
+        let state = log.state();
+        // The client got 101 and 105, not 103 nor 106.
+        let missed = state.missed(Some(105)).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 105), ("b".into(), 100)]);
+        assert!(missed.extra.is_empty());
+        // It got everything through 103: B's floor is 103, A's 105.
+        let missed = state.missed(Some(103)).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 105), ("b".into(), 103)]);
+        // Without an offset it got nothing: from the subscriptions on.
+        let missed = state.missed(None).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 100), ("b".into(), 100)]);
+        // An offset this session never sent: cannot tell.
+        assert_eq!(state.missed(Some(104)), None);
+    }
+
+    #[test]
+    fn a_message_sent_after_a_later_one_of_its_channel_is_sent_again_alone() {
+        let mut log = DeliveryLog::new(100);
+        log.subscribed(&name("a"), 0);
+        log.delivered("a", [11, 10]);
+        let missed = log.state().missed(Some(11)).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 11)]);
+        assert_eq!(missed.extra, [10]);
+    }
+
+    #[test]
+    fn a_pong_confirms_what_was_sent_before_its_ping() {
+        let mut log = DeliveryLog::new(100);
+        log.subscribed(&name("a"), 0);
+        log.delivered("a", [1, 2]);
+        log.ping_sent();
+        log.delivered("a", [3]);
+        log.pong_received();
+        let state = log.state();
+        assert_eq!(state.unconfirmed, [(3, 0)]);
+        assert_eq!(state.last_confirmed, Some(2));
+        assert_eq!(floors(&state.missed(Some(2)).unwrap()), [("a".into(), 2)]);
+        assert_eq!(floors(&state.missed(Some(3)).unwrap()), [("a".into(), 3)]);
+        // The client confirmed 2: it cannot claim to have nothing, nor 1.
+        assert_eq!(state.missed(None), None);
+        assert_eq!(state.missed(Some(1)), None);
+    }
+
+    #[test]
+    fn entries_dropped_for_room_count_only_when_the_offset_proves_them() {
+        let mut log = DeliveryLog::new(2);
+        log.subscribed(&name("a"), 0);
+        log.subscribed(&name("b"), 0);
+        log.delivered("a", [1, 2]);
+        log.delivered("b", [3]);
+        let state = log.state();
+        assert_eq!(state.unconfirmed.len(), 2);
+        // The client got 3: it got the dropped 1 before it.
+        let missed = state.missed(Some(3)).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 2), ("b".into(), 3)]);
+        // It got nothing: the floors stay where they were.
+        let missed = state.missed(None).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 0), ("b".into(), 0)]);
+        // It got 1, which the log no longer holds: cannot tell.
+        assert_eq!(state.missed(Some(1)), None);
+        // A pong for a ping sent after the drop confirms the dropped ones.
+        log.ping_sent();
+        log.pong_received();
+        let state = log.state();
+        assert!(state.unconfirmed.is_empty());
+        assert_eq!(state.last_confirmed, Some(3));
+        let missed = state.missed(Some(3)).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 2), ("b".into(), 3)]);
+    }
+
+    #[test]
+    fn unsubscribed_channels_are_not_recovered_and_joining_again_keeps_the_floor() {
+        let mut log = DeliveryLog::new(100);
+        log.subscribed(&name("a"), 5);
+        log.subscribed(&name("b"), 5);
+        log.delivered("a", [6]);
+        log.subscribed(&name("a"), 9);
+        log.unsubscribed("b");
+        log.delivered("b", [7]);
+        let missed = log.state().missed(None).unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 5)]);
+    }
+}

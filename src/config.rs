@@ -37,6 +37,8 @@ pub struct Settings {
     pub permissions: PermissionSettings,
     /// Recovering what a dropped connection missed.
     pub recovery: RecoverySettings,
+    /// Presence.
+    pub presence: PresenceSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -181,6 +183,16 @@ pub struct PermissionSettings {
     /// How often the policies' state is read again even without a
     /// notification of change. Defaults to 30000 ms.
     pub refresh_ms: u64,
+}
+
+/// The `[presence]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// How long a member whose connection dropped (rather than left) stays
+    /// present, so a reconnect within it shows the others no leave and no
+    /// join. 0 turns it off. Defaults to 10000 ms.
+    pub leave_grace_ms: u64,
 }
 
 /// The `[recovery]` section: connection state recovery (SPEC §9b).
@@ -450,6 +462,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "recovery.max_unconfirmed",
                 "must be at least 16",
+            ));
+        }
+        if self.presence.leave_grace_ms > recovery.window_ms {
+            return Err(ConfigError::new(
+                "presence.leave_grace_ms",
+                "must be at most recovery.window_ms",
             ));
         }
         let permissions = &self.permissions;

@@ -97,6 +97,7 @@ impl Realtime {
             ChannelSettings {
                 max_pending: settings.limits.max_pending_per_channel,
                 offsets: settings.recovery.enabled,
+                leave_grace: Duration::from_millis(settings.presence.leave_grace_ms),
             },
             committed.clone(),
         )

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Recipient, SpawnHandle};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::messages;
 use serde_json::{json, Value};
@@ -74,6 +74,9 @@ pub struct Join(pub Subscriber);
 pub struct Leave {
     /// The subscriber's id.
     pub subscriber_id: u64,
+    /// Its connection dropped (rather than the client leaving): its
+    /// presence member stays for the leave grace, in case it comes back.
+    pub dropped: bool,
 }
 
 /// Store a message, then deliver it.
@@ -220,7 +223,11 @@ struct PresenceEntry {
     member: Value,
     /// `member` as JSON, encoded once for every subscribe ack after it.
     encoded: Box<str>,
+    /// 0 while the member lingers: its last socket dropped, and it leaves
+    /// when the grace ends unless a socket of it joins again.
     n_sockets: usize,
+    /// Ends the grace of a lingering member.
+    leave_timer: Option<SpawnHandle>,
 }
 
 /// One channel name's live state.
@@ -268,6 +275,8 @@ pub struct Channel {
     last_seq: i64,
     /// Whether delivered messages carry their offset.
     offsets: bool,
+    /// How long a member whose connection dropped stays present.
+    leave_grace: std::time::Duration,
 }
 
 /// How a channel runs, the same for all of them.
@@ -277,6 +286,9 @@ pub struct ChannelSettings {
     pub max_pending: usize,
     /// Delivered messages carry their offset (`recovery.enabled`).
     pub offsets: bool,
+    /// How long a member whose connection dropped stays present
+    /// (`presence.leave_grace_ms`).
+    pub leave_grace: std::time::Duration,
 }
 
 impl Channel {
@@ -309,6 +321,7 @@ impl Channel {
             last_activity_at: Utc::now(),
             last_seq: committed_seq,
             offsets: settings.offsets,
+            leave_grace: settings.leave_grace,
         }
     }
 
@@ -364,16 +377,18 @@ impl Channel {
         if !too_slow.is_empty() {
             tracing::warn!(channel = %self.name, n_sessions = too_slow.len(), "subscribers too slow; evicting them");
         }
+        // Both kinds of client will most likely come back (recover), so
+        // their members linger as after a dropped connection.
         for id in too_slow {
             if let Some(subscriber) = self.subscribers.get(&id) {
                 // do_send: the mailbox is full, and this must get through.
                 subscriber.events.do_send(SubscriberEvent::Evicted);
             }
-            self.remove_subscriber(id, ctx);
+            self.remove_subscriber(id, true, ctx);
         }
         // Sessions that ended without their leave reaching us.
         for id in gone {
-            self.remove_subscriber(id, ctx);
+            self.remove_subscriber(id, true, ctx);
         }
         n_sent
     }
@@ -391,27 +406,57 @@ impl Channel {
         }
     }
 
-    fn remove_subscriber(&mut self, id: u64, ctx: &mut Context<Self>) {
+    /// Removes a subscriber; its member leaves with its last socket, at
+    /// once, or (`dropped`) once the leave grace ends without a socket of
+    /// it joining again.
+    fn remove_subscriber(&mut self, id: u64, dropped: bool, ctx: &mut Context<Self>) {
         let Some(subscriber) = self.subscribers.remove(&id) else {
             return;
         };
         METRICS.subscriptions.sub(1);
         self.subscribed_since.remove(&id);
         let presence_id = subscriber.member.presence_id;
-        let gone = match self.presence.get_mut(&presence_id) {
-            Some(entry) if entry.n_sockets > 1 => {
-                entry.n_sockets -= 1;
-                None
-            }
-            Some(_) => {
-                self.members_json = None;
-                self.presence.remove(&presence_id).map(|entry| entry.member)
-            }
-            None => None,
+        let Some(entry) = self.presence.get_mut(&presence_id) else {
+            return;
         };
+        entry.n_sockets = entry.n_sockets.saturating_sub(1);
+        if entry.n_sockets > 0 {
+            return;
+        }
+        if dropped && !self.leave_grace.is_zero() {
+            let grace = self.leave_grace;
+            entry.leave_timer = Some(ctx.run_later(grace, move |channel, ctx| {
+                channel.end_grace(&presence_id, ctx);
+            }));
+            return;
+        }
+        self.member_left(&presence_id, ctx);
+    }
+
+    /// The leave grace of `presence_id` ended: it leaves unless it came
+    /// back.
+    fn end_grace(&mut self, presence_id: &str, ctx: &mut Context<Self>) {
+        if let Some(entry) = self.presence.get_mut(presence_id) {
+            entry.leave_timer = None;
+            if entry.n_sockets == 0 {
+                self.member_left(presence_id, ctx);
+            }
+        }
+        self.report_if_idle();
+    }
+
+    /// `presence_id` leaves: the others are told.
+    fn member_left(&mut self, presence_id: &str, ctx: &mut Context<Self>) {
+        let Some(entry) = self.presence.remove(presence_id) else {
+            return;
+        };
+        self.members_json = None;
+        if let Some(timer) = entry.leave_timer {
+            ctx.cancel_future(timer);
+        }
         // Nobody is left to tell when the channel is empty.
-        if let Some(member) = gone.filter(|_| !self.subscribers.is_empty()) {
-            let frame = self.presence_frame("presence:leave", &member);
+        if !self.subscribers.is_empty() {
+            let frame = self.presence_frame("presence:leave", &entry.member);
             self.queue_presence(frame, None, ctx);
         }
     }
@@ -543,7 +588,14 @@ impl Handler<Join> for Channel {
         if !self.subscribers.contains_key(&id) {
             let presence_id = subscriber.member.presence_id.clone();
             match self.presence.get_mut(&presence_id) {
-                Some(entry) => entry.n_sockets += 1,
+                Some(entry) => {
+                    // A lingering member is back within its grace: nobody
+                    // saw it leave, so nobody sees it join.
+                    if let Some(timer) = entry.leave_timer.take() {
+                        ctx.cancel_future(timer);
+                    }
+                    entry.n_sockets += 1;
+                }
                 None => {
                     let member = json!({
                         "presenceId": presence_id,
@@ -562,6 +614,7 @@ impl Handler<Join> for Channel {
                             encoded: member.to_string().into(),
                             member,
                             n_sockets: 1,
+                            leave_timer: None,
                         },
                     );
                 }
@@ -622,7 +675,7 @@ impl Handler<Leave> for Channel {
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
         self.last_activity_at = Utc::now();
-        self.remove_subscriber(leave.subscriber_id, ctx);
+        self.remove_subscriber(leave.subscriber_id, leave.dropped, ctx);
         self.report_if_idle();
     }
 }

@@ -23,6 +23,7 @@ use crate::webhooks::{WebhookDispatcher, Webhooks};
 const SETTINGS: ChannelSettings = ChannelSettings {
     max_pending: 1000,
     offsets: true,
+    leave_grace: Duration::ZERO,
 };
 
 /// A subscriber that hands every event to the test.
@@ -403,6 +404,7 @@ async fn a_burst_of_joins_reaches_each_subscriber_as_one_push() {
     let mut gone = burst.pop().unwrap();
     channel.do_send(Leave {
         subscriber_id: gone.id,
+        dropped: false,
     });
     for inbox in std::iter::once(&mut first).chain(burst.iter_mut()) {
         let leave = inbox.frames().await;
@@ -412,6 +414,69 @@ async fn a_burst_of_joins_reaches_each_subscriber_as_one_push() {
     }
     channel.send(Barrier).await.unwrap();
     assert!(gone.nothing_pending(), "d heard nothing after it left");
+}
+
+#[actix::test]
+async fn a_dropped_member_lingers_for_the_grace_and_a_return_within_it_shows_nothing() {
+    let mut setup = Setup::new().await;
+    let channel = Channel::new(
+        "room:grace".into(),
+        setup.registry.clone(),
+        setup.writer.clone(),
+        setup.webhooks.clone(),
+        ChannelSettings {
+            leave_grace: Duration::from_millis(300),
+            ..SETTINGS
+        },
+        0,
+    )
+    .start();
+    let mut watcher = setup.probe("watcher", 64, None);
+    channel.do_send(Join(watcher.subscriber()));
+    watcher.joined().await;
+    let mut phone = setup.probe("phone", 64, None);
+    channel.do_send(Join(phone.subscriber()));
+    phone.joined().await;
+    assert_eq!(watcher.frames().await[0].0, "presence:join");
+
+    // Its connection drops, and it is back (a new socket, same member)
+    // within the grace: the watcher sees nothing.
+    channel.do_send(Leave {
+        subscriber_id: phone.id,
+        dropped: true,
+    });
+    let mut back = setup.probe("phone", 64, None);
+    channel.do_send(Join(back.subscriber()));
+    let members = back.joined().await;
+    assert_eq!(members.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(watcher.nothing_pending());
+
+    // It drops and stays away: one leave, once the grace is over.
+    let dropped_at = std::time::Instant::now();
+    channel.do_send(Leave {
+        subscriber_id: back.id,
+        dropped: true,
+    });
+    let leave = watcher.frames().await;
+    assert!(dropped_at.elapsed() >= Duration::from_millis(300));
+    assert_eq!(leave.len(), 1);
+    assert_eq!(leave[0].0, "presence:leave");
+    assert_eq!(leave[0].1["member"]["presenceId"], "phone");
+
+    // Leaving on purpose is seen at once.
+    let mut other = setup.probe("other", 64, None);
+    channel.do_send(Join(other.subscriber()));
+    other.joined().await;
+    assert_eq!(watcher.frames().await[0].0, "presence:join");
+    let left_at = std::time::Instant::now();
+    channel.do_send(Leave {
+        subscriber_id: other.id,
+        dropped: false,
+    });
+    let leave = watcher.frames().await;
+    assert!(left_at.elapsed() < Duration::from_millis(300));
+    assert_eq!(leave[0].0, "presence:leave");
 }
 
 #[actix::test]

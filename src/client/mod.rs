@@ -310,7 +310,7 @@ impl SocketHandler for Client {
         reason: DisconnectReason,
     ) {
         self.end_session(reason);
-        self.leave_all();
+        self.leave_all(recover::is_recoverable(reason));
     }
 
     fn on_ping_sent(&mut self) {

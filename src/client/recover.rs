@@ -91,9 +91,10 @@ pub(super) fn identity(principal: &Principal) -> String {
     }
 }
 
-/// Whether a connection that ended for `reason` may be recovered: it
-/// dropped, or the server closed it; not when the client left.
-fn is_recoverable(reason: DisconnectReason) -> bool {
+/// Whether a connection that ended for `reason` may be recovered (and its
+/// presence linger): it dropped, or the server closed it; not when the
+/// client left.
+pub(super) fn is_recoverable(reason: DisconnectReason) -> bool {
     matches!(
         reason,
         DisconnectReason::Closed(

@@ -286,6 +286,7 @@ impl Client {
         if cancelled {
             channel.do_send(Leave {
                 subscriber_id: self.subscriber_id,
+                dropped: false,
             });
         } else {
             if let Some(log) = &mut self.log {
@@ -315,6 +316,7 @@ impl Client {
             Some(Subscription::Joined { channel, publish }) => {
                 channel.do_send(Leave {
                     subscriber_id: self.subscriber_id,
+                    dropped: false,
                 });
                 if let Some(log) = &mut self.log {
                     log.unsubscribed(name);
@@ -343,12 +345,14 @@ impl Client {
         }
     }
 
-    /// Leaves every channel (the connection closed).
-    pub(super) fn leave_all(&mut self) {
+    /// Leaves every channel (the connection closed); `dropped` when it
+    /// was not the client's choice, so its presence lingers for the grace.
+    pub(super) fn leave_all(&mut self, dropped: bool) {
         for (_, subscription) in self.subscriptions.drain() {
             if let Subscription::Joined { channel, .. } = subscription {
                 channel.do_send(Leave {
                     subscriber_id: self.subscriber_id,
+                    dropped,
                 });
             }
             // Joins still in flight find the session gone and are dropped.

@@ -236,6 +236,32 @@ for (const backend of backends()) {
       assert.equal(actor.body.presence.filter((member) => member.presenceId === BOB).length, 1);
     });
 
+    test("presence does not flap: a client back within the grace shows the others nothing", async () => {
+      const watcher = connect({ token: ANON_KEY });
+      await nextEvent(watcher, "connect");
+      assert.equal((await subscribe(watcher, "rec:presence")).ok, true);
+      const seen = [];
+      watcher.on("presence:join", (message) => seen.push(["join", message.member.presenceId]));
+      watcher.on("presence:leave", (message) => seen.push(["leave", message.member.presenceId]));
+      const client = connect({ token: jwt({ sub: ALICE, role: "authenticated" }) });
+      await nextEvent(client, "connect");
+      assert.equal((await subscribe(client, "rec:presence")).ok, true);
+      await until(() => seen.length === 1, "the join");
+      assert.deepEqual(seen, [["join", ALICE]]);
+      // Away for 3 s (the grace is 10 s), then back.
+      await away(client, () => sleep(3000));
+      assert.equal(client.recovered, true);
+      await sleep(300);
+      assert.deepEqual(seen, [["join", ALICE]]);
+      // Still one member, present.
+      const actor = await server.admin("GET", `/api/realtime/actors/${encodeURIComponent("rec:presence")}`);
+      assert.deepEqual(actor.body.presence.map((member) => member.presenceId).sort(), [ALICE, watcher.id].sort());
+      // Leaving on purpose is seen at once.
+      client.emit("realtime:unsubscribe", { channel: "rec:presence" });
+      await until(() => seen.length === 2, "the leave", 2000);
+      assert.deepEqual(seen[1], ["leave", ALICE]);
+    });
+
     test("more missed messages than recovery.max_messages give a fresh session", async () => {
       const publisher = connect({ token: ANON_KEY });
       await nextEvent(publisher, "connect");
@@ -349,7 +375,10 @@ for (const backend of backends()) {
     let server;
     const sockets = [];
     before(async () => {
-      server = await startRealtime(backend, { REALTIME__RECOVERY__WINDOW_MS: "1000" });
+      server = await startRealtime(backend, {
+        REALTIME__RECOVERY__WINDOW_MS: "1000",
+        REALTIME__PRESENCE__LEAVE_GRACE_MS: "500",
+      });
       assert.equal((await server.admin("POST", "/api/realtime/channels", { pattern: "rec:%" })).status, 201);
     });
     after(async () => {
@@ -379,6 +408,26 @@ for (const backend of backends()) {
       // Its subscription is gone with the old session: subscribing works.
       const ack = await new Promise((resolve) => client.emit("realtime:subscribe", { channel: "rec:late" }, resolve));
       assert.equal(ack.ok, true);
+    });
+
+    test("a member that does not come back leaves once the grace is over", async () => {
+      const watcher = io(server.url, { auth: { token: ANON_KEY }, transports: ["websocket"], forceNew: true, reconnection: false });
+      const leaver = io(server.url, { auth: { token: ANON_KEY }, transports: ["websocket"], forceNew: true, reconnection: false });
+      sockets.push(watcher, leaver);
+      await nextEvent(watcher, "connect");
+      await nextEvent(leaver, "connect");
+      const subscribed = (socket) => new Promise((resolve) => socket.emit("realtime:subscribe", { channel: "rec:gone" }, resolve));
+      assert.equal((await subscribed(watcher)).ok, true);
+      assert.equal((await subscribed(leaver)).ok, true);
+      await nextEvent(watcher, "presence:join");
+      const leaverId = leaver.id;
+      const droppedAt = Date.now();
+      const left = nextEvent(watcher, "presence:leave", 5000);
+      const closed = await server.admin("DELETE", `/api/realtime/sessions/${encodeURIComponent(leaverId)}`);
+      assert.equal(closed.status, 204);
+      const [message] = await left;
+      assert.equal(message.member.presenceId, leaverId);
+      assert.ok(Date.now() - droppedAt >= 450, "not before the grace ended");
     });
   });
 }

@@ -193,6 +193,8 @@ pub struct SioClient {
     /// The Engine.IO session id.
     pub sid: String,
     next_ack: u64,
+    /// The CONNECT answer's data: `{"sid": …, "pid"?: …}`.
+    pub answer: serde_json::Value,
 }
 
 impl SioClient {
@@ -210,13 +212,16 @@ impl SioClient {
             other => panic!("no open packet: {other:?}"),
         };
         ws.send_text(&format!("40{auth}")).await;
-        match ws.recv().await {
-            WsFrame::Text(answer) if answer.starts_with("40{") => {}
+        let answer = match ws.recv().await {
+            WsFrame::Text(answer) if answer.starts_with("40{") => {
+                serde_json::from_str(&answer[2..]).unwrap()
+            }
             other => panic!("connect refused: {other:?}"),
-        }
+        };
         SioClient {
             ws,
             sid,
+            answer,
             next_ack: 1,
         }
     }

@@ -209,8 +209,8 @@ pub struct RecoverySettings {
     /// more starts afresh. Defaults to 10000.
     pub max_messages: u64,
     /// Deliveries a session remembers until the client confirms them (by
-    /// answering a ping); a session past it can no longer be recovered.
-    /// Defaults to 8192.
+    /// answering a ping); past it the oldest are forgotten, and count as
+    /// received only if the client's offset proves it. Defaults to 1024.
     pub max_unconfirmed: usize,
 }
 

@@ -50,6 +50,11 @@ pub struct Realtime {
     pub recovery: Option<Arc<RecoveryStore>>,
     /// `[recovery]`.
     pub recovery_settings: RecoverySettings,
+    /// Missed messages a replay reads at a time, and how many frames a
+    /// client's queue may hold before it reads more: a quarter of the
+    /// queue's bound each (`engineio.max_buffered_packets`), so a replay
+    /// never overflows it.
+    pub replay_batch: usize,
 }
 
 impl Realtime {
@@ -147,6 +152,7 @@ impl Realtime {
             db: db.clone(),
             recovery,
             recovery_settings: settings.recovery.clone(),
+            replay_batch: (settings.engineio.max_buffered_packets / 4).clamp(1, 500),
             catalog,
             registry,
             writer,

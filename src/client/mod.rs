@@ -126,8 +126,9 @@ pub struct Client {
     pid: Option<String>,
     /// What was delivered and confirmed, when recovery is on.
     log: Option<DeliveryLog>,
-    /// A recovery's replay, while it runs.
-    replay: Option<recover::Replay>,
+    /// A recovery's replay, while it runs (boxed: most sockets never have
+    /// one).
+    replay: Option<Box<recover::Replay>>,
     /// The session's state went to a connection that recovered it.
     handed_over: bool,
 }

@@ -30,11 +30,12 @@ use crate::recovery::store::now_ms;
 use crate::recovery::{DeliveryLog, HandOver, SessionState};
 use crate::socketio::{DisconnectReason, Socket};
 
-/// Missed messages read from history per query.
-const REPLAY_PAGE: u64 = 500;
 /// How long a replay waits for the client's queue to drain before the next
 /// page.
 const REPLAY_BACKOFF: Duration = Duration::from_millis(10);
+/// Most live messages held while a replay runs; past it the connection is
+/// closed and the client recovers again from where it got to.
+const MAX_HELD: usize = 4096;
 
 /// A recovery the server can carry out.
 #[derive(Debug)]
@@ -229,7 +230,7 @@ impl Client {
             .iter()
             .map(|(name, _)| name.clone())
             .collect();
-        self.replay = Some(Replay {
+        self.replay = Some(Box::new(Replay {
             missed: plan.missed,
             cursor: i64::MIN,
             joining: names.iter().cloned().collect(),
@@ -237,7 +238,7 @@ impl Client {
             held: Vec::new(),
             n_held: 0,
             reading: false,
-        });
+        }));
         let Some(subscriber) = self.subscriber(socket) else {
             return;
         };
@@ -268,7 +269,7 @@ impl Client {
         };
         replay.n_held += delivered.frames.len();
         replay.held.push(delivered);
-        if replay.n_held > self.hub.recovery_settings.max_unconfirmed {
+        if replay.n_held > MAX_HELD {
             // The client cannot take the replay and the live flow both: it
             // comes back and recovers from where it got to.
             tracing::debug!("live messages piled up during a replay; closing");
@@ -286,8 +287,8 @@ impl Client {
         if replay.reading || !replay.joining.is_empty() {
             return;
         }
-        let half = self.hub.recovery_settings.max_unconfirmed / 2;
-        if socket.queued() > half {
+        let batch = self.hub.replay_batch;
+        if socket.queued() > batch {
             socket.run_later(REPLAY_BACKOFF, |client, socket| client.read_missed(socket));
             return;
         }
@@ -297,7 +298,7 @@ impl Client {
         let after = replay.cursor;
         let client = socket.address();
         actix::spawn(async move {
-            let page = queries::missed_page(&db, &missed, after, REPLAY_PAGE).await;
+            let page = queries::missed_page(&db, &missed, after, batch as u64).await;
             client.do_send(crate::engineio::SessionEvent(ClientEvent::Replayed(
                 page.map_err(|err| err.to_string()),
             )));
@@ -322,7 +323,7 @@ impl Client {
                 return socket.close(CloseReason::ServerClose);
             }
         };
-        let last_page = (rows.len() as u64) < REPLAY_PAGE;
+        let last_page = rows.len() < self.hub.replay_batch;
         let mut frames = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(seq) = row.seq else { continue };

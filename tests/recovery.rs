@@ -17,6 +17,8 @@ backend_tests!(
     malformed_or_unknown_recovery_requests_get_a_fresh_session,
     another_users_credential_cannot_take_a_session,
     deleted_history_gives_a_fresh_session,
+    a_retention_sweep_past_the_floor_gives_a_fresh_session,
+    a_deleted_channel_gives_a_fresh_session,
     with_recovery_off_there_is_no_pid_and_no_offset,
 );
 
@@ -195,6 +197,56 @@ async fn deleted_history_gives_a_fresh_session(backend: Backend) {
     publish_rest(&server, "rec:gone", 3).await;
     let back = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY, "pid": pid })).await;
     assert_ne!(pid_of(&back), pid, "never a partial replay");
+}
+
+async fn a_retention_sweep_past_the_floor_gives_a_fresh_session(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    setup(&server).await;
+    let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let pid = pid_of(&client);
+    subscribe(&mut client, "rec:swept").await;
+    drop_connection(client).await;
+    for n in 0..3 {
+        publish_rest(&server, "rec:swept", n).await;
+    }
+    // What the sweeper runs, with a cutoff that takes everything so far.
+    let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let deleted = realtime::persistence::messages::delete_older_than(&server.db, cutoff, 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "one batch of the sweep");
+    let back = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY, "pid": pid })).await;
+    assert_ne!(pid_of(&back), pid, "never a partial replay");
+}
+
+async fn a_deleted_channel_gives_a_fresh_session(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, channel) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "doomed:%" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let pid = pid_of(&client);
+    subscribe(&mut client, "doomed:1").await;
+    drop_connection(client).await;
+    publish_rest(&server, "doomed:1", 1).await;
+    let id = channel["id"].as_str().unwrap();
+    let (status, _) = server
+        .admin("DELETE", &format!("/api/realtime/channels/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let mut back =
+        SioClient::connect(&server.base_url, json!({ "token": ANON_KEY, "pid": pid })).await;
+    assert_ne!(pid_of(&back), pid);
+    // A fresh session holds no subscription: nothing arrives.
+    let ack = back
+        .call("realtime:subscribe", json!({ "channel": "doomed:1" }))
+        .await;
+    assert_eq!(ack["ok"], false);
 }
 
 async fn with_recovery_off_there_is_no_pid_and_no_offset(backend: Backend) {

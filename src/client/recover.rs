@@ -125,6 +125,7 @@ impl Client {
         let hub = self.hub.clone();
         let client = socket.address();
         actix::spawn(async move {
+            let mut taken = None;
             let planned = async {
                 let Some(state) = store.take(&pid).await.map_err(|err| {
                     tracing::warn!(error = %err, "could not read a saved session");
@@ -137,6 +138,7 @@ impl Client {
                     store.put_back(&pid, state);
                     return Err("the session belongs to someone else");
                 }
+                taken = Some(state.clone());
                 let missed = state
                     .log
                     .missed(offset)
@@ -188,6 +190,14 @@ impl Client {
             let planned: Result<Plan, &'static str> = planned.await;
             if let Err(why) = &planned {
                 tracing::debug!(why, "connection not recovered; starting afresh");
+            }
+            if !client.connected() {
+                // The connection closed while its recovery was worked out:
+                // the state stays for its next attempt.
+                if let (Ok(_), Some(state)) = (&planned, taken) {
+                    store.put_back(&pid, state);
+                }
+                return;
             }
             client.do_send(crate::engineio::SessionEvent(ClientEvent::Recovery(
                 planned.map_err(|_| ()),

@@ -414,8 +414,7 @@ for (const backend of backends()) {
       const watcher = io(server.url, { auth: { token: ANON_KEY }, transports: ["websocket"], forceNew: true, reconnection: false });
       const leaver = io(server.url, { auth: { token: ANON_KEY }, transports: ["websocket"], forceNew: true, reconnection: false });
       sockets.push(watcher, leaver);
-      await nextEvent(watcher, "connect");
-      await nextEvent(leaver, "connect");
+      await Promise.all([nextEvent(watcher, "connect"), nextEvent(leaver, "connect")]);
       const subscribed = (socket) => new Promise((resolve) => socket.emit("realtime:subscribe", { channel: "rec:gone" }, resolve));
       assert.equal((await subscribed(watcher)).ok, true);
       assert.equal((await subscribed(leaver)).ok, true);

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub sql_messages: Counter,
     /// Times the PostgreSQL listener connection was lost and made again.
     pub sql_listener_reconnects: Counter,
+    /// Messages of ephemeral channels (delivered, never stored).
+    pub messages_ephemeral: Counter,
     /// Connections that came back with a private session id, by outcome
     /// (indexed as [`RECOVERY_OUTCOMES`]).
     pub recoveries: [Counter; 2],
@@ -199,6 +201,7 @@ pub static METRICS: Metrics = Metrics {
     writer_rows: Counter::new(),
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
+    messages_ephemeral: Counter::new(),
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],
@@ -358,6 +361,12 @@ pub fn render() -> String {
         "realtime_sql_listener_reconnects_total",
         "Times the PostgreSQL listener connection was lost and made again.",
         m.sql_listener_reconnects.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_messages_ephemeral_total",
+        "Messages of ephemeral channels: delivered live, never stored.",
+        m.messages_ephemeral.get(),
     );
     let _ = writeln!(
         out,

@@ -59,6 +59,7 @@ impl AppState {
         });
         RetentionSweeper::new(
             db.clone(),
+            realtime.catalog.clone(),
             Duration::from_millis(settings.retention.sweep_interval_ms),
             settings.retention.sweep_batch_size,
         )

@@ -14,6 +14,7 @@ mod m20261201_000004_notify_policy_changes;
 mod m20261201_000005_create_sqlite_policies;
 mod m20261201_000006_create_check_access;
 mod m20261201_000007_create_recovery;
+mod m20261201_000008_create_channel_options;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_create_sqlite_policies::Migration),
             Box::new(m20261201_000006_create_check_access::Migration),
             Box::new(m20261201_000007_create_recovery::Migration),
+            Box::new(m20261201_000008_create_channel_options::Migration),
         ]
     }
 }

@@ -2,7 +2,8 @@
 //! an index that makes "this channel's messages after `seq`" one range
 //! scan, the sessions saved at shutdown for clients that come back after a
 //! restart, and how far history was ever deleted (a recovery that would
-//! need a deleted message must not replay a partial history).
+//! need a deleted message must not replay a partial history): per channel
+//! name, `''` standing for every channel.
 //!
 //! The `(channel_name, seq)` index replaces the one on `channel_name`
 //! alone: it serves every query the old one did (its first column), and
@@ -35,7 +36,7 @@ impl MigrationTrait for Migration {
                     state TEXT NOT NULL
                 )",
                 "CREATE TABLE IF NOT EXISTS realtime.history_deletions (
-                    id SMALLINT PRIMARY KEY CHECK (id = 1),
+                    channel_name TEXT PRIMARY KEY,
                     deleted_through BIGINT NOT NULL
                 )",
             ],
@@ -49,9 +50,9 @@ impl MigrationTrait for Migration {
                     state TEXT NOT NULL
                 ) WITHOUT ROWID",
                 "CREATE TABLE IF NOT EXISTS history_deletions (
-                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    channel_name TEXT PRIMARY KEY NOT NULL,
                     deleted_through INTEGER NOT NULL
-                )",
+                ) WITHOUT ROWID",
             ],
         };
         let db = manager.get_connection();

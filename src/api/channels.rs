@@ -12,7 +12,10 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::openapi::{ErrorResponse, MessageResponse};
 use crate::pattern::validate_pattern;
-use crate::persistence::{self, channels::ChannelChanges, channels::NewChannel, PersistenceError};
+use crate::persistence::channels::{
+    ChannelChanges, ChannelOptions, NewChannel, OptionChanges, Retention,
+};
+use crate::persistence::{self, PersistenceError};
 use crate::server::AppState;
 
 /// Most webhook URLs one channel may have.
@@ -34,6 +37,29 @@ pub struct ChannelView {
     enabled: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Messages are delivered live only: never stored, posted to webhooks
+    /// or recovered (typing indicators, cursors). An addition to InsForge's
+    /// channel.
+    ephemeral: bool,
+    /// How long the channel's messages are kept, overriding the global
+    /// `retentionDays`; null for the global one. An addition to InsForge's
+    /// channel.
+    retention: Option<RetentionView>,
+}
+
+/// A channel's own retention: either bound or both.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ChannelRetention)]
+pub struct RetentionView {
+    /// Messages older than this many days are deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 36500)]
+    max_age_days: Option<i32>,
+    /// Only this many of the newest messages are kept per channel name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000000)]
+    max_messages: Option<i64>,
 }
 
 /// The body of `POST /channels`.
@@ -49,6 +75,22 @@ pub struct CreateChannelRequest {
     webhook_urls: Option<Vec<String>>,
     /// Defaults to true.
     enabled: Option<bool>,
+    /// Defaults to false.
+    ephemeral: Option<bool>,
+    /// Defaults to null (the global retention).
+    retention: Option<RetentionRequest>,
+}
+
+/// A channel's own retention, as sent; `{}` or null clears it.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ChannelRetentionRequest)]
+#[allow(dead_code)] // Documentation only: the handler reads raw JSON.
+pub struct RetentionRequest {
+    #[schema(minimum = 1, maximum = 36500)]
+    max_age_days: Option<i32>,
+    #[schema(minimum = 1, maximum = 1000000000)]
+    max_messages: Option<i64>,
 }
 
 /// The body of `PUT /channels/{id}`: absent fields stay as they are;
@@ -62,10 +104,13 @@ pub struct UpdateChannelRequest {
     description: Option<String>,
     webhook_urls: Option<Vec<String>>,
     enabled: Option<bool>,
+    ephemeral: Option<bool>,
+    retention: Option<RetentionRequest>,
 }
 
-impl From<channels::Model> for ChannelView {
-    fn from(model: channels::Model) -> Self {
+impl ChannelView {
+    fn new(model: channels::Model, options: ChannelOptions) -> Self {
+        let retention = options.retention;
         ChannelView {
             id: model.id,
             pattern: model.pattern,
@@ -74,6 +119,11 @@ impl From<channels::Model> for ChannelView {
             enabled: model.enabled,
             created_at: model.created_at,
             updated_at: model.updated_at,
+            ephemeral: options.ephemeral,
+            retention: retention.is_set().then_some(RetentionView {
+                max_age_days: retention.max_age_days,
+                max_messages: retention.max_messages,
+            }),
         }
     }
 }
@@ -112,7 +162,15 @@ pub(super) async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let rows = persistence::channels::list(&state.db).await?;
-    Ok(HttpResponse::Ok().json(rows.into_iter().map(ChannelView::from).collect::<Vec<_>>()))
+    let options = persistence::channels::all_options(&state.db).await?;
+    let views: Vec<ChannelView> = rows
+        .into_iter()
+        .map(|row| {
+            let options = options.get(&row.id).copied().unwrap_or_default();
+            ChannelView::new(row, options)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
 }
 
 #[utoipa::path(
@@ -139,6 +197,7 @@ pub(super) async fn create(
     let fields = ChannelFields::parse(&body)?;
     let pattern = fields
         .pattern
+        .clone()
         .ok_or_else(|| ApiError::invalid_channel_request("pattern: Channel pattern is required"))?;
     let new = NewChannel {
         pattern,
@@ -149,9 +208,14 @@ pub(super) async fn create(
     let created = persistence::channels::create(&state.db, new)
         .await
         .map_err(channel_error)?;
+    let options = if fields.options.is_empty() {
+        ChannelOptions::default()
+    } else {
+        persistence::channels::set_options(&state.db, created.id, fields.options).await?
+    };
     refresh_catalog(&state).await;
     tracing::info!(pattern = %created.pattern, id = %created.id, "channel created");
-    Ok(HttpResponse::Created().json(ChannelView::from(created)))
+    Ok(HttpResponse::Created().json(ChannelView::new(created, options)))
 }
 
 #[utoipa::path(
@@ -178,7 +242,8 @@ pub(super) async fn get(
     let channel = persistence::channels::get(&state.db, id)
         .await
         .map_err(channel_error)?;
-    Ok(HttpResponse::Ok().json(ChannelView::from(channel)))
+    let options = persistence::channels::options(&state.db, id).await?;
+    Ok(HttpResponse::Ok().json(ChannelView::new(channel, options)))
 }
 
 #[utoipa::path(
@@ -216,9 +281,14 @@ pub(super) async fn update(
     let updated = persistence::channels::update(&state.db, id, changes)
         .await
         .map_err(channel_error)?;
+    let options = if fields.options.is_empty() {
+        persistence::channels::options(&state.db, id).await?
+    } else {
+        persistence::channels::set_options(&state.db, id, fields.options).await?
+    };
     refresh_catalog(&state).await;
     tracing::info!(pattern = %updated.pattern, id = %updated.id, enabled = updated.enabled, "channel updated");
-    Ok(HttpResponse::Ok().json(ChannelView::from(updated)))
+    Ok(HttpResponse::Ok().json(ChannelView::new(updated, options)))
 }
 
 #[utoipa::path(
@@ -284,6 +354,8 @@ struct ChannelFields {
     description: Option<Option<String>>,
     webhook_urls: Option<Option<Vec<String>>>,
     enabled: Option<bool>,
+    /// `ephemeral` and `retention`, this server's additions.
+    options: OptionChanges,
 }
 
 impl ChannelFields {
@@ -298,17 +370,53 @@ impl ChannelFields {
             pattern: parse_pattern(object)?,
             description: parse_description(object)?,
             webhook_urls: parse_webhook_urls(object)?,
-            enabled: match object.get("enabled") {
-                None => None,
-                Some(Value::Bool(enabled)) => Some(*enabled),
-                Some(_) => {
-                    return Err(ApiError::invalid_channel_request(
-                        "enabled: Expected boolean",
-                    ))
-                }
+            enabled: parse_bool(object, "enabled")?,
+            options: OptionChanges {
+                ephemeral: parse_bool(object, "ephemeral")?,
+                retention: parse_retention(object)?,
             },
         })
     }
+}
+
+fn parse_bool(object: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match object.get(field) {
+        None => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(_) => Err(ApiError::invalid_channel_request(format!(
+            "{field}: Expected boolean"
+        ))),
+    }
+}
+
+/// `retention`: null or `{}` clears it; else `maxAgeDays` (1–36500) and/or
+/// `maxMessages` (1–10⁹).
+fn parse_retention(object: &Map<String, Value>) -> Result<Option<Retention>, ApiError> {
+    let fields = match object.get("retention") {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(Retention::default())),
+        Some(Value::Object(fields)) => fields,
+        Some(_) => {
+            return Err(ApiError::invalid_channel_request(
+                "retention: Expected object",
+            ))
+        }
+    };
+    let bounded = |name: &str, max: i64| -> Result<Option<i64>, ApiError> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_i64() {
+                Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(ApiError::invalid_channel_request(format!(
+                    "retention.{name}: Expected an integer from 1 to {max}"
+                ))),
+            },
+        }
+    };
+    Ok(Some(Retention {
+        max_age_days: bounded("maxAgeDays", 36_500)?.map(|days| days as i32),
+        max_messages: bounded("maxMessages", 1_000_000_000)?,
+    }))
 }
 
 fn parse_pattern(object: &Map<String, Value>) -> Result<Option<String>, ApiError> {

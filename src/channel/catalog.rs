@@ -11,6 +11,7 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::pattern::PatternIndex;
+use crate::persistence::channels::Retention;
 use crate::persistence::{self, PersistenceError};
 
 /// What the pipeline needs to know of a channel.
@@ -22,6 +23,11 @@ pub struct ChannelDef {
     pub pattern: String,
     /// Where its messages are posted.
     pub webhook_urls: Vec<String>,
+    /// Its messages are delivered live only: not stored, posted or
+    /// recovered.
+    pub ephemeral: bool,
+    /// How long its messages are kept, if not the global retention.
+    pub retention: Retention,
 }
 
 /// The enabled channels, indexed for resolution and by id. Readers take a
@@ -54,14 +60,18 @@ impl ChannelCatalog {
     /// Database failures; the previous index stays in place.
     pub async fn reload(&self, db: &DatabaseConnection) -> Result<(), PersistenceError> {
         let channels = persistence::channels::list(db).await?;
+        let options = persistence::channels::all_options(db).await?;
         let definitions: Vec<Arc<ChannelDef>> = channels
             .into_iter()
             .filter(|channel| channel.enabled)
             .map(|channel| {
+                let options = options.get(&channel.id).copied().unwrap_or_default();
                 Arc::new(ChannelDef {
                     id: channel.id,
                     pattern: channel.pattern,
                     webhook_urls: channel.webhook_urls.map(|urls| urls.0).unwrap_or_default(),
+                    ephemeral: options.ephemeral,
+                    retention: options.retention,
                 })
             })
             .collect();
@@ -92,5 +102,16 @@ impl ChannelCatalog {
     /// The enabled channel with this id.
     pub fn by_id(&self, id: Uuid) -> Option<Arc<ChannelDef>> {
         self.snapshot.read().by_id.get(&id).cloned()
+    }
+
+    /// The enabled channels with a retention of their own.
+    pub fn with_retention(&self) -> Vec<Arc<ChannelDef>> {
+        self.snapshot
+            .read()
+            .by_id
+            .values()
+            .filter(|def| def.retention.is_set())
+            .cloned()
+            .collect()
     }
 }

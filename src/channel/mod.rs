@@ -186,6 +186,9 @@ struct Pending {
     frame: OpenFrame,
     /// Known once durable.
     seq: Option<i64>,
+    /// Stored in history (not an ephemeral channel's message): its
+    /// audience is recorded.
+    stored: bool,
     /// `None` for [`Stored`] messages: nobody waits for them.
     reply: Option<Reply>,
     /// `None` until the writer answers; `Stored` messages start durable.
@@ -481,7 +484,13 @@ impl Channel {
                     let offset = pending.seq.filter(|_| self.offsets);
                     frames.push(pending.frame.seal(offset));
                     seqs.push(offset);
-                    delivered.push((pending.id, pending.row, pending.reply, pending.webhook));
+                    delivered.push((
+                        pending.id,
+                        pending.row,
+                        pending.reply,
+                        pending.webhook,
+                        pending.stored,
+                    ));
                 }
                 Some(Err(_)) => {
                     METRICS.messages_failed.inc();
@@ -507,11 +516,17 @@ impl Channel {
                 .socket_deliveries
                 .add(delivered.len() as u64 * n_sent as u64);
             if n_sent > 0 {
-                let counts = delivered.iter().map(|(id, ..)| (*id, n_sent)).collect();
-                self.writer.do_send(RecordAudience(counts));
+                let counts: Vec<(Uuid, i32)> = delivered
+                    .iter()
+                    .filter(|(.., stored)| *stored)
+                    .map(|(id, ..)| (*id, n_sent))
+                    .collect();
+                if !counts.is_empty() {
+                    self.writer.do_send(RecordAudience(counts));
+                }
             }
             // Sockets first; webhooks are handed over after, never waited on.
-            for (id, row, reply, webhook) in delivered {
+            for (id, row, reply, webhook, _) in delivered {
                 match webhook {
                     Webhook::None => {}
                     Webhook::Ready(message, definition) => {
@@ -557,6 +572,47 @@ impl Channel {
                 let _ = tx.send(row);
             }
         }
+    }
+
+    /// An ephemeral channel's message: delivered as soon as everything
+    /// before it is, never stored, posted or given an offset.
+    fn publish_ephemeral(
+        &mut self,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        message: Outgoing,
+        frame: OpenFrame,
+        reply: Reply,
+        ctx: &mut Context<Self>,
+    ) {
+        METRICS.messages_ephemeral.inc();
+        // A REST publisher gets the message back as it would be stored.
+        let row = matches!(reply, Reply::Http(_)).then(|| messages::Model {
+            id,
+            event_name: message.event,
+            channel_id: Some(message.channel.id),
+            channel_name: self.name.to_string(),
+            payload: Value::Object(message.payload),
+            sender_type: message.sender.sender_type.as_str().to_owned(),
+            sender_id: message.sender.sender_id,
+            ws_audience_count: 0,
+            wh_audience_count: 0,
+            wh_delivered_count: 0,
+            created_at,
+            seq: None,
+        });
+        self.pending.push_back(Pending {
+            id,
+            row,
+            frame,
+            seq: None,
+            stored: false,
+            reply: Some(reply),
+            outcome: Some(Ok(())),
+            webhook: Webhook::None,
+            accepted_at: Instant::now(),
+        });
+        self.deliver_ready(ctx);
     }
 
     fn report_if_idle(&self) {
@@ -706,6 +762,9 @@ impl Handler<Publish> for Channel {
         let created_at = crate::persistence::now();
         let meta = delivery::meta(&self.name, id, &message.sender, created_at);
         let frame = open_delivery(&message.event, &message.payload, &meta);
+        if message.channel.ephemeral {
+            return self.publish_ephemeral(id, created_at, message, frame, reply, ctx);
+        }
         let n_webhooks = message.channel.webhook_urls.len();
         let webhook = if n_webhooks == 0 {
             Webhook::None
@@ -750,6 +809,7 @@ impl Handler<Publish> for Channel {
             row: kept,
             frame,
             seq: None,
+            stored: true,
             reply: Some(reply),
             outcome: None,
             webhook,
@@ -773,6 +833,7 @@ impl Handler<Stored> for Channel {
             row: None,
             frame,
             seq: row.seq.filter(|seq| *seq > 0),
+            stored: true,
             reply: None,
             outcome: Some(Ok(())),
             // Webhooks of stored messages are sent by whoever stored them

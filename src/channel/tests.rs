@@ -172,6 +172,8 @@ impl Setup {
                 id: row.id,
                 pattern: row.pattern,
                 webhook_urls: Vec::new(),
+                ephemeral: false,
+                retention: Default::default(),
             }),
             next_id: 0,
             _dir: dir,

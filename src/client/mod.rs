@@ -11,6 +11,7 @@
 //! - [`publish`]: publishing and its outcome.
 
 mod connection;
+mod history;
 mod publish;
 mod recover;
 mod subscribe;
@@ -72,6 +73,13 @@ pub enum ClientEvent {
     Replayed(Result<Vec<entity::messages::Model>, String>),
     /// Another connection recovers this session.
     HandOver(tokio::sync::oneshot::Sender<crate::recovery::SessionState>),
+    /// The answer to a `realtime:history`.
+    History {
+        /// The request's ack id.
+        ack_id: u64,
+        /// `{ok, channel, messages}` or `{ok: false, channel, error}`.
+        answer: Value,
+    },
 }
 
 /// A recovering connection asks this session for its state.
@@ -131,6 +139,8 @@ pub struct Client {
     replay: Option<Box<recover::Replay>>,
     /// The session's state went to a connection that recovered it.
     handed_over: bool,
+    /// `realtime:history` requests being answered.
+    history_in_flight: usize,
 }
 
 impl Client {
@@ -153,6 +163,7 @@ impl Client {
             log: None,
             replay: None,
             handed_over: false,
+            history_in_flight: 0,
         }
     }
 
@@ -230,6 +241,7 @@ impl SocketHandler for Client {
             "realtime:subscribe" => self.on_subscribe(socket, &event.args, event.ack_id),
             "realtime:unsubscribe" => self.on_unsubscribe(socket, &event.args, event.ack_id),
             "realtime:publish" => self.on_publish(socket, event.args, event.ack_id),
+            "realtime:history" => self.on_history(socket, &event.args, event.ack_id),
             other => {
                 let message = format!("unknown event {other:?}");
                 match event.ack_id {
@@ -264,6 +276,9 @@ impl SocketHandler for Client {
             ClientEvent::Recovery(plan) => self.on_recovery(socket, plan),
             ClientEvent::Replayed(page) => self.on_replayed(socket, page),
             ClientEvent::HandOver(to) => self.on_hand_over(socket, to),
+            ClientEvent::History { ack_id, answer } => {
+                self.on_history_answer(socket, ack_id, answer)
+            }
             ClientEvent::Channel(SubscriberEvent::Evicted) => {
                 socket.close(CloseReason::SlowClient);
             }
@@ -329,7 +344,12 @@ impl SocketHandler for Client {
 
 impl Client {
     /// Answers an event the client wanted acknowledged with an error.
-    fn refuse_event(socket: &mut Socket<'_, '_, Self>, ack_id: u64, code: &str, message: &str) {
+    pub(super) fn refuse_event(
+        socket: &mut Socket<'_, '_, Self>,
+        ack_id: u64,
+        code: &str,
+        message: &str,
+    ) {
         socket.ack(
             NAMESPACE,
             ack_id,

@@ -160,17 +160,17 @@ impl Client {
                         return Err("a channel of the session may no longer be subscribed");
                     }
                 }
-                let deleted_through = queries::deleted_through(&hub.db)
+                let names: Vec<&str> = missed.channels.iter().map(|(n, _)| n.as_str()).collect();
+                let deleted_through = queries::deleted_through(&hub.db, &names)
                     .await
                     .map_err(|_| "history could not be read")?;
-                let oldest_needed = missed
+                let oldest_extra = missed.extra.iter().min().map_or(i64::MAX, |seq| seq - 1);
+                let holes = missed
                     .channels
                     .iter()
-                    .map(|(_, floor)| *floor)
-                    .chain(missed.extra.iter().map(|seq| seq - 1))
-                    .min()
-                    .unwrap_or(i64::MAX);
-                if deleted_through > oldest_needed {
+                    .zip(&deleted_through)
+                    .any(|((_, floor), deleted)| deleted > floor || *deleted > oldest_extra);
+                if holes {
                     return Err("missed messages were deleted from history");
                 }
                 let max = hub.recovery_settings.max_messages;

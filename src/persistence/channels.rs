@@ -1,10 +1,14 @@
-//! Channel definitions: list, get, create, update, delete.
+//! Channel definitions: list, get, create, update, delete; and the options
+//! this server adds to them (`channel_options`).
+
+use std::collections::HashMap;
 
 use entity::channels::{self, Column, Entity as Channels};
 use entity::webhook_urls::WebhookUrls;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QueryResult, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -160,4 +164,133 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<(), Persistence
         return Err(PersistenceError::NotFound);
     }
     Ok(())
+}
+
+/// What this server adds to a channel (`channel_options`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Messages are delivered live only: never stored, posted to webhooks
+    /// or recovered.
+    pub ephemeral: bool,
+    /// Overrides the global retention for this channel's messages.
+    pub retention: Retention,
+}
+
+/// How long a channel's messages are kept; `None` fields leave it to the
+/// global `retentionDays`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete messages older than this many days.
+    pub max_age_days: Option<i32>,
+    /// Keep at most this many messages per resolved channel name.
+    pub max_messages: Option<i64>,
+}
+
+impl Retention {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        self.max_age_days.is_some() || self.max_messages.is_some()
+    }
+}
+
+/// A partial change of a channel's options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OptionChanges {
+    /// New ephemeral flag.
+    pub ephemeral: Option<bool>,
+    /// New retention (`Retention::default()` clears it).
+    pub retention: Option<Retention>,
+}
+
+impl OptionChanges {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.ephemeral.is_none() && self.retention.is_none()
+    }
+}
+
+/// The options of every channel that has some.
+///
+/// # Errors
+/// Database failures.
+pub async fn all_options(
+    db: &DatabaseConnection,
+) -> Result<HashMap<Uuid, ChannelOptions>, PersistenceError> {
+    let rows = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT channel_id, ephemeral, retention_max_age_days, retention_max_messages FROM channel_options",
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "channel_id")?, options_of_row(row)?)))
+        .collect()
+}
+
+/// The options of one channel (the defaults when it has none).
+///
+/// # Errors
+/// Database failures.
+pub async fn options<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+) -> Result<ChannelOptions, PersistenceError> {
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT ephemeral, retention_max_age_days, retention_max_messages FROM channel_options WHERE channel_id = $1",
+            [id.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => options_of_row(&row),
+        None => Ok(ChannelOptions::default()),
+    }
+}
+
+fn options_of_row(row: &QueryResult) -> Result<ChannelOptions, PersistenceError> {
+    Ok(ChannelOptions {
+        ephemeral: row.try_get("", "ephemeral")?,
+        retention: Retention {
+            max_age_days: row.try_get("", "retention_max_age_days")?,
+            max_messages: row.try_get("", "retention_max_messages")?,
+        },
+    })
+}
+
+/// Applies `changes` to a channel's options and returns them.
+///
+/// # Errors
+/// Database failures.
+pub async fn set_options(
+    db: &DatabaseConnection,
+    id: Uuid,
+    changes: OptionChanges,
+) -> Result<ChannelOptions, PersistenceError> {
+    let txn = db.begin().await?;
+    let mut current = options(&txn, id).await?;
+    if let Some(ephemeral) = changes.ephemeral {
+        current.ephemeral = ephemeral;
+    }
+    if let Some(retention) = changes.retention {
+        current.retention = retention;
+    }
+    txn.execute(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "INSERT INTO channel_options (channel_id, ephemeral, retention_max_age_days, retention_max_messages)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (channel_id) DO UPDATE SET ephemeral = excluded.ephemeral,
+           retention_max_age_days = excluded.retention_max_age_days,
+           retention_max_messages = excluded.retention_max_messages",
+        [
+            id.into(),
+            current.ephemeral.into(),
+            current.retention.max_age_days.into(),
+            current.retention.max_messages.into(),
+        ],
+    ))
+    .await
+    .map_err(PersistenceError::from_write)?;
+    txn.commit().await?;
+    Ok(current)
 }

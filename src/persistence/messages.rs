@@ -457,12 +457,50 @@ pub async fn delete_older_than(
     cutoff: DateTime<Utc>,
     limit: u64,
 ) -> Result<u64, PersistenceError> {
-    let expired = sea_orm::sea_query::Query::select()
+    delete_expired(db, cutoff, AgeScope::AllBut(&[]), limit).await
+}
+
+/// Which messages an age sweep covers.
+#[derive(Clone, Copy, Debug)]
+pub enum AgeScope<'a> {
+    /// Every message but those of these channels (which have an age limit
+    /// of their own).
+    AllBut(&'a [Uuid]),
+    /// The messages of one channel.
+    Channel(Uuid),
+}
+
+/// Deletes up to `limit` messages of `scope` created before `cutoff`;
+/// returns how many. Records how far history was deleted, in the same
+/// transaction.
+///
+/// # Errors
+/// Database failures.
+pub async fn delete_expired(
+    db: &DatabaseConnection,
+    cutoff: DateTime<Utc>,
+    scope: AgeScope<'_>,
+    limit: u64,
+) -> Result<u64, PersistenceError> {
+    let mut expired = sea_orm::sea_query::Query::select()
         .column(Column::Id)
         .from(Messages)
         .and_where(Expr::col(Column::CreatedAt).lt(cutoff))
         .limit(limit)
         .to_owned();
+    match scope {
+        AgeScope::AllBut([]) => {}
+        AgeScope::AllBut(except) => {
+            expired.and_where(
+                Expr::col(Column::ChannelId)
+                    .is_null()
+                    .or(Expr::col(Column::ChannelId).is_not_in(except.iter().copied())),
+            );
+        }
+        AgeScope::Channel(id) => {
+            expired.and_where(Expr::col(Column::ChannelId).eq(id));
+        }
+    }
     let txn = db.begin().await?;
     let deleted_through: Option<Option<i64>> = Messages::find()
         .select_only()
@@ -476,10 +514,70 @@ pub async fn delete_older_than(
         .exec(&txn)
         .await?;
     if let Some(seq) = deleted_through.flatten() {
-        super::recovery::record_deletion(&txn, seq).await?;
+        super::recovery::record_deletion(&txn, None, seq).await?;
     }
     txn.commit().await?;
     Ok(result.rows_affected)
+}
+
+/// Keeps at most `max` numbered messages of each resolved name of channel
+/// `channel_id`, deleting older ones `limit` at a time; returns how many it
+/// deleted. Records how far each name's history was deleted.
+///
+/// # Errors
+/// Database failures.
+pub async fn delete_beyond_count(
+    db: &DatabaseConnection,
+    channel_id: Uuid,
+    max: i64,
+    limit: u64,
+) -> Result<u64, PersistenceError> {
+    let backend = db.get_database_backend();
+    let crowded = db
+        .query_all(Statement::from_sql_and_values(
+            backend,
+            "SELECT channel_name FROM messages WHERE channel_id = $1 AND seq > 0
+             GROUP BY channel_name HAVING count(*) > $2",
+            [channel_id.into(), max.into()],
+        ))
+        .await?;
+    let mut deleted = 0;
+    for row in crowded {
+        let name: String = row.try_get("", "channel_name")?;
+        // The newest message that goes: everything up to it does.
+        let Some(threshold) = db
+            .query_one(Statement::from_sql_and_values(
+                backend,
+                "SELECT seq FROM messages WHERE channel_name = $1 AND seq > 0
+                 ORDER BY seq DESC LIMIT 1 OFFSET $2",
+                [name.clone().into(), max.into()],
+            ))
+            .await?
+        else {
+            continue;
+        };
+        let threshold: i64 = threshold.try_get("", "seq")?;
+        loop {
+            let txn = db.begin().await?;
+            let n = txn
+                .execute(Statement::from_sql_and_values(
+                    backend,
+                    "DELETE FROM messages WHERE id IN (
+                       SELECT id FROM messages WHERE channel_name = $1 AND seq > 0 AND seq <= $2
+                        LIMIT $3)",
+                    [name.clone().into(), threshold.into(), (limit as i64).into()],
+                ))
+                .await?
+                .rows_affected();
+            super::recovery::record_deletion(&txn, Some(&name), threshold).await?;
+            txn.commit().await?;
+            deleted += n;
+            if n < limit {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes every message and returns how many there were; records that
@@ -497,7 +595,7 @@ pub async fn clear(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
     let deleted_through = max_seq(&txn).await?;
     let deleted = Messages::delete_many().exec(&txn).await?.rows_affected;
     if let Some(seq) = deleted_through {
-        super::recovery::record_deletion(&txn, seq).await?;
+        super::recovery::record_deletion(&txn, None, seq).await?;
     }
     txn.commit().await?;
     Ok(deleted)
@@ -549,6 +647,28 @@ pub async fn stats(
         wh_delivery_rate,
         top_events,
     })
+}
+
+/// Up to `limit` of `channel`'s numbered messages with `seq` below
+/// `before` (all when `None`), newest first: one range scan of the
+/// `(channel_name, seq)` index.
+///
+/// # Errors
+/// Database failures.
+pub async fn history_page(
+    db: &DatabaseConnection,
+    channel: &str,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    Ok(Messages::find()
+        .filter(Column::ChannelName.eq(channel))
+        .filter(Column::Seq.gt(0))
+        .filter(Column::Seq.lt(before.unwrap_or(i64::MAX)))
+        .order_by_desc(Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?)
 }
 
 #[cfg(test)]

@@ -108,44 +108,63 @@ pub async fn count_missed(
     Ok(row.try_get::<i64>("", "n")?.max(0) as u64)
 }
 
-/// The highest `seq` of any message ever deleted (0 if none): history
+/// How far history was deleted for each of `channels`: the highest `seq`
+/// deleted from that channel or from every channel (0 if none). History
 /// after it is whole.
 ///
 /// # Errors
 /// Database failures.
-pub async fn deleted_through(db: &DatabaseConnection) -> Result<i64, PersistenceError> {
-    let row = db
-        .query_one(Statement::from_string(
+pub async fn deleted_through(
+    db: &DatabaseConnection,
+    channels: &[&str],
+) -> Result<Vec<i64>, PersistenceError> {
+    let rows = db
+        .query_all(Statement::from_string(
             db.get_database_backend(),
-            "SELECT deleted_through FROM history_deletions WHERE id = 1",
+            "SELECT channel_name, deleted_through FROM history_deletions",
         ))
         .await?;
-    Ok(match row {
-        Some(row) => row.try_get::<i64>("", "deleted_through")?,
-        None => 0,
-    })
+    let mut by_name = std::collections::HashMap::new();
+    for row in rows {
+        let name: String = row.try_get("", "channel_name")?;
+        by_name.insert(name, row.try_get::<i64>("", "deleted_through")?);
+    }
+    let everywhere = by_name.get(EVERY_CHANNEL).copied().unwrap_or(0);
+    Ok(channels
+        .iter()
+        .map(|name| everywhere.max(by_name.get(*name).copied().unwrap_or(0)))
+        .collect())
 }
 
-/// Records that messages up to `seq` may have been deleted.
+/// The `history_deletions` key of deletions across every channel.
+const EVERY_CHANNEL: &str = "";
+
+/// Records that messages of `channel` (`None`: of every channel) up to
+/// `seq` may have been deleted.
 pub(super) async fn record_deletion<C: ConnectionTrait>(
     conn: &C,
+    channel: Option<&str>,
     seq: i64,
 ) -> Result<(), PersistenceError> {
     let backend = conn.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => {
-            "INSERT INTO history_deletions (id, deleted_through) VALUES (1, $1)
-             ON CONFLICT (id) DO UPDATE
+            "INSERT INTO history_deletions (channel_name, deleted_through) VALUES ($1, $2)
+             ON CONFLICT (channel_name) DO UPDATE
              SET deleted_through = GREATEST(history_deletions.deleted_through, EXCLUDED.deleted_through)"
         }
         _ => {
-            "INSERT INTO history_deletions (id, deleted_through) VALUES (1, $1)
-             ON CONFLICT (id) DO UPDATE
+            "INSERT INTO history_deletions (channel_name, deleted_through) VALUES ($1, $2)
+             ON CONFLICT (channel_name) DO UPDATE
              SET deleted_through = MAX(history_deletions.deleted_through, excluded.deleted_through)"
         }
     };
-    conn.execute(Statement::from_sql_and_values(backend, sql, [seq.into()]))
-        .await?;
+    conn.execute(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [channel.unwrap_or(EVERY_CHANNEL).into(), seq.into()],
+    ))
+    .await?;
     Ok(())
 }
 

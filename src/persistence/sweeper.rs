@@ -1,18 +1,26 @@
 //! The `RetentionSweeper` actor: every `retention.sweep_interval_ms` it
 //! reads `retention_days` from the config row and deletes older messages,
-//! a batch at a time so that no statement holds the table for long.
+//! then applies each channel's own retention (`maxAgeDays` instead of the
+//! global age, `maxMessages` per resolved name), a batch at a time so that
+//! no statement holds the table for long.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, WrapFuture};
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
+use uuid::Uuid;
 
-use super::{messages, retention, PersistenceError};
+use super::messages::{self, AgeScope};
+use super::{retention, PersistenceError};
+use crate::channel::catalog::{ChannelCatalog, ChannelDef};
 
 /// Deletes expired history on a timer.
 pub struct RetentionSweeper {
     db: DatabaseConnection,
+    /// The channels, for their own retention.
+    catalog: Arc<ChannelCatalog>,
     interval: Duration,
     batch_size: u64,
     /// True while a sweep runs; a tick that finds one running is skipped.
@@ -20,10 +28,17 @@ pub struct RetentionSweeper {
 }
 
 impl RetentionSweeper {
-    /// A sweeper over `db`, every `interval`, `batch_size` rows per DELETE.
-    pub fn new(db: DatabaseConnection, interval: Duration, batch_size: u64) -> Self {
+    /// A sweeper over `db` and the channels of `catalog`, every
+    /// `interval`, `batch_size` rows per DELETE.
+    pub fn new(
+        db: DatabaseConnection,
+        catalog: Arc<ChannelCatalog>,
+        interval: Duration,
+        batch_size: u64,
+    ) -> Self {
         RetentionSweeper {
             db,
+            catalog,
             interval,
             batch_size: batch_size.max(1),
             sweeping: false,
@@ -32,14 +47,42 @@ impl RetentionSweeper {
 }
 
 /// One sweep: how many messages it deleted.
-async fn sweep(db: &DatabaseConnection, batch_size: u64) -> Result<u64, PersistenceError> {
-    let Some(days) = retention::retention_days(db).await? else {
-        return Ok(0);
-    };
+async fn sweep(
+    db: &DatabaseConnection,
+    channels: &[Arc<ChannelDef>],
+    batch_size: u64,
+) -> Result<u64, PersistenceError> {
+    let own_age: Vec<Uuid> = channels
+        .iter()
+        .filter(|def| def.retention.max_age_days.is_some())
+        .map(|def| def.id)
+        .collect();
+    let mut deleted = 0;
+    if let Some(days) = retention::retention_days(db).await? {
+        deleted += by_age(db, days, AgeScope::AllBut(&own_age), batch_size).await?;
+    }
+    for def in channels {
+        if let Some(days) = def.retention.max_age_days {
+            deleted += by_age(db, days, AgeScope::Channel(def.id), batch_size).await?;
+        }
+        if let Some(max) = def.retention.max_messages {
+            deleted += messages::delete_beyond_count(db, def.id, max, batch_size).await?;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes the messages of `scope` older than `days`, a batch at a time.
+async fn by_age(
+    db: &DatabaseConnection,
+    days: i32,
+    scope: AgeScope<'_>,
+    batch_size: u64,
+) -> Result<u64, PersistenceError> {
     let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
     let mut deleted = 0;
     loop {
-        let n = messages::delete_older_than(db, cutoff, batch_size).await?;
+        let n = messages::delete_expired(db, cutoff, scope, batch_size).await?;
         deleted += n;
         if n < batch_size {
             return Ok(deleted);
@@ -58,8 +101,9 @@ impl Actor for RetentionSweeper {
             sweeper.sweeping = true;
             let db = sweeper.db.clone();
             let batch_size = sweeper.batch_size;
+            let channels = sweeper.catalog.with_retention();
             ctx.spawn(
-                async move { sweep(&db, batch_size).await }
+                async move { sweep(&db, &channels, batch_size).await }
                     .into_actor(sweeper)
                     .map(|result, sweeper, _| {
                         sweeper.sweeping = false;

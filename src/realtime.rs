@@ -135,6 +135,7 @@ impl Realtime {
         let recovery = if settings.recovery.enabled {
             let store = RecoveryStore::new(
                 db.clone(),
+                settings.database.clone(),
                 Duration::from_millis(settings.recovery.window_ms),
             );
             match store.forget_expired().await {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::log::LogState;
+use crate::config::DatabaseSettings;
 use crate::persistence::recovery::{self as queries, SavedSession};
 use crate::persistence::PersistenceError;
 
@@ -47,6 +48,8 @@ pub struct HandOver(pub oneshot::Sender<SessionState>);
 /// session.
 pub struct RecoveryStore {
     db: DatabaseConnection,
+    /// For the connection that saves sessions at shutdown.
+    database: DatabaseSettings,
     window: Duration,
     inner: Mutex<Inner>,
 }
@@ -61,11 +64,12 @@ struct Inner {
 }
 
 impl RecoveryStore {
-    /// A store that keeps dropped sessions for `window`, and saves them in
-    /// `db` at shutdown.
-    pub fn new(db: DatabaseConnection, window: Duration) -> Self {
+    /// A store that keeps dropped sessions for `window`, reads saved ones
+    /// from `db`, and saves them at shutdown in the database of `database`.
+    pub fn new(db: DatabaseConnection, database: DatabaseSettings, window: Duration) -> Self {
         RecoveryStore {
             db,
+            database,
             window,
             inner: Mutex::new(Inner {
                 live: HashMap::new(),
@@ -187,9 +191,16 @@ impl RecoveryStore {
                 })
                 .collect()
         };
-        for chunk in sessions.chunks(500) {
-            queries::save_sessions(&self.db, chunk).await?;
+        if sessions.is_empty() {
+            return Ok(0);
         }
+        // A connection of its own: at shutdown the pool's connections may
+        // belong to HTTP workers whose runtimes are already gone.
+        let db = crate::persistence::connect(&self.database).await?;
+        for chunk in sessions.chunks(500) {
+            queries::save_sessions(&db, chunk).await?;
+        }
+        let _ = db.close().await;
         Ok(sessions.len())
     }
 

@@ -156,7 +156,8 @@ export async function startRealtime(backend, extraEnv = {}) {
 /** Runs SQL statements on the server's database (psql or sqlite3). */
 export function sql(server, statements) {
   if (server.databaseUrl.startsWith("sqlite://")) {
-    execFileSync("sqlite3", [server.databaseUrl.slice("sqlite://".length), statements], { stdio: ["ignore", "ignore", "inherit"] });
+    // The server writes too: wait for its lock rather than fail.
+    execFileSync("sqlite3", ["-cmd", ".timeout 10000", server.databaseUrl.slice("sqlite://".length), statements], { stdio: ["ignore", "ignore", "inherit"] });
   } else {
     execFileSync("psql", [server.databaseUrl, "-v", "ON_ERROR_STOP=1", "-qc", statements], { stdio: ["ignore", "ignore", "inherit"] });
   }

@@ -60,6 +60,10 @@ struct Target {
     /// Do not create the channel pattern (servers without the REST API).
     #[arg(long, global = true)]
     no_setup: bool,
+    /// Create the bench channel pattern as an ephemeral channel (delivered
+    /// live, never stored): run against a fresh server.
+    #[arg(long, global = true)]
+    ephemeral: bool,
     /// Runtime threads for the generator.
     #[arg(long, global = true, default_value_t = 1)]
     threads: usize,
@@ -440,6 +444,9 @@ async fn join(
 async fn setup_channel(target: &Target) -> Result<(), String> {
     if target.no_setup {
         return Ok(());
+    }
+    if target.ephemeral {
+        return create_channel(target, r#"{"pattern":"bench:%","ephemeral":true}"#).await;
     }
     create_channel(target, r#"{"pattern":"bench:%"}"#).await
 }

@@ -222,6 +222,21 @@ struct PresenceEvent {
 #[rtype(result = "()")]
 struct FlushPresence;
 
+/// Delivers what is ready (the channel notifies itself after ephemeral
+/// messages).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct DeliverReady;
+
+impl Handler<DeliverReady> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, _: DeliverReady, ctx: &mut Context<Self>) {
+        self.delivery_scheduled = false;
+        self.deliver_ready(ctx);
+    }
+}
+
 struct PresenceEntry {
     member: Value,
     /// `member` as JSON, encoded once for every subscribe ack after it.
@@ -280,6 +295,8 @@ pub struct Channel {
     offsets: bool,
     /// How long a member whose connection dropped stays present.
     leave_grace: std::time::Duration,
+    /// A [`DeliverReady`] is on its way.
+    delivery_scheduled: bool,
 }
 
 /// How a channel runs, the same for all of them.
@@ -325,6 +342,7 @@ impl Channel {
             last_seq: committed_seq,
             offsets: settings.offsets,
             leave_grace: settings.leave_grace,
+            delivery_scheduled: false,
         }
     }
 
@@ -612,7 +630,14 @@ impl Channel {
             webhook: Webhook::None,
             accepted_at: Instant::now(),
         });
-        self.deliver_ready(ctx);
+        // Delivered at the end of this mailbox turn, with every other
+        // ephemeral message of the turn: one push per subscriber for a
+        // burst, as a durable batch is (one push per message filled the
+        // subscribers' mailboxes and evicted them).
+        if !self.delivery_scheduled {
+            self.delivery_scheduled = true;
+            ctx.notify(DeliverReady);
+        }
     }
 
     fn report_if_idle(&self) {

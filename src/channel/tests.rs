@@ -482,6 +482,55 @@ async fn a_dropped_member_lingers_for_the_grace_and_a_return_within_it_shows_not
 }
 
 #[actix::test]
+async fn an_ephemeral_burst_reaches_a_small_mailbox_in_few_pushes_and_stores_nothing() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:typing");
+    // Room for 16 events: one push per message would evict it.
+    let mut inbox = setup.probe("reader", 16, None);
+    channel.do_send(Join(inbox.subscriber()));
+    inbox.joined().await;
+    let ephemeral = Arc::new(ChannelDef {
+        ephemeral: true,
+        ..(*setup.definition).clone()
+    });
+    let mut replies = Vec::new();
+    for n in 0..1000 {
+        let (tx, rx) = oneshot::channel();
+        channel.do_send(Publish {
+            message: Outgoing {
+                event: "typing".into(),
+                payload: json!({ "n": n }).as_object().unwrap().clone(),
+                sender: Sender::SYSTEM,
+                channel: ephemeral.clone(),
+            },
+            reply: Reply::Http(tx),
+            via_registry: false,
+        });
+        replies.push(rx);
+    }
+    for reply in replies {
+        let row = reply.await.unwrap().unwrap();
+        assert_eq!(row.seq, None);
+    }
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        match inbox.next().await {
+            SubscriberEvent::Messages(delivered) => {
+                assert!(delivered.seqs.iter().all(Option::is_none), "no offsets");
+                got.extend(delivered.frames.iter().map(|f| decode(f).1["n"].clone()));
+            }
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    assert_eq!(got, (0..1000).map(|n| json!(n)).collect::<Vec<_>>());
+    let _ = setup.writer.send(Drain).await;
+    let stored = persistence::messages::list(&setup.db, &MessageFilter::default(), 10, 0)
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "ephemeral messages are never stored");
+}
+
+#[actix::test]
 async fn a_full_mailbox_evicts_only_that_subscriber() {
     let mut setup = Setup::new().await;
     let channel = setup.channel("room:3");

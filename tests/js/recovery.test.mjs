@@ -417,8 +417,9 @@ for (const backend of backends()) {
       await Promise.all([nextEvent(watcher, "connect"), nextEvent(leaver, "connect")]);
       const subscribed = (socket) => new Promise((resolve) => socket.emit("realtime:subscribe", { channel: "rec:gone" }, resolve));
       assert.equal((await subscribed(watcher)).ok, true);
+      const joined = nextEvent(watcher, "presence:join");
       assert.equal((await subscribed(leaver)).ok, true);
-      await nextEvent(watcher, "presence:join");
+      await joined;
       const leaverId = leaver.id;
       const droppedAt = Date.now();
       const left = nextEvent(watcher, "presence:leave", 5000);

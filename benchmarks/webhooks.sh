@@ -9,8 +9,9 @@
 # Cases: `none` (the same channels without webhook URLs: the baseline),
 # `ok-1` and `ok-100` (a receiver answering 200 at once; 1 or 100
 # channels), `hang` (a receiver that never answers) and `refuse` (nothing
-# listening). `none`, `hang` and `refuse` use 16 channels, one per
-# publisher, as `realtime-bench publish` does. CASES="none hang" runs only
+# listening). `none`, `ok-16`, `hang` and `refuse` use 16 channels, one per
+# publisher, as `realtime-bench publish` does; `ok-16` (a live receiver)
+# separates what webhooks cost from what a dead receiver adds. CASES="none hang" runs only
 # those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,7 @@ run_case() { # case
     none) line=$("${bench[@]}" webhooks --receiver none --channels 16 --seconds "$seconds" 2>/dev/null) ;;
     ok-1) line=$("${bench[@]}" webhooks --receiver ok --channels 1 --seconds "$seconds" 2>/dev/null) ;;
     ok-100) line=$("${bench[@]}" webhooks --receiver ok --channels 100 --seconds "$seconds" 2>/dev/null) ;;
+    ok-16) line=$("${bench[@]}" webhooks --receiver ok --channels 16 --seconds "$seconds" 2>/dev/null) ;;
     hang) line=$("${bench[@]}" webhooks --receiver hang --channels 16 --seconds "$seconds" 2>/dev/null) ;;
     refuse) line=$("${bench[@]}" webhooks --receiver refuse --channels 16 --seconds "$seconds" 2>/dev/null) ;;
   esac
@@ -74,7 +76,7 @@ for run in runs:
 base = median("none", "acked_per_second")
 base_cpu = median("none", "cpu_us_per_acked")
 print(f"{'case':8} {'acked/s':>10} {'vs none':>8} {'cpu us/acked':>13} {'vs none':>8} {'ack p99 ms':>11} {'webhooks/s':>11} {'missing':>8}")
-for case in ["none", "ok-1", "ok-100", "hang", "refuse"]:
+for case in ["none", "ok-1", "ok-16", "ok-100", "hang", "refuse"]:
     acked = median(case, "acked_per_second")
     if acked is None:
         continue

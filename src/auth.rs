@@ -4,7 +4,6 @@
 //! or an [`AuthError`] comes out. The REST extractor (`api::auth`) and, later,
 //! the Socket.IO CONNECT handler are thin adapters over it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -96,6 +95,14 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.role() == Role::ProjectAdmin
     }
+
+    /// When the credential expires (a JWT's `exp`), in Unix seconds.
+    pub fn expires_at(&self) -> Option<u64> {
+        match self {
+            Principal::Jwt { claims, .. } => claims.get("exp")?.as_u64(),
+            _ => None,
+        }
+    }
 }
 
 /// Why a credential was refused.
@@ -120,8 +127,31 @@ pub struct Authenticator {
     decoding_key: DecodingKey,
     encoding_key: EncodingKey,
     validation: Validation,
-    api_keys: HashSet<String>,
-    anon_keys: HashSet<String>,
+    /// SHA-256 digests of the keys: a presented key is hashed and compared
+    /// with each in constant time, so the time taken tells nothing of how
+    /// much of a key was right.
+    api_keys: Vec<[u8; 32]>,
+    anon_keys: Vec<[u8; 32]>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
+
+/// Whether `key`'s digest is one of `digests`, comparing with every one
+/// and every byte whatever the outcome.
+fn is_one_of(key: &str, digests: &[[u8; 32]]) -> bool {
+    let presented = digest(key);
+    let mut found = 0u8;
+    for known in digests {
+        let difference = known
+            .iter()
+            .zip(&presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        found |= u8::from(difference == 0);
+    }
+    found == 1
 }
 
 impl Authenticator {
@@ -140,13 +170,14 @@ impl Authenticator {
         validation.validate_nbf = true;
         // No audience is configured, so an `aud` claim is not ours to judge.
         validation.validate_aud = false;
-        validation.leeway = 0;
+        // Clock skew allowed on `exp` and `nbf`.
+        validation.leeway = settings.leeway_seconds;
         Authenticator {
             decoding_key: DecodingKey::from_secret(settings.jwt_secret.as_bytes()),
             encoding_key: EncodingKey::from_secret(settings.jwt_secret.as_bytes()),
             validation,
-            api_keys: settings.api_keys.iter().cloned().collect(),
-            anon_keys: settings.anon_keys.iter().cloned().collect(),
+            api_keys: settings.api_keys.iter().map(|key| digest(key)).collect(),
+            anon_keys: settings.anon_keys.iter().map(|key| digest(key)).collect(),
         }
     }
 
@@ -159,7 +190,7 @@ impl Authenticator {
         let key = key.trim();
         if key.is_empty() {
             Err(AuthError::Missing)
-        } else if self.api_keys.contains(key) {
+        } else if is_one_of(key, &self.api_keys) {
             Ok(Principal::ApiKey)
         } else {
             Err(AuthError::InvalidApiKey)
@@ -179,7 +210,7 @@ impl Authenticator {
             return self.verify_api_key(credential);
         }
         if credential.starts_with("anon_") {
-            return if self.anon_keys.contains(credential) {
+            return if is_one_of(credential, &self.anon_keys) {
                 Ok(Principal::AnonKey)
             } else {
                 Err(AuthError::UnknownAnonKey)
@@ -253,6 +284,8 @@ mod tests {
             api_keys: vec!["ik_testtesttest".into()],
             anon_keys: vec!["anon_testtesttest".into()],
             require_exp,
+            leeway_seconds: 0,
+            disconnect_on_expiry: false,
         }
     }
 
@@ -325,6 +358,87 @@ mod tests {
         ));
         let claims = serde_json::json!({"sub": "u", "role": "anon", "nbf": now() - 10});
         assert!(auth.verify(&sign(&auth, claims)).is_ok());
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let encode = |value: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let secret = settings(false).jwt_secret;
+        let body = encode(serde_json::json!({"sub": "u", "role": "project_admin"}));
+        // Headers naming another algorithm, each signed with HMAC-SHA256
+        // over the HS256 secret (what an attacker who treats the secret as a
+        // "public key" would send).
+        for alg in ["RS256", "ES256", "PS256", "HS512", "EdDSA", "none", "NONE"] {
+            let header = encode(serde_json::json!({"alg": alg, "typ": "JWT"}));
+            let signing_input = format!("{header}.{body}");
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(signing_input.as_bytes());
+            let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(mac.finalize().into_bytes());
+            let token = format!("{signing_input}.{signature}");
+            assert!(
+                matches!(
+                    authenticator().verify(&token),
+                    Err(AuthError::InvalidToken(_))
+                ),
+                "{alg} was accepted"
+            );
+        }
+        // The same body with the right header verifies: the test can fail.
+        let header = encode(serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        let signing_input = format!("{header}.{body}");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(signing_input.as_bytes());
+        let signature =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        assert!(authenticator()
+            .verify(&format!("{signing_input}.{signature}"))
+            .is_ok());
+    }
+
+    #[test]
+    fn clock_skew_is_allowed_up_to_the_leeway() {
+        let auth = Authenticator::new(&AuthSettings {
+            leeway_seconds: 10,
+            ..settings(false)
+        });
+        let token = |claims: serde_json::Value| sign(&auth, claims);
+        let ok = |claims| auth.verify(&token(claims)).is_ok();
+        assert!(ok(
+            serde_json::json!({"sub": "u", "role": "anon", "exp": now() - 5})
+        ));
+        assert!(!ok(
+            serde_json::json!({"sub": "u", "role": "anon", "exp": now() - 30})
+        ));
+        assert!(ok(
+            serde_json::json!({"sub": "u", "role": "anon", "nbf": now() + 5})
+        ));
+        assert!(!ok(
+            serde_json::json!({"sub": "u", "role": "anon", "nbf": now() + 30})
+        ));
+    }
+
+    #[test]
+    fn keys_are_matched_whole() {
+        let auth = authenticator();
+        for near_miss in [
+            "ik_testtesttes",
+            "ik_testtesttestt",
+            "ik_testtesttesT",
+            "ik_",
+        ] {
+            assert_eq!(
+                auth.verify_api_key(near_miss),
+                Err(AuthError::InvalidApiKey)
+            );
+        }
+        for near_miss in ["anon_testtesttes", "anon_testtesttestx"] {
+            assert_eq!(auth.verify(near_miss), Err(AuthError::UnknownAnonKey));
+        }
     }
 
     #[test]

@@ -126,6 +126,11 @@ pub struct AuthSettings {
     /// Refuse JWTs without an `exp` claim. Defaults to false, as InsForge,
     /// whose own anon and project-admin tokens never expire.
     pub require_exp: bool,
+    /// Clock skew allowed when checking `exp` and `nbf`. Defaults to 10 s.
+    pub leeway_seconds: u64,
+    /// Close a socket's transport when its JWT expires (the client
+    /// reconnects with a fresh token). Defaults to false, as InsForge.
+    pub disconnect_on_expiry: bool,
 }
 
 /// The `[engineio]` section.

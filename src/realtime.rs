@@ -50,6 +50,9 @@ pub struct Realtime {
     pub recovery: Option<Arc<RecoveryStore>>,
     /// `[recovery]`.
     pub recovery_settings: RecoverySettings,
+    /// Close a socket's transport when its JWT expires
+    /// (`auth.disconnect_on_expiry`).
+    pub disconnect_on_expiry: bool,
     /// Missed messages a replay reads at a time, and how many frames a
     /// client's queue may hold before it reads more: a quarter of the
     /// queue's bound each (`engineio.max_buffered_packets`), so a replay
@@ -154,6 +157,7 @@ impl Realtime {
             recovery,
             recovery_settings: settings.recovery.clone(),
             replay_batch: (settings.engineio.max_buffered_packets / 4).clamp(1, 500),
+            disconnect_on_expiry: settings.auth.disconnect_on_expiry,
             catalog,
             registry,
             writer,

@@ -567,6 +567,8 @@ fn user_token(secret: &str, i: usize) -> String {
         api_keys: Vec::new(),
         anon_keys: Vec::new(),
         require_exp: false,
+        leeway_seconds: 0,
+        disconnect_on_expiry: false,
     };
     let sub = format!("00000000-0000-4000-8000-{i:012}");
     realtime::auth::Authenticator::new(&settings).mint(

@@ -2,6 +2,8 @@
 //! object counts, and who the socket then is: its principal, its presence
 //! identity (its sender is `publish::Sender::of`).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde_json::{json, Value};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
@@ -58,6 +60,22 @@ pub(super) fn admit(auth: &Authenticator, object: Option<&Value>) -> Result<Prin
     })
 }
 
+/// How long until a socket admitted as `principal` is closed because its
+/// token expired: at `exp`, plus a random jitter of up to a tenth of the
+/// time left (at most 30 s), so that sockets whose tokens were issued
+/// together do not all reconnect in the same instant. `None` for
+/// credentials that do not expire.
+pub(super) fn expiry_delay(principal: &Principal) -> Option<Duration> {
+    let expires_at = principal.expires_at()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(expires_at).saturating_sub(now);
+    let jitter_bound = (left / 10).min(Duration::from_secs(30));
+    let jitter = jitter_bound.mul_f64(rand::random::<f64>());
+    Some(left + jitter)
+}
+
 /// Who a socket counts as in presence: a signed-in user is one member
 /// however many sockets it has; anyone else is its socket.
 pub(super) fn member(principal: &Principal, socket_id: &str) -> Member {
@@ -86,6 +104,8 @@ mod tests {
             api_keys: vec!["ik_testtesttest".into()],
             anon_keys: vec!["anon_testtesttest".into()],
             require_exp: false,
+            leeway_seconds: 0,
+            disconnect_on_expiry: false,
         })
     }
 

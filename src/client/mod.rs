@@ -343,6 +343,40 @@ impl SocketHandler for Client {
 }
 
 impl Client {
+    /// The CONNECT was answered: the socket is live (known to the recovery
+    /// store by its private id, when recovery is on), and, with
+    /// `auth.disconnect_on_expiry`, closed when its token expires.
+    fn start_session(&mut self, socket: &mut Socket<'_, '_, Self>) {
+        let socket_id = socket
+            .socket_id(NAMESPACE)
+            .map(|sid| sid.to_string())
+            .unwrap_or_default();
+        self.member = self
+            .principal
+            .as_ref()
+            .map(|principal| connection::member(principal, &socket_id));
+        self.socket_id = socket_id.into();
+        if let (Some(store), Some(pid)) = (&self.hub.recovery, &self.pid) {
+            self.log = Some(DeliveryLog::new(self.hub.recovery_settings.max_unconfirmed));
+            store.register(
+                pid,
+                self.subscriber_id,
+                socket.address().recipient::<HandOver>(),
+            );
+        }
+        if self.hub.disconnect_on_expiry {
+            let delay = self.principal.as_ref().and_then(connection::expiry_delay);
+            if let Some(delay) = delay {
+                // The transport, not a Socket.IO DISCONNECT: the client
+                // reconnects, with a fresh token if it can get one.
+                socket.run_later(delay, |_, socket| {
+                    tracing::debug!("token expired; closing the connection");
+                    socket.close(CloseReason::ServerClose);
+                });
+            }
+        }
+    }
+
     /// Answers an event the client wanted acknowledged with an error.
     pub(super) fn refuse_event(
         socket: &mut Socket<'_, '_, Self>,

@@ -27,7 +27,7 @@ use crate::metrics::METRICS;
 use crate::permissions::{Action, Decision, Request};
 use crate::persistence::recovery::{self as queries, Missed};
 use crate::recovery::store::now_ms;
-use crate::recovery::{DeliveryLog, HandOver, SessionState};
+use crate::recovery::{DeliveryLog, SessionState};
 use crate::socketio::{DisconnectReason, Socket};
 
 /// How long a replay waits for the client's queue to drain before the next
@@ -432,28 +432,6 @@ impl Client {
             None
         };
         store.end(pid, self.subscriber_id, state);
-    }
-
-    /// The CONNECT was answered: the socket is live (known to the recovery
-    /// store by its private id, when recovery is on).
-    pub(super) fn start_session(&mut self, socket: &mut Socket<'_, '_, Self>) {
-        let socket_id = socket
-            .socket_id(NAMESPACE)
-            .map(|sid| sid.to_string())
-            .unwrap_or_default();
-        self.member = self
-            .principal
-            .as_ref()
-            .map(|principal| super::connection::member(principal, &socket_id));
-        self.socket_id = socket_id.into();
-        if let (Some(store), Some(pid)) = (&self.hub.recovery, &self.pid) {
-            self.log = Some(DeliveryLog::new(self.hub.recovery_settings.max_unconfirmed));
-            store.register(
-                pid,
-                self.subscriber_id,
-                socket.address().recipient::<HandOver>(),
-            );
-        }
     }
 }
 

@@ -111,6 +111,21 @@ pub struct LimitSettings {
     /// Messages a channel may hold while they wait to be stored; more are
     /// refused with `RATE_LIMITED`. Defaults to 100000.
     pub max_pending_per_channel: usize,
+    /// Deepest nesting of objects and arrays in a payload. Defaults to 32.
+    pub max_payload_depth: usize,
+    /// Most object keys in a payload, counted at every depth. Defaults to
+    /// 1000.
+    pub max_payload_keys: usize,
+}
+
+impl LimitSettings {
+    /// The payload limits a publish is checked against.
+    pub fn payload(&self) -> crate::publish::PayloadLimits {
+        crate::publish::PayloadLimits {
+            max_depth: self.max_payload_depth,
+            max_keys: self.max_payload_keys,
+        }
+    }
 }
 
 /// The `[auth]` section.
@@ -445,6 +460,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "retention.sweep_batch_size",
                 "must be at least 1",
+            ));
+        }
+        if self.limits.max_payload_depth == 0 || self.limits.max_payload_keys == 0 {
+            return Err(ConfigError::new(
+                "limits.max_payload_depth",
+                "max_payload_depth and max_payload_keys must be at least 1",
             ));
         }
         if self.limits.max_pending_per_channel == 0 {

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub sql_listener_reconnects: Counter,
     /// Messages of ephemeral channels (delivered, never stored).
     pub messages_ephemeral: Counter,
+    /// Requests a limit refused, by limit (indexed as [`Limit`]).
+    pub limit_refusals: [Counter; 6],
     /// Connections that came back with a private session id, by outcome
     /// (indexed as [`RECOVERY_OUTCOMES`]).
     pub recoveries: [Counter; 2],
@@ -105,6 +107,33 @@ pub const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
 /// Decisions of database permission checks, for
 /// [`Metrics::permission_checks`] (in `Decision`'s order).
 pub const PERMISSION_DECISIONS: [&str; 3] = ["allow", "deny", "unavailable"];
+
+/// The limits that refuse something, for [`Metrics::limit_refusals`].
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    /// `limits.publish_rate` / `publish_burst`.
+    PublishRate = 0,
+    /// `limits.max_pending_per_channel`.
+    ChannelPending,
+    /// `limits.max_channels_per_socket`.
+    ChannelsPerSocket,
+    /// `limits.max_payload_depth`.
+    PayloadDepth,
+    /// `limits.max_payload_keys`.
+    PayloadKeys,
+    /// History requests in flight per socket.
+    HistoryInFlight,
+}
+
+/// Names of [`Limit`]s, in order, as `/metrics` shows them.
+pub const LIMIT_NAMES: [&str; 6] = [
+    "publish_rate",
+    "max_pending_per_channel",
+    "max_channels_per_socket",
+    "max_payload_depth",
+    "max_payload_keys",
+    "history_in_flight",
+];
 
 /// How a recovery ended, for [`Metrics::recoveries`].
 pub const RECOVERY_OUTCOMES: [&str; 2] = ["recovered", "fresh"];
@@ -179,6 +208,13 @@ impl Counter {
     }
 }
 
+impl Metrics {
+    /// Counts a refusal by `limit`.
+    pub fn refused(&self, limit: Limit) {
+        self.limit_refusals[limit as usize].inc();
+    }
+}
+
 /// The process's metrics.
 pub static METRICS: Metrics = Metrics {
     sessions_opened: Counter::new(),
@@ -202,6 +238,7 @@ pub static METRICS: Metrics = Metrics {
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
     messages_ephemeral: Counter::new(),
+    limit_refusals: [const { Counter::new() }; 6],
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],
@@ -368,6 +405,17 @@ pub fn render() -> String {
         "Messages of ephemeral channels: delivered live, never stored.",
         m.messages_ephemeral.get(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP realtime_limit_refusals_total Requests a configured limit refused, by limit.\n# TYPE realtime_limit_refusals_total counter"
+    );
+    for (limit, count) in LIMIT_NAMES.iter().zip(&m.limit_refusals) {
+        let _ = writeln!(
+            out,
+            "realtime_limit_refusals_total{{limit=\"{limit}\"}} {}",
+            count.get()
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP realtime_recoveries_total Connections that came back with a private session id, by outcome.\n# TYPE realtime_recoveries_total counter"

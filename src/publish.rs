@@ -126,7 +126,7 @@ impl PublishRequest {
     /// # Errors
     /// [`PublishError::InvalidInput`] for a missing or mistyped field or an
     /// invalid channel name, [`PublishError::InvalidEvent`] for the event.
-    pub fn parse(body: Value) -> Result<PublishRequest, PublishError> {
+    pub fn parse(body: Value, limits: &PayloadLimits) -> Result<PublishRequest, PublishError> {
         let invalid = |message: &str| PublishError::InvalidInput(message.to_owned());
         let Value::Object(mut body) = body else {
             return Err(invalid(
@@ -151,6 +151,7 @@ impl PublishRequest {
                 "payload: text must not contain the NUL character (\\u0000)",
             ));
         }
+        limits.check(&payload)?;
         validate_name(&channel)
             .map_err(|err| PublishError::InvalidInput(format!("channel: {err}")))?;
         check_event_name(&event)?;
@@ -159,6 +160,57 @@ impl PublishRequest {
             event,
             payload,
         })
+    }
+}
+
+/// How big a payload may be in shape (`[limits]`).
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadLimits {
+    /// Deepest nesting of objects and arrays (the payload itself is 1).
+    pub max_depth: usize,
+    /// Most object keys, at every depth.
+    pub max_keys: usize,
+}
+
+impl PayloadLimits {
+    /// Refuses a payload nested deeper or holding more keys than allowed,
+    /// counting the refusal by limit.
+    fn check(&self, payload: &Map<String, Value>) -> Result<(), PublishError> {
+        let mut keys = 0;
+        let mut deepest = 1;
+        // Depth-first, without recursion: the walk itself stays bounded.
+        let mut stack: Vec<(&Value, usize)> = payload.values().map(|v| (v, 2)).collect();
+        keys += payload.len();
+        while let Some((value, depth)) = stack.pop() {
+            let children: Box<dyn Iterator<Item = &Value>> = match value {
+                Value::Object(map) => {
+                    keys += map.len();
+                    Box::new(map.values())
+                }
+                Value::Array(items) => Box::new(items.iter()),
+                _ => continue,
+            };
+            deepest = deepest.max(depth);
+            if deepest > self.max_depth {
+                crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadDepth);
+                return Err(PublishError::InvalidInput(format!(
+                    "payload: nested deeper than {} levels (limits.max_payload_depth)",
+                    self.max_depth
+                )));
+            }
+            if keys > self.max_keys {
+                break;
+            }
+            stack.extend(children.map(|child| (child, depth + 1)));
+        }
+        if keys > self.max_keys {
+            crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadKeys);
+            return Err(PublishError::InvalidInput(format!(
+                "payload: more than {} keys (limits.max_payload_keys)",
+                self.max_keys
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -255,8 +307,35 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const LIMITS: PayloadLimits = PayloadLimits {
+        max_depth: 4,
+        max_keys: 10,
+    };
+
+    #[test]
+    fn payloads_deeper_or_wider_than_the_limits_are_refused() {
+        let request = |payload: Value| {
+            PublishRequest::parse(
+                json!({"channel": "a:b", "event": "e", "payload": payload}),
+                &LIMITS,
+            )
+        };
+        // Depth 4: the payload, an object, an array, an object.
+        assert!(request(json!({"a": {"b": [{"c": 1}]}})).is_ok());
+        let err = request(json!({"a": {"b": [{"c": [1]}]}})).unwrap_err();
+        assert_eq!(err.code(), "INVALID_INPUT");
+        assert!(err.to_string().contains("max_payload_depth"), "{err}");
+        // Ten keys in all is fine, eleven is not, however they nest.
+        let ten: Map<String, Value> = (0..10).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(request(Value::Object(ten.clone())).is_ok());
+        let err = request(json!({"a": {"b": Value::Object(ten)}})).unwrap_err();
+        assert!(err.to_string().contains("max_payload_keys"), "{err}");
+        // Arrays count for depth, not for keys.
+        assert!(request(json!({"a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]})).is_ok());
+    }
+
     fn parse_err(body: Value) -> PublishError {
-        PublishRequest::parse(body).unwrap_err()
+        PublishRequest::parse(body, &LIMITS).unwrap_err()
     }
 
     #[test]
@@ -266,25 +345,31 @@ mod tests {
             json!({"a\u{0}": 1}),
             json!({"a": [1, {"b": ["\u{0}"]}]}),
         ] {
-            let err =
-                PublishRequest::parse(json!({"channel": "a:b", "event": "e", "payload": payload}))
-                    .unwrap_err();
+            let err = PublishRequest::parse(
+                json!({"channel": "a:b", "event": "e", "payload": payload}),
+                &LIMITS,
+            )
+            .unwrap_err();
             assert_eq!(err.code(), "INVALID_INPUT", "{payload}");
         }
         assert!(PublishRequest::parse(
-            json!({"channel": "a:b", "event": "e", "payload": {"a": "\\u0000 as text is fine"}})
+            json!({"channel": "a:b", "event": "e", "payload": {"a": "\\u0000 as text is fine"}}),
+            &LIMITS
         )
         .is_ok());
     }
 
     #[test]
     fn a_good_request_parses() {
-        let request =
-            PublishRequest::parse(json!({"channel": "order:1", "event": "e", "payload": {"a": 1}}))
-                .unwrap();
+        let request = PublishRequest::parse(
+            json!({"channel": "order:1", "event": "e", "payload": {"a": 1}}),
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!(request.channel, "order:1");
         assert_eq!(request.payload["a"], 1);
-        let bare = PublishRequest::parse(json!({"channel": "order:1", "event": "e"})).unwrap();
+        let bare =
+            PublishRequest::parse(json!({"channel": "order:1", "event": "e"}), &LIMITS).unwrap();
         assert!(bare.payload.is_empty());
     }
 

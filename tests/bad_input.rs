@@ -14,6 +14,7 @@ use serde_json::json;
 backend_tests!(
     garbage_closes_only_the_sender,
     nul_characters_are_refused_and_spoil_nothing,
+    payloads_past_the_limits_are_refused_and_counted,
 );
 
 /// Frames a hostile or broken client might send: random bytes, truncated
@@ -187,4 +188,76 @@ async fn nul_characters_are_refused_and_spoil_nothing(backend: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(history.as_array().unwrap().len(), 3, "{history}");
+}
+
+async fn payloads_past_the_limits_are_refused_and_counted(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        "[limits]\nmax_payload_depth = 8\nmax_payload_keys = 50\n",
+    )
+    .await;
+    let (status, _) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "deep:%" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let refusals = |metrics: &str, limit: &str| -> u64 {
+        let prefix = format!("realtime_limit_refusals_total{{limit=\"{limit}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = server.get_text("/metrics").await.1;
+    let mut deep = json!(1);
+    for _ in 0..10 {
+        deep = json!({ "d": deep });
+    }
+    let wide: serde_json::Map<String, serde_json::Value> =
+        (0..51).map(|i| (format!("k{i}"), json!(i))).collect();
+    for (payload, limit) in [
+        (deep, "max_payload_depth"),
+        (json!(wide), "max_payload_keys"),
+    ] {
+        let response = server
+            .admin(
+                "POST",
+                "/api/realtime/messages",
+                Some(json!({ "channel": "deep:1", "event": "e", "payload": payload })),
+            )
+            .await;
+        common::assert_error(&response, 400, "INVALID_INPUT");
+        assert!(
+            response.1["message"].as_str().unwrap().contains(limit),
+            "{}",
+            response.1
+        );
+        // The socket path says the same.
+        let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+        let ack = client
+            .call("realtime:subscribe", json!({ "channel": "deep:1" }))
+            .await;
+        assert_eq!(ack["ok"], true);
+        let ack = client
+            .call(
+                "realtime:publish",
+                json!({ "channel": "deep:1", "event": "e", "payload": payload }),
+            )
+            .await;
+        assert_eq!(ack["error"]["code"], "INVALID_INPUT", "{ack}");
+    }
+    let after = server.get_text("/metrics").await.1;
+    for limit in ["max_payload_depth", "max_payload_keys"] {
+        assert!(
+            refusals(&after, limit) >= refusals(&before, limit) + 2,
+            "{limit}"
+        );
+    }
+    // Nothing was stored.
+    assert_eq!(server.scalar("SELECT count(*) FROM messages").await, 0);
 }

@@ -201,7 +201,8 @@ pub(super) async fn publish(
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = PublishRequest::parse(body.into_inner()).map_err(publish_error)?;
+    let request = PublishRequest::parse(body.into_inner(), &state.realtime.limits.payload())
+        .map_err(publish_error)?;
     let row = state
         .realtime
         .publish_system(request)

@@ -772,6 +772,7 @@ impl Handler<Publish> for Channel {
         let Publish { message, reply, .. } = publish;
         if self.pending.len() >= self.max_pending {
             METRICS.publishes_rate_limited.inc();
+            METRICS.refused(crate::metrics::Limit::ChannelPending);
             // The database is not keeping up: refuse rather than buffer
             // without bound.
             self.send_reply(

@@ -89,6 +89,7 @@ impl Client {
             );
         };
         if self.history_in_flight >= MAX_IN_FLIGHT {
+            crate::metrics::METRICS.refused(crate::metrics::Limit::HistoryInFlight);
             let message = format!("at most {MAX_IN_FLIGHT} history requests at a time");
             return refuse(socket, "RATE_LIMITED", &message);
         }

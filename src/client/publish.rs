@@ -47,12 +47,13 @@ impl Client {
     fn prepare_publish(&mut self, body: Value) -> Result<(String, Outgoing), PublishError> {
         if !self.publish_bucket.try_take() {
             METRICS.publishes_rate_limited.inc();
+            METRICS.refused(crate::metrics::Limit::PublishRate);
             let rate = self.hub.limits.publish_rate;
             return Err(PublishError::RateLimited(format!(
                 "more than {rate} publishes per second; slow down"
             )));
         }
-        let request = PublishRequest::parse(body)?;
+        let request = PublishRequest::parse(body, &self.hub.limits.payload())?;
         if self.joined(&request.channel).is_none() {
             return Err(PublishError::NotSubscribed(format!(
                 "subscribe to {:?} before publishing to it",

@@ -150,6 +150,7 @@ impl Client {
             None => {}
         }
         if self.subscriptions.len() >= self.hub.limits.max_channels_per_socket {
+            crate::metrics::METRICS.refused(crate::metrics::Limit::ChannelsPerSocket);
             let limit = self.hub.limits.max_channels_per_socket;
             let message = format!("a socket may subscribe to at most {limit} channels");
             return Self::refuse_subscribe(socket, ack_id, &name, "INVALID_INPUT", &message);

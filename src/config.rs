@@ -55,6 +55,9 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Grace period of a graceful shutdown. Defaults to 10000 ms.
     pub shutdown_grace_ms: u64,
+    /// Over how long a graceful shutdown closes the sockets, in batches.
+    /// Defaults to 10000 ms; 0 closes them all at once.
+    pub drain_ms: u64,
     /// Largest REST request body. Defaults to 1 MiB.
     pub max_body_bytes: usize,
 }

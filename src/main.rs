@@ -149,6 +149,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%address, %database, "realtime server listening");
     let realtime = state.realtime.clone();
     let grace = state.settings.shutdown_grace();
+    let drain = std::time::Duration::from_millis(state.settings.server.drain_ms);
     let running = server::serve(listener, state)?;
     let handle = running.server.handle();
     let sessions = running.sessions.clone();
@@ -158,7 +159,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("shutting down: closing sockets and finishing requests");
         // Webhook requests in flight may finish; none starts any more.
         webhooks.stop_starting();
-        server::shutdown(handle, &sessions).await;
+        server::shutdown(handle, &sessions, drain).await;
     });
     running.server.await?;
     // Messages accepted before the stop may still be on their way to the

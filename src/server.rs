@@ -120,14 +120,31 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running>
     })
 }
 
-/// Starts a graceful shutdown: close every socket (clients reconnect), stop
-/// accepting, and let requests finish within `server.shutdown_grace_ms`.
+/// Starts a graceful shutdown: stop accepting, close the sockets in equal
+/// batches spread over `drain` (clients reconnect, and not all in the same
+/// second), and let requests finish within `server.shutdown_grace_ms`.
 /// Once the server future has resolved, the caller waits for
 /// [`Realtime::drain`] so that every accepted message is written.
 pub async fn shutdown(
     handle: actix_web::dev::ServerHandle,
     sessions: &engineio::Registry<SocketIo<Client>>,
+    drain: Duration,
 ) {
+    const TICK: Duration = Duration::from_millis(100);
+    handle.pause().await;
+    let open = sessions.all();
+    let ticks = (drain.as_millis() / TICK.as_millis()).max(1) as usize;
+    let per_tick = open.len().div_ceil(ticks).max(1);
+    tracing::info!(sockets = open.len(), ?drain, "closing the sockets");
+    for (i, batch) in open.chunks(per_tick).enumerate() {
+        if i > 0 {
+            actix_rt::time::sleep(TICK).await;
+        }
+        for (sid, _) in batch {
+            sessions.close(sid.as_str(), engineio::CloseReason::ServerClose);
+        }
+    }
+    // Any that opened meanwhile (the listener was paused).
     sessions.close_all(engineio::CloseReason::ServerClose);
     handle.stop(true).await;
 }

@@ -325,3 +325,44 @@ async fn sigterm_closes_sockets_and_writes_every_accepted_message() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[actix_rt::test]
+async fn sigterm_closes_sockets_in_batches_over_the_drain_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = start_server(dir.path(), port, &[("REALTIME__SERVER__DRAIN_MS", "1000")]);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(
+            common::wire::SioClient::connect(
+                &base,
+                serde_json::json!({ "token": "anon_dev_only_insecure_change_me" }),
+            )
+            .await,
+        );
+    }
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Each client notes when its connection closed.
+    let closes = futures_util::future::join_all(clients.into_iter().map(|mut client| async move {
+        while client.next_event().await.is_some() {}
+        signalled.elapsed()
+    }))
+    .await;
+    let first = *closes.iter().min().unwrap();
+    let last = *closes.iter().max().unwrap();
+    assert!(
+        first < Duration::from_millis(500),
+        "first close after {first:?}"
+    );
+    assert!(
+        last >= Duration::from_millis(600) && last < Duration::from_secs(5),
+        "the last close after {last:?}: spread over the drain time"
+    );
+    let _ = child.wait();
+}

@@ -592,6 +592,30 @@ impl Channel {
         }
     }
 
+    /// The history row of `message`, as this channel stamped it.
+    fn row_of(
+        &self,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        message: Outgoing,
+        n_webhooks: usize,
+    ) -> messages::Model {
+        messages::Model {
+            id,
+            event_name: message.event,
+            channel_id: Some(message.channel.id),
+            channel_name: self.name.to_string(),
+            payload: Value::Object(message.payload),
+            sender_type: message.sender.sender_type.as_str().to_owned(),
+            sender_id: message.sender.sender_id,
+            ws_audience_count: 0,
+            wh_audience_count: n_webhooks as i32,
+            wh_delivered_count: 0,
+            created_at,
+            seq: None,
+        }
+    }
+
     /// An ephemeral channel's message: delivered as soon as everything
     /// before it is, never stored, posted or given an offset.
     fn publish_ephemeral(
@@ -605,20 +629,7 @@ impl Channel {
     ) {
         METRICS.messages_ephemeral.inc();
         // A REST publisher gets the message back as it would be stored.
-        let row = matches!(reply, Reply::Http(_)).then(|| messages::Model {
-            id,
-            event_name: message.event,
-            channel_id: Some(message.channel.id),
-            channel_name: self.name.to_string(),
-            payload: Value::Object(message.payload),
-            sender_type: message.sender.sender_type.as_str().to_owned(),
-            sender_id: message.sender.sender_id,
-            ws_audience_count: 0,
-            wh_audience_count: 0,
-            wh_delivered_count: 0,
-            created_at,
-            seq: None,
-        });
+        let row = matches!(reply, Reply::Http(_)).then(|| self.row_of(id, created_at, message, 0));
         self.pending.push_back(Pending {
             id,
             row,
@@ -806,21 +817,8 @@ impl Handler<Publish> for Channel {
             };
             Webhook::Ready(webhook, message.channel.clone())
         };
-        let row = messages::Model {
-            id,
-            event_name: message.event,
-            channel_id: Some(message.channel.id),
-            channel_name: self.name.to_string(),
-            payload: Value::Object(message.payload),
-            sender_type: message.sender.sender_type.as_str().to_owned(),
-            sender_id: message.sender.sender_id,
-            ws_audience_count: 0,
-            // Also what puts the message in the webhook backlog.
-            wh_audience_count: n_webhooks as i32,
-            wh_delivered_count: 0,
-            created_at,
-            seq: None,
-        };
+        // Its webhook audience is also what puts it in the webhook backlog.
+        let row = self.row_of(id, created_at, message, n_webhooks);
         METRICS.messages_accepted.inc();
         let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());
         self.writer.do_send(Persist {

@@ -119,6 +119,8 @@ pub struct LimitSettings {
     /// Most object keys in a payload, counted at every depth. Defaults to
     /// 1000.
     pub max_payload_keys: usize,
+    /// Most presence members one channel may have. Defaults to 10000.
+    pub max_presence_members: usize,
 }
 
 impl LimitSettings {
@@ -462,6 +464,12 @@ impl Settings {
         if self.retention.sweep_batch_size == 0 {
             return Err(ConfigError::new(
                 "retention.sweep_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_presence_members == 0 {
+            return Err(ConfigError::new(
+                "limits.max_presence_members",
                 "must be at least 1",
             ));
         }

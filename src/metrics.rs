@@ -64,7 +64,7 @@ pub struct Metrics {
     /// Messages of ephemeral channels (delivered, never stored).
     pub messages_ephemeral: Counter,
     /// Requests a limit refused, by limit (indexed as [`Limit`]).
-    pub limit_refusals: [Counter; 6],
+    pub limit_refusals: [Counter; 7],
     /// Connections that came back with a private session id, by outcome
     /// (indexed as [`RECOVERY_OUTCOMES`]).
     pub recoveries: [Counter; 2],
@@ -123,16 +123,19 @@ pub enum Limit {
     PayloadKeys,
     /// History requests in flight per socket.
     HistoryInFlight,
+    /// `limits.max_presence_members`.
+    PresenceMembers,
 }
 
 /// Names of [`Limit`]s, in order, as `/metrics` shows them.
-pub const LIMIT_NAMES: [&str; 6] = [
+pub const LIMIT_NAMES: [&str; 7] = [
     "publish_rate",
     "max_pending_per_channel",
     "max_channels_per_socket",
     "max_payload_depth",
     "max_payload_keys",
     "history_in_flight",
+    "max_presence_members",
 ];
 
 /// How a recovery ended, for [`Metrics::recoveries`].
@@ -238,7 +241,7 @@ pub static METRICS: Metrics = Metrics {
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
     messages_ephemeral: Counter::new(),
-    limit_refusals: [const { Counter::new() }; 6],
+    limit_refusals: [const { Counter::new() }; 7],
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],

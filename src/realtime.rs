@@ -106,6 +106,7 @@ impl Realtime {
                 max_pending: settings.limits.max_pending_per_channel,
                 offsets: settings.recovery.enabled,
                 leave_grace: Duration::from_millis(settings.presence.leave_grace_ms),
+                max_members: settings.limits.max_presence_members,
             },
             committed.clone(),
         )

@@ -15,6 +15,7 @@ backend_tests!(
     garbage_closes_only_the_sender,
     nul_characters_are_refused_and_spoil_nothing,
     payloads_past_the_limits_are_refused_and_counted,
+    a_full_channel_refuses_new_members_but_not_more_sockets_of_one,
 );
 
 /// Frames a hostile or broken client might send: random bytes, truncated
@@ -260,4 +261,53 @@ async fn payloads_past_the_limits_are_refused_and_counted(backend: Backend) {
     }
     // Nothing was stored.
     assert_eq!(server.scalar("SELECT count(*) FROM messages").await, 0);
+}
+
+async fn subscribe(client: &mut SioClient, channel: &str) -> serde_json::Value {
+    client
+        .call("realtime:subscribe", json!({ "channel": channel }))
+        .await
+}
+
+async fn a_full_channel_refuses_new_members_but_not_more_sockets_of_one(backend: Backend) {
+    let server = TestServer::start_with(backend, "[limits]\nmax_presence_members = 2\n").await;
+    let (status, _) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "room:%" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let user = server.token(
+        realtime::auth::Role::Authenticated,
+        "11111111-1111-4111-8111-111111111111",
+    );
+    let mut first = SioClient::connect(&server.base_url, json!({ "token": user })).await;
+    let mut guest = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let mut second = SioClient::connect(&server.base_url, json!({ "token": user })).await;
+    let mut late = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    assert_eq!(subscribe(&mut first, "room:1").await["ok"], true);
+    assert_eq!(subscribe(&mut guest, "room:1").await["ok"], true);
+    // The same user again is the same member: not refused.
+    let again = subscribe(&mut second, "room:1").await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["presence"]["members"].as_array().unwrap().len(), 2);
+    // A third member is.
+    let refused = subscribe(&mut late, "room:1").await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["error"]["code"], "RATE_LIMITED", "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_presence_members"));
+    // Another channel is not full.
+    assert_eq!(subscribe(&mut late, "room:2").await["ok"], true);
+    let metrics = server.get_text("/metrics").await.1;
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("realtime_limit_refusals_total{limit=\"max_presence_members\"}")
+            && !line.ends_with(" 0")),
+        "{metrics}"
+    );
 }

@@ -297,6 +297,8 @@ pub struct Channel {
     leave_grace: std::time::Duration,
     /// A [`DeliverReady`] is on its way.
     delivery_scheduled: bool,
+    /// Most presence members.
+    max_members: usize,
 }
 
 /// How a channel runs, the same for all of them.
@@ -309,6 +311,8 @@ pub struct ChannelSettings {
     /// How long a member whose connection dropped stays present
     /// (`presence.leave_grace_ms`).
     pub leave_grace: std::time::Duration,
+    /// Most presence members (`limits.max_presence_members`).
+    pub max_members: usize,
 }
 
 impl Channel {
@@ -343,6 +347,7 @@ impl Channel {
             offsets: settings.offsets,
             leave_grace: settings.leave_grace,
             delivery_scheduled: false,
+            max_members: settings.max_members,
         }
     }
 
@@ -674,6 +679,20 @@ impl Handler<Join> for Channel {
         let id = subscriber.id;
         if !subscriber.events.connected() {
             // The socket closed while its join was on the way.
+            self.report_if_idle();
+            return;
+        }
+        let new_member = !self.subscribers.contains_key(&id)
+            && !self.presence.contains_key(&subscriber.member.presence_id);
+        if new_member && self.presence.len() >= self.max_members {
+            METRICS.refused(crate::metrics::Limit::PresenceMembers);
+            subscriber.events.do_send(SubscriberEvent::JoinRefused {
+                name: self.name.clone(),
+                message: format!(
+                    "the channel has {} members, the most it may have (limits.max_presence_members)",
+                    self.max_members
+                ),
+            });
             self.report_if_idle();
             return;
         }

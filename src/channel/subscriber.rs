@@ -109,6 +109,14 @@ pub enum SubscriberEvent {
     Evicted,
     /// The answer to a join.
     Joined(Joined),
+    /// A join the channel refused: it has `limits.max_presence_members`
+    /// members already.
+    JoinRefused {
+        /// The channel's name.
+        name: Arc<str>,
+        /// Why, for the client.
+        message: String,
+    },
     /// The outcome of this subscriber's publish: told when it failed, or
     /// when the client asked for an ack.
     Published(Published),

@@ -24,6 +24,7 @@ const SETTINGS: ChannelSettings = ChannelSettings {
     max_pending: 1000,
     offsets: true,
     leave_grace: Duration::ZERO,
+    max_members: 10_000,
 };
 
 /// A subscriber that hands every event to the test.

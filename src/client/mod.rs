@@ -283,6 +283,9 @@ impl SocketHandler for Client {
                 socket.close(CloseReason::SlowClient);
             }
             ClientEvent::Channel(SubscriberEvent::Joined(joined)) => self.on_joined(socket, joined),
+            ClientEvent::Channel(SubscriberEvent::JoinRefused { name, message }) => {
+                self.on_join_refused(socket, &name, &message)
+            }
             ClientEvent::Channel(SubscriberEvent::Published(published)) => {
                 Self::on_published(socket, published)
             }

@@ -268,6 +268,24 @@ impl Client {
         }
     }
 
+    /// A channel of a replay refused its join (it filled up meanwhile): it
+    /// is left out of the replay, and the rest goes on.
+    pub(super) fn on_replay_join_refused(&mut self, socket: &mut Socket<'_, '_, Self>, name: &str) {
+        if let Some(log) = &mut self.log {
+            log.unsubscribed(name);
+        }
+        let Some(replay) = &mut self.replay else {
+            return;
+        };
+        if replay.joining.remove(name) {
+            replay
+                .missed
+                .channels
+                .retain(|(channel, _)| channel != name);
+            self.read_missed(socket);
+        }
+    }
+
     /// Holds live messages while a replay runs; returns them otherwise.
     pub(super) fn hold_during_replay(
         &mut self,

@@ -304,6 +304,23 @@ impl Client {
         self.on_replay_join(socket, &name);
     }
 
+    /// The channel refused the join (it is full): the waiting subscribes
+    /// are answered with `RATE_LIMITED`.
+    pub(super) fn on_join_refused(
+        &mut self,
+        socket: &mut Socket<'_, '_, Self>,
+        name: &str,
+        message: &str,
+    ) {
+        let Some(Subscription::Joining { acks, .. }) = self.subscriptions.remove(name) else {
+            return;
+        };
+        for ack_id in acks {
+            Self::refuse_subscribe(socket, Some(ack_id), name, "RATE_LIMITED", message);
+        }
+        self.on_replay_join_refused(socket, name);
+    }
+
     pub(super) fn on_unsubscribe(
         &mut self,
         socket: &mut Socket<'_, '_, Self>,

@@ -58,6 +58,12 @@ pub struct ServerSettings {
     /// Over how long a graceful shutdown closes the sockets, in batches.
     /// Defaults to 10000 ms; 0 closes them all at once.
     pub drain_ms: u64,
+    /// How long a REST publish's `Idempotency-Key` is remembered. Defaults
+    /// to 86400000 ms (a day).
+    pub idempotency_window_ms: u64,
+    /// Most idempotency keys remembered; the oldest go first. Defaults to
+    /// 100000.
+    pub idempotency_max_keys: usize,
     /// Largest REST request body. Defaults to 1 MiB.
     pub max_body_bytes: usize,
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     /// The `/socket.io/` endpoint. Its session table lets REST handlers
     /// find a session and talk to it through messages.
     pub sockets: Sockets,
+    /// REST publishes by `Idempotency-Key`.
+    pub idempotency: Arc<crate::api::idempotency::IdempotencyKeys>,
 }
 
 impl AppState {
@@ -64,8 +66,13 @@ impl AppState {
             settings.retention.sweep_batch_size,
         )
         .start();
+        let idempotency = Arc::new(crate::api::idempotency::IdempotencyKeys::new(
+            Duration::from_millis(settings.server.idempotency_window_ms),
+            settings.server.idempotency_max_keys,
+        ));
         Ok(AppState {
             db,
+            idempotency,
             settings: Arc::new(settings),
             realtime,
             sockets,

@@ -27,6 +27,7 @@ backend_tests!(
     unknown_routes_and_methods,
     batched_writes_for_the_pipeline,
     retention_sweeps_expired_messages_in_batches,
+    idempotency_keys_make_rest_publish_retries_safe,
 );
 
 async fn create_channel(server: &TestServer, body: Value) -> Value {
@@ -911,4 +912,60 @@ async fn retention_sweeps_expired_messages_in_batches(backend: Backend) {
         .unwrap()
         .iter()
         .all(|m| m["eventName"] == "new"));
+}
+
+async fn idempotency_keys_make_rest_publish_retries_safe(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    create_channel(&server, json!({ "pattern": "idem:%" })).await;
+    let publish = |key: &'static str, n: u64| {
+        let body = json!({ "channel": "idem:1", "event": "e", "payload": { "n": n } });
+        let server = &server;
+        async move {
+            server
+                .send(
+                    "POST",
+                    "/api/realtime/messages",
+                    &[("x-api-key", API_KEY), ("idempotency-key", key)],
+                    Some(body),
+                )
+                .await
+        }
+    };
+    // Five at once with one key: one message, the same answer for all.
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| publish("order-42-shipped", 1))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 201, "{body}");
+        assert_eq!(body["id"], answers[0].1["id"]);
+    }
+    // A retry later: the same answer again, nothing stored.
+    let (status, body) = publish("order-42-shipped", 1).await;
+    assert_eq!(status, 201);
+    assert_eq!(body["id"], answers[0].1["id"]);
+    assert_eq!(
+        server
+            .scalar("SELECT count(*) FROM messages WHERE channel_name = 'idem:1'")
+            .await,
+        1
+    );
+    // The same key for another publish is a client bug: 422.
+    let reused = publish("order-42-shipped", 2).await;
+    assert_error(&reused, 422, "IDEMPOTENCY_KEY_REUSED");
+    // Another key is another message; a malformed key is refused.
+    assert_eq!(publish("order-43-shipped", 1).await.0, 201);
+    let (status, body) = server
+        .send(
+            "POST",
+            "/api/realtime/messages",
+            &[("x-api-key", API_KEY), ("idempotency-key", "has spaces")],
+            Some(json!({ "channel": "idem:1", "event": "e", "payload": {} })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        server
+            .scalar("SELECT count(*) FROM messages WHERE channel_name = 'idem:1'")
+            .await,
+        2
+    );
 }

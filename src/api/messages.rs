@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::messages;
 use serde::Serialize;
@@ -11,6 +13,7 @@ use uuid::Uuid;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::idempotency::{self, Claim};
 use super::openapi::ErrorResponse;
 use super::query::QueryParams;
 use crate::persistence::{self, messages::MessageFilter};
@@ -184,8 +187,12 @@ pub(super) async fn list(
     tag = "Messages",
     summary = "Publish as the system",
     request_body = PublishBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A retry with the same key (within `server.idempotency_window_ms`) gets the first answer, marked `Idempotent-Replayed: true`, and stores nothing new")
+    ),
     responses(
         (status = 201, description = "Stored and delivered, with its audience", body = MessageView),
+        (status = 422, description = "The Idempotency-Key was used for a different publish", body = ErrorResponse),
         (status = 400, description = "Invalid input", body = ErrorResponse),
         (status = 401, description = "No valid credentials", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
@@ -199,16 +206,79 @@ pub(super) async fn list(
 pub(super) async fn publish(
     _admin: Admin,
     state: web::Data<AppState>,
+    http: actix_web::HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = match http.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if idempotency::is_valid_key(key) => Some(key.to_owned()),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_INPUT",
+                    format!(
+                        "Idempotency-Key: 1 to {} visible ASCII characters",
+                        idempotency::MAX_KEY_LEN
+                    ),
+                ))
+            }
+        },
+    };
     let request = PublishRequest::parse(body.into_inner(), &state.realtime.limits.payload())
         .map_err(publish_error)?;
-    let row = state
-        .realtime
-        .publish_system(request)
+    let Some(key) = key else {
+        let row = state
+            .realtime
+            .publish_system(request)
+            .await
+            .map_err(publish_error)?;
+        return Ok(HttpResponse::Created().json(MessageView::from(row)));
+    };
+    let outcome = match state.idempotency.claim(&key, &request) {
+        Claim::Outcome(outcome) => outcome,
+        Claim::Reused => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used for a different publish",
+            ))
+        }
+    };
+    let ran_here = std::cell::Cell::new(false);
+    let realtime = state.realtime.clone();
+    let answer = outcome
+        .get_or_init(|| async {
+            ran_here.set(true);
+            // A task of its own: a caller that goes away must not cancel a
+            // publish that may be stored already (its retry would then
+            // store it again).
+            let published = actix_rt::spawn(async move { realtime.publish_system(request).await });
+            match published.await {
+                Ok(Ok(row)) => serde_json::to_vec(&MessageView::from(row))
+                    .map(Bytes::from)
+                    .map_err(|err| PublishError::Internal(err.to_string())),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(PublishError::Internal("the publish was cancelled".into())),
+            }
+        })
         .await
-        .map_err(publish_error)?;
-    Ok(HttpResponse::Created().json(MessageView::from(row)))
+        .clone();
+    match answer {
+        Ok(body) => {
+            let mut response = HttpResponse::Created();
+            response.content_type("application/json");
+            if !ran_here.get() {
+                response.insert_header(("Idempotent-Replayed", "true"));
+            }
+            Ok(response.body(body))
+        }
+        Err(err) => {
+            // Nothing was stored: the key may be used again.
+            state.idempotency.forget(&key, &outcome);
+            Err(publish_error(err))
+        }
+    }
 }
 
 /// A failed publish as a REST error: its code and status, and its message

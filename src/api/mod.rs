@@ -16,6 +16,7 @@ pub mod auth;
 pub mod channels;
 pub mod error;
 pub mod http_metrics;
+pub mod idempotency;
 pub mod messages;
 pub mod openapi;
 pub mod permissions;

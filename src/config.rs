@@ -127,6 +127,9 @@ pub struct LimitSettings {
     pub max_payload_keys: usize,
     /// Most presence members one channel may have. Defaults to 10000.
     pub max_presence_members: usize,
+    /// Most sockets one signed-in user may have open at once. Defaults to
+    /// 100.
+    pub max_sockets_per_user: usize,
 }
 
 impl LimitSettings {
@@ -470,6 +473,12 @@ impl Settings {
         if self.retention.sweep_batch_size == 0 {
             return Err(ConfigError::new(
                 "retention.sweep_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_sockets_per_user == 0 {
+            return Err(ConfigError::new(
+                "limits.max_sockets_per_user",
                 "must be at least 1",
             ));
         }

@@ -64,7 +64,7 @@ pub struct Metrics {
     /// Messages of ephemeral channels (delivered, never stored).
     pub messages_ephemeral: Counter,
     /// Requests a limit refused, by limit (indexed as [`Limit`]).
-    pub limit_refusals: [Counter; 7],
+    pub limit_refusals: [Counter; 8],
     /// Connections that came back with a private session id, by outcome
     /// (indexed as [`RECOVERY_OUTCOMES`]).
     pub recoveries: [Counter; 2],
@@ -125,10 +125,12 @@ pub enum Limit {
     HistoryInFlight,
     /// `limits.max_presence_members`.
     PresenceMembers,
+    /// `limits.max_sockets_per_user`.
+    SocketsPerUser,
 }
 
 /// Names of [`Limit`]s, in order, as `/metrics` shows them.
-pub const LIMIT_NAMES: [&str; 7] = [
+pub const LIMIT_NAMES: [&str; 8] = [
     "publish_rate",
     "max_pending_per_channel",
     "max_channels_per_socket",
@@ -136,6 +138,7 @@ pub const LIMIT_NAMES: [&str; 7] = [
     "max_payload_keys",
     "history_in_flight",
     "max_presence_members",
+    "max_sockets_per_user",
 ];
 
 /// How a recovery ended, for [`Metrics::recoveries`].
@@ -241,7 +244,7 @@ pub static METRICS: Metrics = Metrics {
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
     messages_ephemeral: Counter::new(),
-    limit_refusals: [const { Counter::new() }; 7],
+    limit_refusals: [const { Counter::new() }; 8],
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],

@@ -53,6 +53,8 @@ pub struct Realtime {
     /// Close a socket's transport when its JWT expires
     /// (`auth.disconnect_on_expiry`).
     pub disconnect_on_expiry: bool,
+    /// Open sockets per signed-in user (`limits.max_sockets_per_user`).
+    pub user_sockets: Arc<crate::client::UserSockets>,
     /// Missed messages a replay reads at a time, and how many frames a
     /// client's queue may hold before it reads more: a quarter of the
     /// queue's bound each (`engineio.max_buffered_packets`), so a replay
@@ -159,6 +161,7 @@ impl Realtime {
             recovery_settings: settings.recovery.clone(),
             replay_batch: (settings.engineio.max_buffered_packets / 4).clamp(1, 500),
             disconnect_on_expiry: settings.auth.disconnect_on_expiry,
+            user_sockets: Arc::default(),
             catalog,
             registry,
             writer,

@@ -16,6 +16,7 @@ backend_tests!(
     nul_characters_are_refused_and_spoil_nothing,
     payloads_past_the_limits_are_refused_and_counted,
     a_full_channel_refuses_new_members_but_not_more_sockets_of_one,
+    a_user_has_at_most_max_sockets_per_user,
 );
 
 /// Frames a hostile or broken client might send: random bytes, truncated
@@ -310,4 +311,54 @@ async fn a_full_channel_refuses_new_members_but_not_more_sockets_of_one(backend:
             && !line.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+async fn a_user_has_at_most_max_sockets_per_user(backend: Backend) {
+    let server = TestServer::start_with(backend, "[limits]\nmax_sockets_per_user = 2\n").await;
+    let user = server.token(
+        realtime::auth::Role::Authenticated,
+        "11111111-1111-4111-8111-111111111111",
+    );
+    let first = SioClient::connect(&server.base_url, json!({ "token": user })).await;
+    let _second = SioClient::connect(&server.base_url, json!({ "token": user })).await;
+    // Anon keys are not users: any number.
+    let mut guests = Vec::new();
+    for _ in 0..3 {
+        guests.push(SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await);
+    }
+    let refused = |server: &TestServer, token: String| {
+        let url = format!("{}/socket.io/?EIO=4&transport=websocket", server.base_url);
+        async move {
+            let mut ws = WsClient::connect(&url).await.unwrap();
+            let _open = ws.recv().await;
+            ws.send_text(&format!("40{}", json!({ "token": token })))
+                .await;
+            match ws.recv().await {
+                WsFrame::Text(answer) => answer,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let answer = refused(&server, user.clone()).await;
+    assert!(answer.starts_with("44"), "{answer}");
+    let error: serde_json::Value = serde_json::from_str(&answer[2..]).unwrap();
+    assert_eq!(error["data"]["code"], "RATE_LIMITED", "{error}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_sockets_per_user"));
+    // One closes: its place is free again.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = refused(&server, user.clone()).await;
+        if answer.starts_with("40") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }

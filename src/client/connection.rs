@@ -60,6 +60,67 @@ pub(super) fn admit(auth: &Authenticator, object: Option<&Value>) -> Result<Prin
     })
 }
 
+/// Open sockets per signed-in user, shared by every connection.
+#[derive(Default)]
+pub struct UserSockets {
+    counts: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open socket of a user; dropping it (the connection's end) gives its
+/// place back.
+pub(super) struct UserSocket {
+    sockets: std::sync::Arc<UserSockets>,
+    user: String,
+}
+
+impl UserSockets {
+    /// Takes a place for one more socket of `principal`'s user, if it is a
+    /// user and has fewer than `max` open.
+    ///
+    /// # Errors
+    /// The [`Refusal`] the client gets when the user has `max` already.
+    pub(super) fn admit(
+        self: &std::sync::Arc<Self>,
+        principal: &Principal,
+        max: usize,
+    ) -> Result<Option<UserSocket>, Refusal> {
+        let Principal::Jwt { sub, role, .. } = principal else {
+            return Ok(None);
+        };
+        if *role == Role::Anon {
+            return Ok(None);
+        }
+        let mut counts = self.counts.lock();
+        let count = counts.entry(sub.clone()).or_default();
+        if *count >= max {
+            crate::metrics::METRICS.refused(crate::metrics::Limit::SocketsPerUser);
+            return Err(Refusal {
+                message: format!(
+                    "this user has {max} sockets open, the most allowed (limits.max_sockets_per_user)"
+                ),
+                data: Some(json!({ "code": "RATE_LIMITED" })),
+            });
+        }
+        *count += 1;
+        Ok(Some(UserSocket {
+            sockets: self.clone(),
+            user: sub.clone(),
+        }))
+    }
+}
+
+impl Drop for UserSocket {
+    fn drop(&mut self) {
+        let mut counts = self.sockets.counts.lock();
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// How long until a socket admitted as `principal` is closed because its
 /// token expired: at `exp`, plus a random jitter of up to a tenth of the
 /// time left (at most 30 s), so that sockets whose tokens were issued

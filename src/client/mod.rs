@@ -37,6 +37,7 @@ use crate::recovery::{DeliveryLog, HandOver};
 use crate::socketio::{
     Admission, DisconnectReason, Event, Refusal, Socket, SocketAddr, SocketHandler, SocketIo,
 };
+pub use connection::UserSockets;
 pub use subscribe::Authorization;
 use subscribe::Subscription;
 
@@ -141,6 +142,8 @@ pub struct Client {
     handed_over: bool,
     /// `realtime:history` requests being answered.
     history_in_flight: usize,
+    /// This socket's place among its user's sockets, given back on drop.
+    _user_socket: Option<connection::UserSocket>,
 }
 
 impl Client {
@@ -164,6 +167,7 @@ impl Client {
             replay: None,
             handed_over: false,
             history_in_flight: 0,
+            _user_socket: None,
         }
     }
 
@@ -206,6 +210,10 @@ impl SocketHandler for Client {
         auth: Option<&Value>,
     ) -> Result<Admission, Refusal> {
         let principal = connection::admit(&self.hub.auth, auth)?;
+        self._user_socket = self
+            .hub
+            .user_sockets
+            .admit(&principal, self.hub.limits.max_sockets_per_user)?;
         self.sender = Sender::of(&principal);
         self.principal = Some(principal);
         if self.hub.recovery.is_none() {

@@ -144,13 +144,6 @@ impl PublishRequest {
             Some(Value::Object(payload)) => payload,
             Some(_) => return Err(invalid("payload: Expected object")),
         };
-        if payload.iter().any(|(key, value)| has_nul(key, value)) {
-            // PostgreSQL's jsonb cannot hold U+0000: refused here, for
-            // every database alike, rather than failing a whole batch.
-            return Err(invalid(
-                "payload: text must not contain the NUL character (\\u0000)",
-            ));
-        }
         limits.check(&payload)?;
         validate_name(&channel)
             .map_err(|err| PublishError::InvalidInput(format!("channel: {err}")))?;
@@ -173,56 +166,64 @@ pub struct PayloadLimits {
 }
 
 impl PayloadLimits {
-    /// Refuses a payload nested deeper or holding more keys than allowed,
-    /// counting the refusal by limit.
+    /// Checks a payload in one walk, without recursion: no NUL character
+    /// in any key or text (PostgreSQL's jsonb cannot hold U+0000: refused
+    /// here, for every database alike, rather than failing a whole batch),
+    /// nesting and keys within the limits (a refusal by a limit is
+    /// counted).
     fn check(&self, payload: &Map<String, Value>) -> Result<(), PublishError> {
+        let nul = || {
+            PublishError::InvalidInput(
+                "payload: text must not contain the NUL character (\\u0000)".into(),
+            )
+        };
         let mut keys = 0;
-        let mut deepest = 1;
-        // Depth-first, without recursion: the walk itself stays bounded.
-        let mut stack: Vec<(&Value, usize)> = payload.values().map(|v| (v, 2)).collect();
-        keys += payload.len();
-        while let Some((value, depth)) = stack.pop() {
-            let children: Box<dyn Iterator<Item = &Value>> = match value {
-                Value::Object(map) => {
-                    keys += map.len();
-                    Box::new(map.values())
+        let mut stack: Vec<(&Value, usize)> = Vec::new();
+        // The object to open next, with its depth (the payload is 1).
+        let mut object = Some((payload, 1));
+        loop {
+            if let Some((map, depth)) = object.take() {
+                self.check_depth(depth)?;
+                keys += map.len();
+                if keys > self.max_keys {
+                    crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadKeys);
+                    return Err(PublishError::InvalidInput(format!(
+                        "payload: more than {} keys (limits.max_payload_keys)",
+                        self.max_keys
+                    )));
                 }
-                Value::Array(items) => Box::new(items.iter()),
-                _ => continue,
+                for (key, value) in map {
+                    if key.contains('\0') {
+                        return Err(nul());
+                    }
+                    stack.push((value, depth + 1));
+                }
+            }
+            let Some((value, depth)) = stack.pop() else {
+                return Ok(());
             };
-            deepest = deepest.max(depth);
-            if deepest > self.max_depth {
-                crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadDepth);
-                return Err(PublishError::InvalidInput(format!(
-                    "payload: nested deeper than {} levels (limits.max_payload_depth)",
-                    self.max_depth
-                )));
+            match value {
+                Value::String(text) if text.contains('\0') => return Err(nul()),
+                Value::Object(map) => object = Some((map, depth)),
+                Value::Array(items) => {
+                    self.check_depth(depth)?;
+                    stack.extend(items.iter().map(|item| (item, depth + 1)));
+                }
+                _ => {}
             }
-            if keys > self.max_keys {
-                break;
-            }
-            stack.extend(children.map(|child| (child, depth + 1)));
         }
-        if keys > self.max_keys {
-            crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadKeys);
-            return Err(PublishError::InvalidInput(format!(
-                "payload: more than {} keys (limits.max_payload_keys)",
-                self.max_keys
-            )));
-        }
-        Ok(())
     }
-}
 
-/// Whether a key or any text inside `value` holds U+0000.
-fn has_nul(key: &str, value: &Value) -> bool {
-    key.contains('\0')
-        || match value {
-            Value::String(text) => text.contains('\0'),
-            Value::Array(items) => items.iter().any(|item| has_nul("", item)),
-            Value::Object(map) => map.iter().any(|(key, value)| has_nul(key, value)),
-            _ => false,
+    fn check_depth(&self, depth: usize) -> Result<(), PublishError> {
+        if depth <= self.max_depth {
+            return Ok(());
         }
+        crate::metrics::METRICS.refused(crate::metrics::Limit::PayloadDepth);
+        Err(PublishError::InvalidInput(format!(
+            "payload: nested deeper than {} levels (limits.max_payload_depth)",
+            self.max_depth
+        )))
+    }
 }
 
 /// Whether a user or the system sent a message (`meta.senderType`).

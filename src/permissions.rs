@@ -88,6 +88,20 @@ pub trait PermissionHook: Send + Sync + 'static {
         channel: &ChannelDef,
     ) -> PendingDecision;
 
+    /// Whether `principal` may subscribe to `name` (which resolved to
+    /// `channel`): the quick answer if there is one, else a check.
+    fn may_subscribe(
+        &self,
+        principal: &Principal,
+        name: &str,
+        channel: &ChannelDef,
+    ) -> PendingDecision {
+        match self.quick(principal, Action::Subscribe) {
+            Some(decision) => Box::pin(std::future::ready(decision)),
+            None => self.check(principal, Request::Subscribe, name, channel),
+        }
+    }
+
     /// Moves whenever the policies may have changed: decisions taken under
     /// an older generation must be taken again.
     fn generation(&self) -> u64;

@@ -10,7 +10,7 @@ use super::{Client, ClientEvent, NAMESPACE};
 use crate::channel::delivery;
 use crate::engineio::SessionEvent;
 use crate::pattern::validate_name;
-use crate::permissions::{Action, Decision, Request};
+use crate::permissions::Decision;
 use crate::publish::{Sender, SenderType};
 use crate::socketio::Socket;
 
@@ -107,19 +107,10 @@ impl Client {
         let hub = self.hub.clone();
         let client = socket.address();
         actix::spawn(async move {
-            let decision = match hub.permissions.quick(&principal, Action::Subscribe) {
-                Some(decision) => decision,
-                None => {
-                    hub.permissions
-                        .check(
-                            &principal,
-                            Request::Subscribe,
-                            &request.channel,
-                            &definition,
-                        )
-                        .await
-                }
-            };
+            let decision = hub
+                .permissions
+                .may_subscribe(&principal, &request.channel, &definition)
+                .await;
             let answer = match decision {
                 Decision::Allow => match crate::persistence::messages::history_page(
                     &hub.db,

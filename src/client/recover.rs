@@ -24,7 +24,7 @@ use crate::auth::Principal;
 use crate::channel::{open_stored, Delivered};
 use crate::engineio::{CloseReason, Sid};
 use crate::metrics::METRICS;
-use crate::permissions::{Action, Decision, Request};
+use crate::permissions::Decision;
 use crate::persistence::recovery::{self as queries, Missed};
 use crate::recovery::store::now_ms;
 use crate::recovery::{DeliveryLog, SessionState};
@@ -148,15 +148,8 @@ impl Client {
                         .catalog
                         .resolve(name)
                         .ok_or("a channel of the session is gone or disabled")?;
-                    let decision = match hub.permissions.quick(&principal, Action::Subscribe) {
-                        Some(decision) => decision,
-                        None => {
-                            hub.permissions
-                                .check(&principal, Request::Subscribe, name, &channel)
-                                .await
-                        }
-                    };
-                    if decision != Decision::Allow {
+                    let decision = hub.permissions.may_subscribe(&principal, name, &channel);
+                    if decision.await != Decision::Allow {
                         return Err("a channel of the session may no longer be subscribed");
                     }
                 }

@@ -88,18 +88,22 @@ pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) ->
     )
 }
 
-/// A stored row as its subscribers get it (its id and time kept). A
-/// payload that is not an object (SQL can store any JSON) spreads into
-/// nothing, as `{...payload, meta}` does in InsForge.
-pub fn open_stored(channel: &str, row: &messages::Model) -> OpenFrame {
+/// `meta` of a stored row: its channel, id, sender and time.
+pub fn stored_meta(row: &messages::Model) -> Value {
     let sender = Sender {
         sender_type: SenderType::parse(&row.sender_type),
         sender_id: row.sender_id,
     };
-    let meta = meta(channel, row.id, &sender, row.created_at);
+    meta(&row.channel_name, row.id, &sender, row.created_at)
+}
+
+/// A stored row as its subscribers get it (its id and time kept). A
+/// payload that is not an object (SQL can store any JSON) spreads into
+/// nothing, as `{...payload, meta}` does in InsForge.
+pub fn open_stored(row: &messages::Model) -> OpenFrame {
     let empty = Map::new();
     let payload = row.payload.as_object().unwrap_or(&empty);
-    open_delivery(&row.event_name, payload, &meta)
+    open_delivery(&row.event_name, payload, &stored_meta(row))
 }
 
 /// [`open_delivery`], sealed without an offset.

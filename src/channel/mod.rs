@@ -870,7 +870,7 @@ impl Handler<Stored> for Channel {
             self.n_received += 1;
         }
         let row = stored.row;
-        let frame = delivery::open_stored(&self.name, &row);
+        let frame = delivery::open_stored(&row);
         self.pending.push_back(Pending {
             id: row.id,
             row: None,

@@ -11,7 +11,6 @@ use crate::channel::delivery;
 use crate::engineio::SessionEvent;
 use crate::pattern::validate_name;
 use crate::permissions::Decision;
-use crate::publish::{Sender, SenderType};
 use crate::socketio::Socket;
 
 /// Messages per answer unless the client asks for fewer (or more, up to
@@ -121,7 +120,8 @@ impl Client {
                 .await
                 {
                     Ok(rows) => {
-                        let messages: Vec<Value> = rows.iter().rev().map(as_delivered).collect();
+                        let messages: Vec<Value> =
+                            rows.into_iter().rev().map(as_delivered).collect();
                         json!({ "ok": true, "channel": request.channel, "messages": messages })
                     }
                     Err(err) => {
@@ -165,14 +165,10 @@ fn failure(channel: &str, code: &str, message: &str) -> Value {
 
 /// A stored message as a subscriber got it live: its event, its payload,
 /// its `meta`, and its offset.
-fn as_delivered(row: &entity::messages::Model) -> Value {
-    let sender = Sender {
-        sender_type: SenderType::parse(&row.sender_type),
-        sender_id: row.sender_id,
-    };
-    let meta = delivery::meta(&row.channel_name, row.id, &sender, row.created_at);
-    let payload = match &row.payload {
-        Value::Object(payload) => Value::Object(payload.clone()),
+fn as_delivered(row: entity::messages::Model) -> Value {
+    let meta = delivery::stored_meta(&row);
+    let payload = match row.payload {
+        Value::Object(payload) => Value::Object(payload),
         _ => Value::Object(Map::new()),
     };
     json!({

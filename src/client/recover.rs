@@ -348,7 +348,7 @@ impl Client {
         let mut frames = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(seq) = row.seq else { continue };
-            frames.push(open_stored(&row.channel_name, row).seal(Some(seq)));
+            frames.push(open_stored(row).seal(Some(seq)));
             replay.cursor = seq;
             let replayed = replay.replayed.entry(row.channel_name.clone()).or_default();
             *replayed = (*replayed).max(seq);

@@ -64,7 +64,7 @@ pub struct Metrics {
     /// Messages of ephemeral channels (delivered, never stored).
     pub messages_ephemeral: Counter,
     /// Requests a limit refused, by limit (indexed as [`Limit`]).
-    pub limit_refusals: [Counter; 8],
+    pub limit_refusals: [Counter; N_LIMITS],
     /// Connections that came back with a private session id, by outcome
     /// (indexed as [`RECOVERY_OUTCOMES`]).
     pub recoveries: [Counter; 2],
@@ -129,8 +129,11 @@ pub enum Limit {
     SocketsPerUser,
 }
 
+/// How many [`Limit`]s there are.
+const N_LIMITS: usize = Limit::SocketsPerUser as usize + 1;
+
 /// Names of [`Limit`]s, in order, as `/metrics` shows them.
-pub const LIMIT_NAMES: [&str; 8] = [
+pub const LIMIT_NAMES: [&str; N_LIMITS] = [
     "publish_rate",
     "max_pending_per_channel",
     "max_channels_per_socket",
@@ -244,7 +247,7 @@ pub static METRICS: Metrics = Metrics {
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
     messages_ephemeral: Counter::new(),
-    limit_refusals: [const { Counter::new() }; 8],
+    limit_refusals: [const { Counter::new() }; N_LIMITS],
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
     permission_checks: [const { Counter::new() }; 3],

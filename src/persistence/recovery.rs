@@ -118,10 +118,20 @@ pub async fn deleted_through(
     db: &DatabaseConnection,
     channels: &[&str],
 ) -> Result<Vec<i64>, PersistenceError> {
+    // Only the rows asked about: a count retention leaves one per name.
+    let names: Vec<Value> = std::iter::once(EVERY_CHANNEL)
+        .chain(channels.iter().copied())
+        .map(Value::from)
+        .collect();
+    let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
     let rows = db
-        .query_all(Statement::from_string(
+        .query_all(Statement::from_sql_and_values(
             db.get_database_backend(),
-            "SELECT channel_name, deleted_through FROM history_deletions",
+            format!(
+                "SELECT channel_name, deleted_through FROM history_deletions WHERE channel_name IN ({})",
+                params.join(", ")
+            ),
+            names,
         ))
         .await?;
     let mut by_name = std::collections::HashMap::new();

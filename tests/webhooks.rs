@@ -507,7 +507,11 @@ async fn a_receiver_that_keeps_failing_is_probed_not_hammered(backend: Backend) 
             drop(stream);
         }
     });
-    let server = TestServer::start_with(backend, FAST_RETRIES).await;
+    // Retries far enough apart that no message can use up its three
+    // attempts within the test, however slowly the publishes go: what is
+    // counted is the connections, not the give-ups.
+    let slow_retries = "[webhooks]\nretry_delays_ms = [3000, 6000]\ntimeout_ms = 2000\n";
+    let server = TestServer::start_with(backend, slow_retries).await;
     create_channel(
         &server,
         "broken",
@@ -518,8 +522,8 @@ async fn a_receiver_that_keeps_failing_is_probed_not_hammered(backend: Backend) 
         rest_publish(&server, "broken", "e", json!({ "n": n })).await;
     }
     actix_rt::time::sleep(Duration::from_millis(2500)).await;
-    // Without a pause, 50 messages x 3 attempts would be 150 connections in
-    // well under a second. Once the receiver counts as down, one probe at a
+    // Without a pause, the 50 first attempts alone would be 50 connections.
+    // Once the receiver counts as down (three failures), one probe at a
     // time, 1 s then 2 s apart.
     let n_accepted = accepted.load(Ordering::SeqCst);
     assert!(

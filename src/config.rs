@@ -82,6 +82,10 @@ pub struct DatabaseSettings {
     pub batch_size: usize,
     /// Longest wait for a batch to fill. Defaults to 2 ms.
     pub batch_window_ms: u64,
+    /// Longest wait for a message to be stored; past it the publish fails
+    /// with `DATABASE_UNAVAILABLE` and the message is never stored.
+    /// Defaults to 5000 ms.
+    pub publish_timeout_ms: u64,
     /// PostgreSQL: deliver messages stored by SQL. Defaults to true.
     pub sql_publish: bool,
     /// PostgreSQL: look for messages stored by SQL this often even without
@@ -450,6 +454,14 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.acquire_timeout_ms",
                 "must be at least 1",
+            ));
+        }
+        if self.database.publish_timeout_ms < 100
+            || self.database.publish_timeout_ms <= self.database.batch_window_ms
+        {
+            return Err(ConfigError::new(
+                "database.publish_timeout_ms",
+                "must be at least 100 and longer than database.batch_window_ms",
             ));
         }
         if !(1..=1000).contains(&self.database.batch_size) {

@@ -81,6 +81,12 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Messages whose webhooks are held in memory now (set, not added).
     pub webhook_in_memory: Counter,
+    /// 1 while the writer's writes fail (rendered as its opposite,
+    /// `realtime_database_writable`, so the default is 0).
+    pub database_unwritable: Counter,
+    /// Messages refused while their write may have committed, waiting to
+    /// be deleted.
+    pub writer_in_doubt: Counter,
     /// Messages in the durable webhook backlog: counted at start, then
     /// kept by the writer (adds) and the dispatcher (takes away).
     pub webhook_backlog: Counter,
@@ -255,6 +261,8 @@ pub static METRICS: Metrics = Metrics {
     webhook_requests: [const { Counter::new() }; 4],
     webhook_retries: Counter::new(),
     webhook_in_memory: Counter::new(),
+    database_unwritable: Counter::new(),
+    writer_in_doubt: Counter::new(),
     webhook_backlog: Counter::new(),
     webhook_deferred: Counter::new(),
     webhook_latency: Histogram::new(WEBHOOK_BOUNDS_MS),
@@ -481,6 +489,18 @@ pub fn render() -> String {
         "realtime_webhook_deferred_total",
         "Webhook deliveries left in the database because memory was full.",
         m.webhook_deferred.get(),
+    );
+    gauge(
+        &mut out,
+        "realtime_database_writable",
+        "1 while message writes commit, 0 while they fail (publishes get DATABASE_UNAVAILABLE).",
+        1 - m.database_unwritable.get().min(1),
+    );
+    gauge(
+        &mut out,
+        "realtime_writer_in_doubt",
+        "Refused messages whose write may have committed, waiting to be deleted.",
+        m.writer_in_doubt.get(),
     );
     gauge(
         &mut out,

@@ -35,10 +35,11 @@ pub enum PublishError {
     /// The publisher, or the channel, is over its rate.
     #[error("{0}")]
     RateLimited(String),
-    /// The message could not be stored. The writer logs the database's
-    /// words once; callers only ever see this generic message.
-    #[error("the message could not be stored; retry later")]
-    Storage,
+    /// The message could not be stored in time (`database.publish_timeout_ms`)
+    /// and never will be: the database is unreachable, locked or full. The
+    /// writer logs the database's words; callers only see this message.
+    #[error("the database is unavailable: the message was not stored; retry later")]
+    DatabaseUnavailable,
     /// The server failed in a way the caller cannot fix.
     #[error("{0}")]
     Internal(String),
@@ -54,7 +55,8 @@ impl PublishError {
             PublishError::Unauthorized(_) => "REALTIME_UNAUTHORIZED",
             PublishError::ChannelNotFound(_) => "REALTIME_CHANNEL_NOT_FOUND",
             PublishError::RateLimited(_) => "RATE_LIMITED",
-            PublishError::Storage | PublishError::Internal(_) => "INTERNAL_ERROR",
+            PublishError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            PublishError::Internal(_) => "INTERNAL_ERROR",
         }
     }
 
@@ -67,7 +69,7 @@ impl PublishError {
             PublishError::Unauthorized(_) => StatusCode::FORBIDDEN,
             PublishError::ChannelNotFound(_) => StatusCode::NOT_FOUND,
             PublishError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            PublishError::Storage => StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PublishError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -420,11 +422,16 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(
-            PublishError::Storage.status(),
+            PublishError::DatabaseUnavailable.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(PublishError::Storage.code(), "INTERNAL_ERROR");
-        assert!(!PublishError::Storage.to_string().contains("database error"));
+        assert_eq!(
+            PublishError::DatabaseUnavailable.code(),
+            "DATABASE_UNAVAILABLE"
+        );
+        assert!(!PublishError::DatabaseUnavailable
+            .to_string()
+            .contains("database error"));
         assert_eq!(
             PublishError::ChannelNotFound("x".into()).status(),
             StatusCode::NOT_FOUND

@@ -19,7 +19,7 @@ use crate::channel::{ChannelSettings, Publish, Reply};
 use crate::config::{LimitSettings, RecoverySettings, Settings};
 use crate::db_listener::DatabaseListener;
 use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
-use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter};
+use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter, WriterHealth};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
 use crate::recovery::RecoveryStore;
@@ -33,6 +33,8 @@ pub struct Realtime {
     pub registry: Addr<ChannelRegistry>,
     /// Group commit of messages.
     pub writer: Addr<MessageWriter>,
+    /// Whether the writer's writes commit (`/health`).
+    pub writes: WriterHealth,
     /// Posts durable messages to their channels' webhook URLs.
     pub webhooks: Webhooks,
     /// Verifies credentials on CONNECT.
@@ -86,7 +88,9 @@ impl Realtime {
             database.batch_size,
             Duration::from_millis(database.batch_window_ms),
             committed.clone(),
-        );
+        )
+        .with_publish_timeout(Duration::from_millis(database.publish_timeout_ms));
+        let writes = writer.health();
         let writer = MessageWriter::start_in_arbiter(&actix::Arbiter::new().handle(), |_| writer);
         let webhooks = WebhookDispatcher::start(
             settings.webhooks.clone(),
@@ -165,6 +169,7 @@ impl Realtime {
             catalog,
             registry,
             writer,
+            writes,
             webhooks,
             auth,
             permissions,

@@ -494,7 +494,7 @@ async fn a_storage_failure_is_503_and_the_server_recovers(backend: Backend) {
     let (status, body) =
         rest_publish(&server, json!({ "channel": "fragile", "event": "lost" })).await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "INTERNAL_ERROR");
+    assert_eq!(body["error"], "DATABASE_UNAVAILABLE");
     let message = body["message"].as_str().unwrap();
     assert!(
         !message.contains("messages") && !message.contains("database error"),
@@ -507,7 +507,7 @@ async fn a_storage_failure_is_503_and_the_server_recovers(backend: Backend) {
         )
         .await;
     assert_eq!(ack["ok"], false);
-    assert_eq!(ack["error"]["code"], "INTERNAL_ERROR");
+    assert_eq!(ack["error"]["code"], "DATABASE_UNAVAILABLE");
     assert_eq!(ack["error"]["message"], message);
 
     server

@@ -6,11 +6,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use common::receiver::Receiver;
-use common::{Backend, ANON_KEY, API_KEY, JWT_SECRET};
+use common::Backend;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
 
@@ -21,85 +22,15 @@ backend_tests!(
 
 const N_MESSAGES: usize = 1000;
 
-struct Server {
-    child: Child,
-    base: String,
-    /// The server's log (stdout), shown when an assertion fails.
-    log: tempfile::NamedTempFile,
-}
-
-impl Server {
-    async fn start(database_url: &str, port: u16) -> Server {
-        Self::start_with(database_url, port, &[]).await
-    }
-
-    async fn start_with(database_url: &str, port: u16, env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_realtime"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("REALTIME_") {
-                command.env_remove(key);
-            }
-        }
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = command
-            .arg("serve")
-            .env("REALTIME__SERVER__HOST", "127.0.0.1")
-            .env("REALTIME__SERVER__PORT", port.to_string())
-            .env("REALTIME__DATABASE__URL", database_url)
-            .env("REALTIME__AUTH__JWT_SECRET", JWT_SECRET)
-            .env("REALTIME__AUTH__API_KEYS", format!("[\"{API_KEY}\"]"))
-            .env("REALTIME__AUTH__ANON_KEYS", format!("[\"{ANON_KEY}\"]"))
-            .env("REALTIME__LOG__LEVEL", "warn,realtime::webhooks=debug")
-            // Held requests must not time out while the test looks.
-            .env("REALTIME__WEBHOOKS__TIMEOUT_MS", "60000")
-            .envs(env.iter().copied())
-            .stdout(Stdio::from(log.reopen().unwrap()))
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let client = awc::Client::default();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = client.get(format!("{base}/health")).send().await {
-                if response.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "the server did not start");
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server { child, base, log }
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: serde_json::Value) -> u16 {
-        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
-        awc::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .finish()
-            .request(method, format!("{}{path}", self.base))
-            .insert_header(("x-api-key", API_KEY))
-            .send_json(&body)
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-}
-
-impl Server {
-    /// The end of the server's log.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server binary with webhook logs, and held requests that do not
+/// time out while the test looks.
+async fn start_server(database_url: &str, port: u16, env: &[(&str, &str)]) -> ServerProcess {
+    let mut all = vec![
+        ("REALTIME__LOG__LEVEL", "warn,realtime::webhooks=debug"),
+        ("REALTIME__WEBHOOKS__TIMEOUT_MS", "60000"),
+    ];
+    all.extend_from_slice(env);
+    ServerProcess::start(ServerProcess::binary(), database_url, port, &all).await
 }
 
 async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
@@ -116,8 +47,8 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
     let port = common::free_port();
     let receiver = Receiver::start();
     receiver.set_paused(true);
-    let mut server = Server::start(&database_url, port).await;
-    let status = server
+    let mut server = start_server(&database_url, port, &[]).await;
+    let (status, _) = server
         .admin(
             "POST",
             "/api/realtime/channels",
@@ -133,7 +64,7 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
                 json!({ "channel": "crash", "event": "e", "payload": { "n": chunk * 100 + i } }),
             )
         });
-        for status in futures_util::future::join_all(publishes).await {
+        for (status, _) in futures_util::future::join_all(publishes).await {
             assert_eq!(status, 201);
         }
     }
@@ -159,7 +90,7 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
     );
 
     receiver.set_paused(false);
-    let _server = Server::start(&database_url, port).await;
+    let _server = start_server(&database_url, port, &[]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&db, pending).await > 0 {
         assert!(
@@ -199,8 +130,8 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
     let receiver = Receiver::start();
     receiver.set_paused(true);
     let grace = [("REALTIME__SERVER__SHUTDOWN_GRACE_MS", "5000")];
-    let mut server = Server::start_with(&database_url, port, &grace).await;
-    let status = server
+    let mut server = start_server(&database_url, port, &grace).await;
+    let (status, _) = server
         .admin(
             "POST",
             "/api/realtime/channels",
@@ -210,7 +141,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
     assert_eq!(status, 201);
     let n_messages = 50;
     for n in 0..n_messages {
-        let status = server
+        let (status, _) = server
             .admin(
                 "POST",
                 "/api/realtime/messages",
@@ -264,7 +195,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
         server.log_tail()
     );
 
-    let _server = Server::start(&database_url, port).await;
+    let _server = start_server(&database_url, port, &[]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(&db, &pending_sql).await > 0 {
         assert!(

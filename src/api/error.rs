@@ -105,6 +105,16 @@ impl ApiError {
         )
     }
 
+    /// 503 `DATABASE_UNAVAILABLE`: the database cannot be reached or
+    /// cannot write right now (the log says why); retrying later may work.
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            "the database is unavailable; retry later",
+        )
+    }
+
     /// 500 `INTERNAL_ERROR`; the details go to the log, not to the caller.
     pub fn internal() -> Self {
         Self::new(
@@ -139,6 +149,11 @@ impl From<PersistenceError> for ApiError {
             PersistenceError::Duplicate => {
                 Self::new(StatusCode::CONFLICT, "ALREADY_EXISTS", "already exists")
             }
+            err if err.is_unavailable() => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::database_unavailable()
+            }
+            PersistenceError::TooLate => Self::database_unavailable(),
             PersistenceError::Database(err) => {
                 tracing::error!(error = %err, "database failure");
                 Self::internal()

@@ -199,7 +199,7 @@ pub(super) async fn list(
         (status = 404, description = "Not found", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 429, description = "The channel's backlog is full; retry", body = ErrorResponse),
-        (status = 503, description = "Not stored; retry", body = ErrorResponse),
+        (status = 503, description = "DATABASE_UNAVAILABLE: not stored within `database.publish_timeout_ms`, and never will be; retry", body = ErrorResponse),
     ),
     security(("bearerAuth" = []), ("apiKey" = []))
 )]

@@ -105,14 +105,28 @@ async fn metrics() -> HttpResponse {
         .body(crate::metrics::render())
 }
 
-/// `GET /health`: 200 while the database answers, 503 when it does not.
+/// `GET /health`: 200 while the database answers and takes the server's
+/// writes; 503 when it cannot be reached (within [`HEALTH_PING_TIMEOUT`])
+/// or writes fail (a full or locked SQLite file still answers reads).
 async fn health(state: web::Data<AppState>) -> HttpResponse {
-    match state.db.ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok", "database": "ok" })),
-        Err(err) => {
+    let ping = actix_rt::time::timeout(HEALTH_PING_TIMEOUT, state.db.ping()).await;
+    let database = match ping {
+        Ok(Ok(())) if state.realtime.writes.is_writable() => "ok",
+        Ok(Ok(())) => "not writable",
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({ "status": "unavailable", "database": "unreachable" }))
+            "unreachable"
         }
+        Err(_) => "unreachable",
+    };
+    if database == "ok" {
+        HttpResponse::Ok().json(json!({ "status": "ok", "database": "ok" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "database": database }))
     }
 }
+
+/// How long `/health` waits for the database: load balancers probe with
+/// timeouts of a few seconds, and a late answer is as bad as a no.
+const HEALTH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

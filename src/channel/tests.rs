@@ -129,6 +129,7 @@ impl Setup {
             acquire_timeout_ms: 5000,
             batch_size: 64,
             batch_window_ms: 1,
+            publish_timeout_ms: 5000,
             sql_publish: false,
             sql_publish_poll_ms: 1000,
         };

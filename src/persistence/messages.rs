@@ -69,7 +69,7 @@ pub async fn insert_batch<'a>(
 ) -> Result<(), PersistenceError> {
     let rows: Vec<&messages::Model> = batch.into_iter().collect();
     if db.get_database_backend() == DbBackend::Postgres {
-        return insert_numbered(db, &rows, false).await.map(|_| ());
+        return insert_numbered(db, &rows, false, None).await.map(|_| ());
     }
     insert_rows(db, rows, false).await
 }
@@ -118,14 +118,21 @@ pub async fn write_batch_in_one_transaction(
 /// (`wh_audience_count > 0`) in the webhook backlog, so neither the
 /// sequence nor durable webhooks cost a round trip.
 ///
+/// `stored_before` is the publish deadline: the statement stores nothing
+/// (and answers [`PersistenceError::TooLate`]) if it takes the sequence
+/// lock at or after it, so a statement held up on the network or behind
+/// the lock cannot store messages whose publishers were already told they
+/// failed (ARCHITECTURE.md, "When the database is unavailable").
+///
 /// # Errors
 /// Database failures (nothing is written); [`PersistenceError::Duplicate`]
-/// if an id exists.
+/// if an id exists; [`PersistenceError::TooLate`].
 pub async fn insert_batch_with_webhooks(
     db: &DatabaseConnection,
     batch: &[&messages::Model],
+    stored_before: DateTime<Utc>,
 ) -> Result<Option<i64>, PersistenceError> {
-    insert_numbered(db, batch, true).await
+    insert_numbered(db, batch, true, Some(stored_before)).await
 }
 
 /// PostgreSQL: inserts `rows` numbered in order under the sequence lock
@@ -134,17 +141,20 @@ pub async fn insert_batch_with_webhooks(
 /// the sequence moves (`first` reads `locked`) and is held until the
 /// statement commits, so `seq` values become visible in increasing order.
 /// Returns the first row's `seq` (the others follow in order; `None` for
-/// no rows). The statement's text depends only on the row count and is
-/// built once per count.
+/// no rows). With `stored_before`, the statement stores nothing if the
+/// lock comes at or after that instant (by the database's clock). The
+/// statement's text depends only on the row count and the options, and is
+/// built once for each.
 async fn insert_numbered(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
     with_backlog: bool,
+    stored_before: Option<DateTime<Utc>>,
 ) -> Result<Option<i64>, PersistenceError> {
     const COLUMNS: &str = "id, event_name, channel_id, channel_name, payload, sender_type, \
                            sender_id, ws_audience_count, wh_audience_count, wh_delivered_count, created_at";
-    /// Statement texts by (row count, with backlog).
-    type Texts = std::sync::Mutex<HashMap<(usize, bool), Arc<str>>>;
+    /// Statement texts by (row count, with backlog, with deadline).
+    type Texts = std::sync::Mutex<HashMap<(usize, bool, bool), Arc<str>>>;
     static TEXTS: OnceLock<Texts> = OnceLock::new();
     if rows.is_empty() {
         return Ok(None);
@@ -154,7 +164,7 @@ async fn insert_numbered(
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry((n, with_backlog))
+        .entry((n, with_backlog, stored_before.is_some()))
         .or_insert_with(|| {
             let mut values = String::with_capacity(n * 64);
             for row in 0..n {
@@ -170,9 +180,15 @@ async fn insert_numbered(
             } else {
                 ""
             };
+            // Read once the lock is held, just before the rows go in.
+            let in_time = if stored_before.is_some() {
+                format!(" WHERE clock_timestamp() < ${}", n * 11 + 1)
+            } else {
+                String::new()
+            };
             format!(
                 "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), \
-                 first AS MATERIALIZED (SELECT setval('realtime.message_seq', nextval('realtime.message_seq') + {last}) - {last} AS seq FROM locked), \
+                 first AS MATERIALIZED (SELECT setval('realtime.message_seq', nextval('realtime.message_seq') + {last}) - {last} AS seq FROM locked{in_time}), \
                  inserted AS (INSERT INTO messages ({COLUMNS}, seq) \
                    SELECT {picked}, first.seq + v.ord FROM first, (VALUES {values}) AS v({COLUMNS}, ord) \
                    RETURNING id, wh_audience_count){backlog} \
@@ -188,15 +204,52 @@ async fn insert_numbered(
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql.as_ref(),
-            rows.iter().flat_map(|row| {
-                let [values @ .., _seq] = row_values(row);
-                values
-            }),
+            rows.iter()
+                .flat_map(|row| {
+                    let [values @ .., _seq] = row_values(row);
+                    values
+                })
+                .chain(stored_before.map(sea_orm::Value::from)),
         ))
         .await
-        .map_err(PersistenceError::from_write)?
-        .ok_or_else(|| PersistenceError::Database(sea_orm::DbErr::RecordNotInserted))?;
-    Ok(Some(first.try_get_by_index::<i64>(0)?))
+        .map_err(PersistenceError::from_write)?;
+    match first {
+        Some(first) => Ok(Some(first.try_get_by_index::<i64>(0)?)),
+        None if stored_before.is_some() => Err(PersistenceError::TooLate),
+        None => Err(PersistenceError::Database(
+            sea_orm::DbErr::RecordNotInserted,
+        )),
+    }
+}
+
+/// Deletes the messages `ids`, whose publishers were told they failed
+/// though their write may have committed (its answer never came back in
+/// time). On PostgreSQL it first takes the sequence lock, so a write of
+/// theirs still running commits before the delete looks (writes hold the
+/// lock until they commit), and the delete's own statement sees it. Their
+/// webhook backlog entries go with them.
+///
+/// # Errors
+/// Database failures; then nothing was deleted.
+pub async fn delete_unacknowledged(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<u64, PersistenceError> {
+    let txn = db.begin().await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            migration::SEQUENCE_LOCK
+        ))
+        .await?;
+    }
+    let deleted = Messages::delete_many()
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    txn.commit().await?;
+    Ok(deleted)
 }
 
 /// The `seq` of each of `ids` that is stored and numbered (the writer asks

@@ -52,6 +52,9 @@ pub enum PersistenceError {
     /// A unique column already holds the value.
     #[error("already exists")]
     Duplicate,
+    /// A write reached the database after its deadline and stored nothing.
+    #[error("the write came too late and stored nothing")]
+    TooLate,
     /// Anything else the database said.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
@@ -64,6 +67,36 @@ impl PersistenceError {
             Some(SqlErr::UniqueConstraintViolation(_)) => PersistenceError::Duplicate,
             _ => PersistenceError::Database(err),
         }
+    }
+}
+
+impl PersistenceError {
+    /// Whether the database could not do the work at all right now, as
+    /// opposed to refusing this particular request: it cannot be reached
+    /// (no connection within the acquire timeout, the connection broke),
+    /// it is shutting down or out of resources (PostgreSQL classes 08, 53
+    /// and 57P), or its file is locked, full or failing (SQLite `BUSY`,
+    /// `LOCKED`, `FULL`, `IOERR`, `CANTOPEN`). Callers answer those with
+    /// `DATABASE_UNAVAILABLE` and a 503.
+    pub fn is_unavailable(&self) -> bool {
+        let err = match self {
+            PersistenceError::Database(err) => err,
+            PersistenceError::TooLate => return true,
+            PersistenceError::NotFound | PersistenceError::Duplicate => return false,
+        };
+        let Some((code, _)) = database_error(err) else {
+            return true;
+        };
+        if let Ok(sqlite) = code.parse::<i32>() {
+            // The primary result code is the low byte of an extended one.
+            const BUSY: i32 = 5;
+            const LOCKED: i32 = 6;
+            const IOERR: i32 = 10;
+            const FULL: i32 = 13;
+            const CANTOPEN: i32 = 14;
+            return matches!(sqlite & 0xff, BUSY | LOCKED | IOERR | FULL | CANTOPEN);
+        }
+        code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
     }
 }
 

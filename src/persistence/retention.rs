@@ -40,3 +40,17 @@ pub async fn set_retention_days(
     }
     Ok(())
 }
+
+/// Rewrites the `config` row unchanged: the smallest write that commits,
+/// with which the writer learns that the database takes writes again.
+///
+/// # Errors
+/// Database failures: the database still takes no writes.
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), PersistenceError> {
+    Config::update_many()
+        .col_expr(Column::UpdatedAt, Expr::col(Column::UpdatedAt).into())
+        .filter(Column::Id.eq(ROW_ID))
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -8,27 +8,44 @@
 //! after delivery, and finished webhooks, go out in the same cycle. One
 //! flush runs at a time, so batches commit in the order their messages
 //! arrived.
+//!
+//! A message that is not stored within `database.publish_timeout_ms` is
+//! refused (`DATABASE_UNAVAILABLE`) and never stored later: rows are not
+//! written once their time is up, a write is abandoned when it runs out
+//! of time, and a write abandoned while its commit may have gone through
+//! is undone ("in doubt", deleted as soon as the database answers). While
+//! writes fail, the writer reports the database unwritable
+//! ([`WriterHealth`]) and probes it once a second until a write commits.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture,
 };
+use chrono::{DateTime, Utc};
 use entity::messages;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use super::webhooks::{self as webhook_queries, WebhookOutcome};
-use super::{messages as queries, PersistenceError};
+use super::{messages as queries, retention, PersistenceError};
+use crate::metrics::METRICS;
 use crate::publish::PublishError;
 
 /// Most rows in one INSERT, under SQLite's bound-parameter limit.
 const MAX_ROWS_PER_INSERT: usize = 1000;
-/// Retries of a failed batch before its messages are reported lost.
+/// Retries of a failed batch, as long as its messages' time allows.
 const RETRY_DELAYS_MS: [u64; 3] = [50, 200, 1000];
+/// While writes fail: how often the writer probes the database, and
+/// retries deleting messages whose write ended in doubt.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Most ids of writes in doubt kept for deletion; past it the oldest are
+/// forgotten (logged). A writer abandons at most one batch per publish
+/// timeout, so this is hours of a dead database at full batches.
+const MAX_IN_DOUBT: usize = 100_000;
 
 /// Persist one message, then tell `notify`.
 #[derive(actix::Message)]
@@ -50,8 +67,8 @@ pub struct Persisted {
     /// order; empty when the batch failed. `None` only in the rare case a
     /// retried batch was stored but its numbers could not be read back.
     pub seqs: Vec<Option<i64>>,
-    /// [`PublishError::Storage`] when the batch could not be written; the
-    /// writer has logged why.
+    /// [`PublishError::DatabaseUnavailable`] when the messages were not
+    /// stored in time (and never will be); the writer has logged why.
     pub result: Result<(), PublishError>,
 }
 
@@ -85,6 +102,14 @@ pub struct Drain;
 /// Webhook outcomes to write, and who to tell once they are.
 type Finished = (Vec<WebhookOutcome>, Recipient<WebhooksRecorded>);
 
+/// A message waiting for its batch.
+struct Queued {
+    row: messages::Model,
+    notify: Recipient<Persisted>,
+    /// Stored by then, or refused.
+    deadline: Instant,
+}
+
 /// What a SQLite batch updates beside its inserts.
 #[derive(Clone, Copy)]
 struct Updates<'a> {
@@ -116,13 +141,48 @@ impl CommittedSeq {
     }
 }
 
+/// Whether the writer's last write committed: `/health` reports the
+/// database unavailable while it did not, also when reads still work (a
+/// SQLite file that is full or locked by another process).
+#[derive(Clone, Debug)]
+pub struct WriterHealth(Arc<AtomicBool>);
+
+impl Default for WriterHealth {
+    fn default() -> Self {
+        WriterHealth(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl WriterHealth {
+    /// True unless the last write failed.
+    pub fn is_writable(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, writable: bool) {
+        if self.0.swap(writable, Ordering::AcqRel) != writable {
+            METRICS.database_unwritable.set(u64::from(!writable));
+            if writable {
+                tracing::info!("database writes work again");
+            } else {
+                tracing::error!(
+                    "database writes fail: publishes are refused with DATABASE_UNAVAILABLE"
+                );
+            }
+        }
+    }
+}
+
 /// The group-commit writer.
 pub struct MessageWriter {
     db: DatabaseConnection,
     batch_size: usize,
     batch_window: Duration,
-    /// Rows waiting for the next flush, in arrival order.
-    rows: Vec<(messages::Model, Recipient<Persisted>)>,
+    /// How long a message may wait to be stored.
+    publish_timeout: Duration,
+    /// Rows waiting for the next flush, in arrival order (so also in
+    /// deadline order).
+    rows: VecDeque<Queued>,
     /// Audience counts waiting for the next flush.
     audience: Vec<(Uuid, i32)>,
     /// Finished webhooks waiting for the next flush, and who to tell.
@@ -147,11 +207,21 @@ pub struct MessageWriter {
     next_seq: Option<i64>,
     /// Advanced after each commit.
     committed: CommittedSeq,
+    /// Ids of messages refused while their write may have committed, to be
+    /// deleted.
+    in_doubt: VecDeque<Uuid>,
+    /// Whether the last write committed.
+    health: WriterHealth,
+    /// True while a probe or a delete of `in_doubt` runs.
+    checking: bool,
+    /// The timer of the next probe or delete.
+    check_timer: Option<SpawnHandle>,
 }
 
 impl MessageWriter {
     /// A writer over `db` with the given batch bounds, that advances
-    /// `committed`.
+    /// `committed`. Messages wait at most 5 s to be stored unless
+    /// [`MessageWriter::with_publish_timeout`] says otherwise.
     pub fn new(
         db: DatabaseConnection,
         batch_size: usize,
@@ -164,7 +234,8 @@ impl MessageWriter {
             db,
             batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
             batch_window,
-            rows: Vec::new(),
+            publish_timeout: Duration::from_secs(5),
+            rows: VecDeque::new(),
             audience: Vec::new(),
             webhooks: Vec::new(),
             flushing: false,
@@ -172,7 +243,22 @@ impl MessageWriter {
             window_timer: None,
             drain_waiters: Vec::new(),
             next_seq: None,
+            in_doubt: VecDeque::new(),
+            health: WriterHealth::default(),
+            checking: false,
+            check_timer: None,
         }
+    }
+
+    /// Messages not stored within `timeout` are refused.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Whether the writer's writes commit.
+    pub fn health(&self) -> WriterHealth {
+        self.health.clone()
     }
 
     fn is_idle(&self) -> bool {
@@ -216,8 +302,9 @@ impl MessageWriter {
         if let Some(timer) = self.window_timer.take() {
             ctx.cancel_future(timer);
         }
+        self.refuse_late_rows();
         let take = self.rows.len().min(self.batch_size);
-        let mut batch: Vec<_> = self.rows.drain(..take).collect();
+        let mut batch: Vec<Queued> = self.rows.drain(..take).collect();
         let (audience, webhooks) = if self.counts_apart {
             (Vec::new(), Vec::new())
         } else {
@@ -229,67 +316,207 @@ impl MessageWriter {
         self.flushing = true;
         let db = self.db.clone();
         let counts_apart = self.counts_apart;
-        let next_seq = self.next_seq;
-        let started = std::time::Instant::now();
+        let mut next_seq = self.next_seq;
+        let started = Instant::now();
+        // The first row waited longest: the batch must be stored by its
+        // deadline. Counts alone get the whole timeout.
+        let deadline = batch
+            .first()
+            .map_or(started + self.publish_timeout, |queued| queued.deadline);
         let write = async move {
-            let next_seq = if counts_apart {
-                Ok(None)
-            } else {
-                number_rows(&db, &mut batch, next_seq).await.map(Some)
+            let attempt = async {
+                if !counts_apart {
+                    let first = match next_seq {
+                        Some(next) => next,
+                        None => {
+                            queries::max_seq(&db)
+                                .await
+                                .map_err(Failure::refused)?
+                                .unwrap_or(0)
+                                + 1
+                        }
+                    };
+                    // SQLite: numbered here, in commit order. A batch that
+                    // then fails leaves a gap, never a repeat.
+                    for (ordinal, queued) in batch.iter_mut().enumerate() {
+                        queued.row.seq = Some(first + ordinal as i64);
+                    }
+                    next_seq = Some(first + batch.len() as i64);
+                }
+                let rows: Vec<&messages::Model> = batch.iter().map(|queued| &queued.row).collect();
+                // SQLite: one transaction for all three (see
+                // `write_batch_in_one_transaction`).
+                let outcomes: Vec<WebhookOutcome> = webhooks
+                    .iter()
+                    .flat_map(|(outcomes, _)| outcomes.iter().copied())
+                    .collect();
+                let updates = (!counts_apart).then_some(Updates {
+                    audience: &audience,
+                    webhooks: &outcomes,
+                });
+                let written = write_with_retries(&db, &rows, updates, deadline).await?;
+                drop(rows);
+                number_written(&db, &mut batch, written).await;
+                Ok(())
             };
-            let rows: Vec<&messages::Model> = batch.iter().map(|(row, _)| row).collect();
-            // SQLite: one transaction for all three (see
-            // `write_batch_in_one_transaction`).
-            let outcomes: Vec<WebhookOutcome> = webhooks
-                .iter()
-                .flat_map(|(outcomes, _)| outcomes.iter().copied())
-                .collect();
-            let updates = (!counts_apart).then_some(Updates {
-                audience: &audience,
-                webhooks: &outcomes,
-            });
-            let (inserted, next_seq) = match next_seq {
-                Ok(next_seq) => (write_with_retries(&db, &rows, updates).await, next_seq),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot read the last message sequence number; batch not stored");
-                    (Err(err), None)
+            let written = match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Ok(written) => written,
+                Err(_) => {
+                    tracing::error!(
+                        rows = batch.len(),
+                        "message batch not stored within database.publish_timeout_ms; refused"
+                    );
+                    Err(Failure::IN_DOUBT)
                 }
             };
-            drop(rows);
-            let inserted = match inserted {
-                Ok(written) => {
-                    number_written(&db, &mut batch, written).await;
-                    Ok(())
-                }
-                Err(err) => Err(err),
-            };
-            (batch, webhooks, inserted, next_seq)
+            (batch, webhooks, written, next_seq)
         };
         ctx.spawn(write.into_actor(self).map(
-            move |(batch, webhooks, inserted, next_seq), writer, ctx| {
+            move |(batch, webhooks, written, next_seq), writer, ctx| {
                 writer.flushing = false;
                 writer.next_seq = next_seq;
-                if inserted.is_ok() && !batch.is_empty() {
-                    if let Some(last) = batch.iter().filter_map(|(row, _)| row.seq).max() {
-                        writer.committed.advance(last);
+                match &written {
+                    Ok(()) => {
+                        writer.health.set(true);
+                        if !batch.is_empty() {
+                            writer.record_commit(&batch, started);
+                        }
                     }
-                    let metrics = &crate::metrics::METRICS;
-                    metrics.writer_batches.inc();
-                    metrics.writer_rows.add(batch.len() as u64);
-                    metrics.writer_batch_rows.observe_value(batch.len() as u64);
-                    metrics.writer_commit.observe_micros(started.elapsed());
-                    let n_webhooks = batch
-                        .iter()
-                        .filter(|(row, _)| row.wh_audience_count > 0)
-                        .count();
-                    metrics.webhook_backlog.add(n_webhooks as u64);
+                    Err(failure) => {
+                        writer.health.set(false);
+                        if failure.maybe_stored {
+                            writer.note_in_doubt(batch.iter().map(|queued| queued.row.id));
+                        }
+                    }
                 }
                 // write_with_retries logged the database's words.
-                notify_channels(batch, inserted.map_err(|_| PublishError::Storage));
+                let result = written.map_err(|_| PublishError::DatabaseUnavailable);
+                notify_channels(batch, result);
                 notify_webhooks(webhooks);
                 writer.after_write(ctx);
             },
         ));
+    }
+
+    /// Refuses the waiting rows whose time is up: they are never written.
+    fn refuse_late_rows(&mut self) {
+        let now = Instant::now();
+        let n_late = self
+            .rows
+            .iter()
+            .take_while(|queued| queued.deadline <= now)
+            .count();
+        if n_late > 0 {
+            tracing::warn!(
+                messages = n_late,
+                "messages not stored within database.publish_timeout_ms; refused"
+            );
+            let late: Vec<Queued> = self.rows.drain(..n_late).collect();
+            notify_channels(late, Err(PublishError::DatabaseUnavailable));
+        }
+    }
+
+    /// Counts a committed batch and advances the committed `seq`.
+    fn record_commit(&self, batch: &[Queued], started: Instant) {
+        if let Some(last) = batch.iter().filter_map(|queued| queued.row.seq).max() {
+            self.committed.advance(last);
+        }
+        METRICS.writer_batches.inc();
+        METRICS.writer_rows.add(batch.len() as u64);
+        METRICS.writer_batch_rows.observe_value(batch.len() as u64);
+        METRICS.writer_commit.observe_micros(started.elapsed());
+        let n_webhooks = batch
+            .iter()
+            .filter(|queued| queued.row.wh_audience_count > 0)
+            .count();
+        METRICS.webhook_backlog.add(n_webhooks as u64);
+    }
+
+    /// Remembers messages refused while their write may have committed.
+    fn note_in_doubt(&mut self, ids: impl Iterator<Item = Uuid>) {
+        self.in_doubt.extend(ids);
+        if self.in_doubt.len() > MAX_IN_DOUBT {
+            let n_forgotten = self.in_doubt.len() - MAX_IN_DOUBT;
+            self.in_doubt.drain(..n_forgotten);
+            tracing::error!(
+                messages = n_forgotten,
+                "too many refused messages to check: if their writes committed after all, they stay in history"
+            );
+        }
+        METRICS.writer_in_doubt.set(self.in_doubt.len() as u64);
+    }
+
+    /// Deletes messages whose write ended in doubt at once; while writes
+    /// fail and there are none, probes the database [`CHECK_INTERVAL`]
+    /// later (so `/health` reports a failed write for at least that long).
+    fn check_database(&mut self, ctx: &mut Context<Self>) {
+        if self.checking || self.check_timer.is_some() {
+            return;
+        }
+        if !self.in_doubt.is_empty() {
+            self.run_check(ctx);
+        } else if !self.health.is_writable() {
+            self.check_later(ctx);
+        }
+    }
+
+    fn check_later(&mut self, ctx: &mut Context<Self>) {
+        self.check_timer = Some(ctx.run_later(CHECK_INTERVAL, |writer, ctx| {
+            writer.check_timer = None;
+            writer.run_check(ctx);
+        }));
+    }
+
+    /// One delete of writes in doubt, or one probe: the smallest write
+    /// that commits, to learn that writes work again. Nothing while a batch
+    /// is about to tell the same. After a failure, again in
+    /// [`CHECK_INTERVAL`].
+    fn run_check(&mut self, ctx: &mut Context<Self>) {
+        let probe = self.in_doubt.is_empty();
+        if self.checking
+            || (probe && (self.health.is_writable() || self.flushing || !self.rows.is_empty()))
+        {
+            return;
+        }
+        self.checking = true;
+        let db = self.db.clone();
+        let ids: Vec<Uuid> = self
+            .in_doubt
+            .iter()
+            .take(MAX_ROWS_PER_INSERT)
+            .copied()
+            .collect();
+        let check = async move {
+            if probe {
+                retention::probe_write(&db).await.map(|()| 0)
+            } else {
+                queries::delete_unacknowledged(&db, &ids).await
+            }
+        };
+        ctx.spawn(check.into_actor(self).map(move |checked, writer, ctx| {
+            writer.checking = false;
+            match checked {
+                Ok(deleted) => {
+                    writer.health.set(true);
+                    if !probe {
+                        let n_checked = writer.in_doubt.len().min(MAX_ROWS_PER_INSERT);
+                        writer.in_doubt.drain(..n_checked);
+                        METRICS.writer_in_doubt.set(writer.in_doubt.len() as u64);
+                        if deleted > 0 {
+                            tracing::warn!(
+                                messages = deleted,
+                                "deleted refused messages whose write had committed after all"
+                            );
+                        }
+                        writer.run_check(ctx);
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "database still unavailable");
+                    writer.check_later(ctx);
+                }
+            }
+        }));
     }
 
     /// Writes waiting audience counts in their own statement, one such
@@ -344,7 +571,8 @@ impl MessageWriter {
         (audience, webhooks)
     }
 
-    /// A write finished: release drain waiters once idle, start the next.
+    /// A write finished: release drain waiters once idle, start the next,
+    /// undo writes in doubt.
     fn after_write(&mut self, ctx: &mut Context<Self>) {
         if self.is_idle() {
             for waiter in self.drain_waiters.drain(..) {
@@ -352,42 +580,70 @@ impl MessageWriter {
             }
         }
         self.schedule(ctx);
+        self.check_database(ctx);
     }
 }
 
-/// SQLite: gives the batch's rows their `seq`, after `next` or, before the
-/// first batch, after the highest stored. Returns the next one. A batch
-/// that then fails leaves a gap, never a repeat.
-async fn number_rows(
-    db: &DatabaseConnection,
-    batch: &mut [(messages::Model, Recipient<Persisted>)],
-    next: Option<i64>,
-) -> Result<i64, PersistenceError> {
-    let mut next = match next {
-        Some(next) => next,
-        None => queries::max_seq(db).await?.unwrap_or(0) + 1,
-    };
-    for (row, _) in batch {
-        row.seq = Some(next);
-        next += 1;
+/// Why a batch was not stored.
+#[derive(Debug)]
+struct Failure {
+    /// Whether an attempt may have committed though no answer said so: its
+    /// connection broke mid-statement, or the deadline cut it off.
+    maybe_stored: bool,
+}
+
+impl Failure {
+    /// Abandoned at the deadline, or answered in a way that does not say.
+    const IN_DOUBT: Failure = Failure { maybe_stored: true };
+
+    /// Answered with an error: nothing was stored.
+    fn refused(_: PersistenceError) -> Failure {
+        Failure {
+            maybe_stored: false,
+        }
     }
-    Ok(next)
+}
+
+/// Whether a failed attempt may still have committed. SQLite reports
+/// every failure after rolling back; on PostgreSQL an error the database
+/// answered with, a connection never obtained, or a statement that came
+/// too late stored nothing, but a connection that broke mid-statement
+/// leaves its outcome unknown.
+fn may_have_committed(db: &DatabaseConnection, err: &PersistenceError) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    if db.get_database_backend() == DbBackend::Sqlite {
+        return false;
+    }
+    match err {
+        PersistenceError::Database(
+            DbErr::ConnectionAcquire(_)
+            | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut)),
+        ) => false,
+        PersistenceError::Database(err) => super::database_error(err).is_none(),
+        PersistenceError::TooLate | PersistenceError::Duplicate | PersistenceError::NotFound => {
+            false
+        }
+    }
 }
 
 /// Writes `rows` (and their webhook backlog entries), with audience counts
 /// and finished webhooks in the same transaction when given (SQLite),
-/// retrying failures.
+/// retrying failures while `deadline` leaves time. PostgreSQL statements
+/// carry the deadline and store nothing once it passed.
 async fn write_with_retries(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
     updates: Option<Updates<'_>>,
-) -> Result<Written, PersistenceError> {
+    deadline: Instant,
+) -> Result<Written, Failure> {
     if rows.is_empty()
         && updates.is_none_or(|updates| updates.audience.is_empty() && updates.webhooks.is_empty())
     {
         return Ok(Written::Numbered);
     }
+    let stored_before = wall_clock(deadline);
     let mut attempt = 0;
+    let mut maybe_stored = false;
     loop {
         let written = match updates {
             Some(updates) => queries::write_batch_in_one_transaction(
@@ -398,30 +654,43 @@ async fn write_with_retries(
             )
             .await
             .map(|()| Written::Numbered),
-            None => queries::insert_batch_with_webhooks(db, rows)
+            None => queries::insert_batch_with_webhooks(db, rows, stored_before)
                 .await
                 .map(|first| first.map_or(Written::Numbered, Written::From)),
         };
-        match written {
+        let err = match written {
             Ok(written) => return Ok(written),
-            // After a failed attempt, a duplicate id means that attempt
-            // committed after all; on the first attempt it is a real error.
-            Err(PersistenceError::Duplicate) if attempt > 0 => return Ok(Written::Earlier),
-            Err(err @ PersistenceError::Duplicate) => {
-                tracing::error!(error = %err, rows = rows.len(), "message batch has a duplicate id; not stored");
-                return Err(err);
-            }
-            Err(err) if attempt < RETRY_DELAYS_MS.len() => {
-                tracing::warn!(error = %err, attempt, rows = rows.len(), "message batch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(RETRY_DELAYS_MS[attempt])).await;
-                attempt += 1;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, rows = rows.len(), "message batch failed; messages not stored");
-                return Err(err);
-            }
+            Err(err) => err,
+        };
+        // After an attempt that may have committed, a duplicate id means
+        // it did; on the first attempt it is a real error.
+        if matches!(err, PersistenceError::Duplicate) && maybe_stored {
+            return Ok(Written::Earlier);
         }
+        maybe_stored |= may_have_committed(db, &err);
+        let failure = Failure { maybe_stored };
+        if let PersistenceError::Duplicate = err {
+            tracing::error!(error = %err, rows = rows.len(), "message batch has a duplicate id; not stored");
+            return Err(failure);
+        }
+        let delay = RETRY_DELAYS_MS
+            .get(attempt)
+            .map(|ms| Duration::from_millis(*ms))
+            .filter(|delay| Instant::now() + *delay < deadline);
+        let Some(delay) = delay else {
+            tracing::error!(error = %err, rows = rows.len(), "message batch failed; messages refused, not stored");
+            return Err(failure);
+        };
+        tracing::warn!(error = %err, attempt, rows = rows.len(), "message batch failed; retrying");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
     }
+}
+
+/// `deadline` on the wall clock, as the database compares it.
+fn wall_clock(deadline: Instant) -> DateTime<Utc> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero())
 }
 
 /// How a batch's rows got their `seq`.
@@ -437,24 +706,20 @@ enum Written {
 /// Gives the batch's rows the `seq` the database gave them. The rows are
 /// stored whatever happens here: a number that cannot be read back is left
 /// unknown (logged), never turned into a failed publish.
-async fn number_written(
-    db: &DatabaseConnection,
-    batch: &mut [(messages::Model, Recipient<Persisted>)],
-    written: Written,
-) {
+async fn number_written(db: &DatabaseConnection, batch: &mut [Queued], written: Written) {
     match written {
         Written::Numbered => {}
         Written::From(first) => {
-            for (ordinal, (row, _)) in batch.iter_mut().enumerate() {
-                row.seq = Some(first + ordinal as i64);
+            for (ordinal, queued) in batch.iter_mut().enumerate() {
+                queued.row.seq = Some(first + ordinal as i64);
             }
         }
         Written::Earlier => {
-            let ids: Vec<Uuid> = batch.iter().map(|(row, _)| row.id).collect();
+            let ids: Vec<Uuid> = batch.iter().map(|queued| queued.row.id).collect();
             match queries::seqs_of(db, &ids).await {
                 Ok(seqs) => {
-                    for (row, _) in batch.iter_mut() {
-                        row.seq = seqs.get(&row.id).copied();
+                    for queued in batch.iter_mut() {
+                        queued.row.seq = seqs.get(&queued.row.id).copied();
                     }
                 }
                 Err(err) => {
@@ -466,14 +731,11 @@ async fn number_written(
 }
 
 /// Tells each channel about its messages of the batch, in order.
-fn notify_channels(
-    batch: Vec<(messages::Model, Recipient<Persisted>)>,
-    result: Result<(), PublishError>,
-) {
+fn notify_channels(batch: Vec<Queued>, result: Result<(), PublishError>) {
     type Numbered = (Recipient<Persisted>, Vec<Uuid>, Vec<Option<i64>>);
     let mut by_channel: HashMap<String, Numbered> = HashMap::new();
     let ok = result.is_ok();
-    for (row, notify) in batch {
+    for Queued { row, notify, .. } in batch {
         let entry = by_channel
             .entry(row.channel_name)
             .or_insert_with(|| (notify, Vec::new(), Vec::new()));
@@ -508,7 +770,11 @@ impl Handler<Persist> for MessageWriter {
     type Result = ();
 
     fn handle(&mut self, persist: Persist, ctx: &mut Context<Self>) {
-        self.rows.push((persist.row, persist.notify));
+        self.rows.push_back(Queued {
+            row: persist.row,
+            notify: persist.notify,
+            deadline: Instant::now() + self.publish_timeout,
+        });
         self.schedule(ctx);
     }
 }

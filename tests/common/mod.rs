@@ -12,6 +12,8 @@ use realtime::server::{self, AppState};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::Value;
 
+pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod wire;
 
@@ -133,6 +135,17 @@ impl TestServer {
     /// Starts the real app with extra TOML settings.
     pub async fn start_with(backend: Backend, extra_toml: &str) -> TestServer {
         let (url, dir) = fresh_database(backend).await;
+        Self::start_on(backend, url, dir, extra_toml).await
+    }
+
+    /// Starts the real app on the database at `url` (`dir` keeps a SQLite
+    /// file's folder alive).
+    pub async fn start_on(
+        backend: Backend,
+        url: String,
+        dir: Option<tempfile::TempDir>,
+        extra_toml: &str,
+    ) -> TestServer {
         let settings = test_settings(&url, extra_toml);
         let state = AppState::open(settings).await.unwrap();
         let database_url = url.clone();
@@ -264,6 +277,22 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let handle = self.handle.clone();
         actix_rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -29,6 +29,8 @@ pub mod config;
 pub mod conformance;
 pub mod db_listener;
 pub mod engineio;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod pattern;
 pub mod permissions;

@@ -322,13 +322,6 @@ struct Partial {
     bytes: BytesMut,
 }
 
-/// What one client frame means for the connection.
-enum Step {
-    Deliver(WsMessage),
-    Continue,
-    End,
-}
-
 /// Reads frames until the client closes or breaks the framing rules. Each
 /// message waits until the session has taken it. Once the writer has sent
 /// its close frame, the reader lingers a little, discarding data, so the
@@ -342,28 +335,20 @@ async fn read_loop<H: EngineHandler>(
     mut buf: BytesMut,
     max_payload: usize,
 ) {
-    let mut codec = Codec::new().max_size(max_payload);
-    let mut partial: Option<Partial> = None;
+    let mut reader = FrameReader::new(max_payload);
     // Set when the session is over: the reader ends by then at the latest.
     let mut linger_until: Option<Instant> = None;
     'connection: loop {
-        loop {
-            let frame = match codec.decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(error = %err, "websocket framing error");
-                    break 'connection;
-                }
-            };
-            match on_frame(frame, &mut partial, &outbox, max_payload) {
-                Step::Deliver(message) if linger_until.is_none() => {
+        while let Some(event) = reader.next(&mut buf) {
+            match event {
+                ReadEvent::Message(message) if linger_until.is_none() => {
                     if addr.send(WsIncoming { link_id, message }).await.is_err() {
                         linger_until = Some(Instant::now() + CLOSE_LINGER);
                     }
                 }
-                Step::Deliver(_) | Step::Continue => {}
-                Step::End => break 'connection,
+                ReadEvent::Message(_) => {}
+                ReadEvent::Ping(bytes) => outbox.push_control(OP_PONG, &bytes),
+                ReadEvent::End => break 'connection,
             }
         }
         if buf.is_empty() {
@@ -399,67 +384,176 @@ fn read_some(io: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-fn on_frame(
-    frame: WsFrame,
-    partial: &mut Option<Partial>,
-    outbox: &Outbox,
+/// What the client's bytes mean for the connection, frame by frame.
+#[derive(Debug)]
+pub enum ReadEvent {
+    /// A whole message, reassembled from its fragments.
+    Message(WsMessage),
+    /// A ping: answer with a pong carrying these bytes.
+    Ping(Bytes),
+    /// The client closed, or broke the framing rules (RFC 6455 §7.1.7:
+    /// fail the connection).
+    End,
+}
+
+/// Turns the bytes a client sends into messages: actix-http's RFC 6455
+/// parser for frames (masking, lengths, control frames, `max_payload` per
+/// frame), then reassembly of fragments up to `max_payload` in all. Pure:
+/// no socket, so it can be tested and fuzzed on its own.
+pub struct FrameReader {
+    codec: Codec,
+    partial: Option<Partial>,
     max_payload: usize,
-) -> Step {
-    let whole = |text: bool, bytes: Bytes| {
-        if !text {
-            return Step::Deliver(WsMessage::Binary(bytes));
+}
+
+impl FrameReader {
+    /// A reader of messages of at most `max_payload` bytes.
+    pub fn new(max_payload: usize) -> Self {
+        FrameReader {
+            codec: Codec::new().max_size(max_payload),
+            partial: None,
+            max_payload,
         }
-        match ByteString::try_from(bytes) {
-            Ok(text) => Step::Deliver(WsMessage::Text(text)),
-            // RFC 6455 §8.1: invalid UTF-8 in a text message fails the
-            // connection.
-            Err(_) => Step::End,
+    }
+
+    /// The next event in `buf` (consuming its bytes), or `None` when more
+    /// bytes are needed.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Option<ReadEvent> {
+        loop {
+            let frame = match self.codec.decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(err) => {
+                    tracing::debug!(error = %err, "websocket framing error");
+                    return Some(ReadEvent::End);
+                }
+            };
+            if let Some(event) = self.on_frame(frame) {
+                return Some(event);
+            }
         }
-    };
-    let start = |partial: &mut Option<Partial>, text: bool, bytes: &[u8]| {
-        *partial = Some(Partial {
+    }
+
+    /// What one frame means; `None` for a fragment or a pong.
+    fn on_frame(&mut self, frame: WsFrame) -> Option<ReadEvent> {
+        let whole = |text: bool, bytes: Bytes| {
+            if !text {
+                return ReadEvent::Message(WsMessage::Binary(bytes));
+            }
+            match ByteString::try_from(bytes) {
+                Ok(text) => ReadEvent::Message(WsMessage::Text(text)),
+                // RFC 6455 §8.1: invalid UTF-8 in a text message fails the
+                // connection.
+                Err(_) => ReadEvent::End,
+            }
+        };
+        let fragmented = self.partial.is_some();
+        match frame {
+            // RFC 6455 §5.4: the fragments of a message are not interleaved
+            // with another message (control frames aside).
+            WsFrame::Text(_) | WsFrame::Binary(_) if fragmented => Some(ReadEvent::End),
+            WsFrame::Text(bytes) => Some(whole(true, bytes)),
+            WsFrame::Binary(bytes) => Some(whole(false, bytes)),
+            WsFrame::Continuation(item) => {
+                let last = matches!(item, Item::Last(_));
+                match item {
+                    Item::FirstText(_) | Item::FirstBinary(_) if fragmented => Some(ReadEvent::End),
+                    Item::FirstText(bytes) => self.start(true, &bytes),
+                    Item::FirstBinary(bytes) => self.start(false, &bytes),
+                    Item::Continue(bytes) | Item::Last(bytes) => {
+                        let Some(message) = self.partial.as_mut() else {
+                            return Some(ReadEvent::End);
+                        };
+                        if message.bytes.len() + bytes.len() > self.max_payload {
+                            tracing::debug!("fragmented websocket message over max_payload");
+                            return Some(ReadEvent::End);
+                        }
+                        message.bytes.extend_from_slice(&bytes);
+                        if !last {
+                            return None;
+                        }
+                        let Partial { text, bytes } = self.partial.take().expect("checked above");
+                        Some(whole(text, bytes.freeze()))
+                    }
+                }
+            }
+            WsFrame::Ping(bytes) => Some(ReadEvent::Ping(bytes)),
+            WsFrame::Pong(_) => None,
+            WsFrame::Close(_) => Some(ReadEvent::End),
+        }
+    }
+
+    /// The first fragment of a message.
+    fn start(&mut self, text: bool, bytes: &[u8]) -> Option<ReadEvent> {
+        self.partial = Some(Partial {
             text,
             bytes: BytesMut::from(bytes),
         });
-        Step::Continue
-    };
-    match frame {
-        WsFrame::Text(bytes) => whole(true, bytes),
-        WsFrame::Binary(bytes) => whole(false, bytes),
-        WsFrame::Continuation(item) => {
-            let last = matches!(item, Item::Last(_));
-            match item {
-                Item::FirstText(bytes) => start(partial, true, &bytes),
-                Item::FirstBinary(bytes) => start(partial, false, &bytes),
-                Item::Continue(bytes) | Item::Last(bytes) => {
-                    let Some(message) = partial.as_mut() else {
-                        return Step::End;
-                    };
-                    if message.bytes.len() + bytes.len() > max_payload {
-                        tracing::debug!("fragmented websocket message over max_payload");
-                        return Step::End;
-                    }
-                    message.bytes.extend_from_slice(&bytes);
-                    if !last {
-                        return Step::Continue;
-                    }
-                    let Partial { text, bytes } = partial.take().expect("checked above");
-                    whole(text, bytes.freeze())
-                }
-            }
-        }
-        WsFrame::Ping(bytes) => {
-            outbox.push_control(OP_PONG, &bytes);
-            Step::Continue
-        }
-        WsFrame::Pong(_) => Step::Continue,
-        WsFrame::Close(_) => Step::End,
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 1, 2, 3];
+        let mut frame = vec![(u8::from(fin) << 7) | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    fn events(reader: &mut FrameReader, bytes: &[u8]) -> Vec<String> {
+        let mut buf = BytesMut::from(bytes);
+        let mut seen = Vec::new();
+        while let Some(event) = reader.next(&mut buf) {
+            let end = matches!(event, ReadEvent::End);
+            seen.push(match event {
+                ReadEvent::Message(WsMessage::Text(text)) => format!("text {text}"),
+                ReadEvent::Message(WsMessage::Binary(bytes)) => format!("binary {}", bytes.len()),
+                ReadEvent::Ping(bytes) => format!("ping {}", bytes.len()),
+                ReadEvent::End => "end".to_owned(),
+            });
+            if end {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn fragments_are_reassembled_around_control_frames() {
+        let mut bytes = client_frame(false, OP_TEXT, b"42[\"e\",");
+        bytes.extend(client_frame(true, 0x9, b"hi"));
+        bytes.extend(client_frame(false, 0x0, b"{}"));
+        bytes.extend(client_frame(true, 0x0, b"]"));
+        let mut reader = FrameReader::new(1024);
+        assert_eq!(events(&mut reader, &bytes), ["ping 2", "text 42[\"e\",{}]"]);
+    }
+
+    #[test]
+    fn a_message_inside_another_ones_fragments_fails_the_connection() {
+        let mut bytes = client_frame(false, OP_TEXT, b"4a");
+        bytes.extend(client_frame(true, OP_TEXT, b"4b"));
+        assert_eq!(events(&mut FrameReader::new(1024), &bytes), ["end"]);
+        let mut bytes = client_frame(false, OP_TEXT, b"4a");
+        bytes.extend(client_frame(false, OP_BINARY, b"4b"));
+        assert_eq!(events(&mut FrameReader::new(1024), &bytes), ["end"]);
+    }
+
+    #[test]
+    fn reassembly_stops_at_max_payload_and_bad_utf8() {
+        let mut bytes = client_frame(false, OP_BINARY, &[0; 60]);
+        bytes.extend(client_frame(true, 0x0, &[0; 60]));
+        assert_eq!(events(&mut FrameReader::new(100), &bytes), ["end"]);
+        let bytes = client_frame(true, OP_TEXT, &[0xff, 0xfe]);
+        assert_eq!(events(&mut FrameReader::new(100), &bytes), ["end"]);
+        let bytes = client_frame(true, 0x0, b"orphan");
+        assert_eq!(events(&mut FrameReader::new(100), &bytes), ["end"]);
+    }
 
     #[test]
     fn frames_use_the_shortest_length_form() {

@@ -17,15 +17,19 @@ bench_core=${BENCH_CORE:-1}
 port=7140
 out=$(mktemp)
 
+# shellcheck source=benchmarks/common.sh
+source "$(dirname "$0")/common.sh"
+
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run_one() { # label, dir
   local label=$1 dir=$2 scratch pid
   scratch=$(mktemp -d)
-  REALTIME__DATABASE__URL="sqlite://$scratch/realtime.db" REALTIME__SERVER__HOST=127.0.0.1 \
+  # shellcheck disable=SC2046 # the limits' assignments split on purpose
+  env REALTIME__DATABASE__URL="sqlite://$scratch/realtime.db" REALTIME__SERVER__HOST=127.0.0.1 \
     REALTIME__SERVER__PORT=$port REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
-    REALTIME__LIMITS__PUBLISH_RATE=0 taskset -c "$server_core" "$dir/realtime" &
+    REALTIME__LIMITS__PUBLISH_RATE=0 $(limits_off "$dir") taskset -c "$server_core" "$dir/realtime" &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   local fanout publish cpu_before cpu_after

@@ -18,7 +18,7 @@ run_case() { # durable | ephemeral
   scratch=$(mktemp -d)
   REALTIME__DATABASE__URL="sqlite://$scratch/realtime.db" REALTIME__SERVER__HOST=127.0.0.1 \
     REALTIME__SERVER__PORT=$port REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
-    REALTIME__LIMITS__PUBLISH_RATE=0 taskset -c "${SERVER_CORE:-0}" target/release/realtime &
+    REALTIME__LIMITS__PUBLISH_RATE=0 REALTIME__LIMITS__MAX_SOCKETS_PER_ADDRESS=0 REALTIME__LIMITS__CONNECT_RATE_PER_ADDRESS=0 taskset -c "${SERVER_CORE:-0}" target/release/realtime &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   local bench=(taskset -c "${BENCH_CORE:-1}" target/release/realtime-bench --server "127.0.0.1:$port" "${flag[@]}")

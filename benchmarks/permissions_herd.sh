@@ -32,7 +32,7 @@ run_case() { # case
   REALTIME__DATABASE__URL="$url" REALTIME__SERVER__HOST=127.0.0.1 \
     REALTIME__SERVER__PORT=$port REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
     REALTIME__AUTH__JWT_SECRET=$secret REALTIME__AUTH__API_KEYS="[\"$key\"]" \
-    REALTIME__LIMITS__MAX_CHANNELS_PER_SOCKET=10 \
+    REALTIME__LIMITS__MAX_CHANNELS_PER_SOCKET=10 REALTIME__LIMITS__MAX_SOCKETS_PER_ADDRESS=0 REALTIME__LIMITS__CONNECT_RATE_PER_ADDRESS=0 \
     taskset -c "$server_core" target/release/realtime &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done

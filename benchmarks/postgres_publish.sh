@@ -28,15 +28,19 @@ BEGIN PERFORM pg_notify('realtime_message', NEW.id::text); RETURN NEW; END \$\$;
 CREATE TRIGGER trg_message_notify AFTER INSERT ON realtime.messages
   FOR EACH ROW EXECUTE FUNCTION realtime.notify_on_message_insert();"
 
+# shellcheck source=benchmarks/common.sh
+source "$(dirname "$0")/common.sh"
+
 run_case() { # case
   local case=$1 dir db url pid
   case $case in base) dir=$base ;; *) dir=$new ;; esac
   db="bench_$(date +%s%N)"
   "$psql" -q "$admin_url" -c "CREATE DATABASE $db"
   url="${admin_url%/*}/$db"
-  REALTIME__DATABASE__URL="$url" REALTIME__SERVER__HOST=127.0.0.1 \
+  # shellcheck disable=SC2046 # the limits' assignments split on purpose
+  env REALTIME__DATABASE__URL="$url" REALTIME__SERVER__HOST=127.0.0.1 \
     REALTIME__SERVER__PORT=$port REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
-    REALTIME__LIMITS__PUBLISH_RATE=0 taskset -c "$server_core" "$dir/realtime" &
+    REALTIME__LIMITS__PUBLISH_RATE=0 $(limits_off "$dir") taskset -c "$server_core" "$dir/realtime" &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   if [ "$case" = "new+notify" ]; then "$psql" -q "$url" -c "$insforge_notify"; fi

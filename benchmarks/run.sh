@@ -28,7 +28,7 @@ run_bench() { # label, then realtime-bench arguments
 
 start_realtime() { # database url, scratch dir; sets $pid
   (cd "$2" && REALTIME__DATABASE__URL=$1 REALTIME__SERVER__HOST=127.0.0.1 REALTIME__SERVER__PORT=7130 \
-    REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error REALTIME__LIMITS__PUBLISH_RATE=0 \
+    REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error REALTIME__LIMITS__PUBLISH_RATE=0 REALTIME__LIMITS__MAX_SOCKETS_PER_ADDRESS=0 REALTIME__LIMITS__CONNECT_RATE_PER_ADDRESS=0 \
     exec taskset -c "$server_core" "$OLDPWD/target/release/realtime") &
   pid=$!
   wait_healthy 7130

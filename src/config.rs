@@ -53,6 +53,9 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads, 0 for one per core. Defaults to 0.
     pub workers: usize,
+    /// Proxies (IPs or CIDR ranges) whose `X-Forwarded-For` names the
+    /// client, for the per-address limits. Defaults to loopback.
+    pub trusted_proxies: Vec<String>,
     /// Grace period of a graceful shutdown. Defaults to 10000 ms.
     pub shutdown_grace_ms: u64,
     /// Over how long a graceful shutdown closes the sockets, in batches.
@@ -134,9 +137,42 @@ pub struct LimitSettings {
     /// Most sockets one signed-in user may have open at once. Defaults to
     /// 100.
     pub max_sockets_per_user: usize,
+    /// Most sessions open at once from one client address, 0 for no limit.
+    /// Defaults to 1000.
+    pub max_sockets_per_address: usize,
+    /// New sessions per second from one client address, 0 for no limit.
+    /// Defaults to 20.
+    pub connect_rate_per_address: u32,
+    /// New sessions one client address may open at once above the rate.
+    /// Defaults to 200.
+    pub connect_burst_per_address: u32,
+    /// Long-polling requests per second per session (GET and POST), 0 for
+    /// no limit; the burst is twice as many. Defaults to 50.
+    pub polling_rate: u32,
 }
 
 impl LimitSettings {
+    /// The per-address limits of new sessions, behind `trusted_proxies`.
+    ///
+    /// # Errors
+    /// A `server.trusted_proxies` entry that is not an IP or CIDR range.
+    pub fn addresses(
+        &self,
+        trusted_proxies: &[String],
+    ) -> Result<crate::engineio::admission::AddressLimits, ConfigError> {
+        let trusted_proxies = trusted_proxies
+            .iter()
+            .map(|net| crate::engineio::admission::IpNet::parse(net))
+            .collect::<Result<_, _>>()
+            .map_err(|err| ConfigError::new("server.trusted_proxies", err))?;
+        Ok(crate::engineio::admission::AddressLimits {
+            max_sessions: self.max_sockets_per_address,
+            connect_rate: self.connect_rate_per_address,
+            connect_burst: self.connect_burst_per_address,
+            trusted_proxies,
+        })
+    }
+
     /// The payload limits a publish is checked against.
     pub fn payload(&self) -> crate::publish::PayloadLimits {
         crate::publish::PayloadLimits {
@@ -193,6 +229,8 @@ impl EngineIoSettings {
             max_payload: self.max_payload,
             max_buffered_packets: self.max_buffered_packets,
             cors_origins: self.cors_origins.clone(),
+            // Set from `limits.polling_rate` by the server.
+            polling_rate: 0,
         }
     }
 
@@ -428,6 +466,7 @@ impl Settings {
     /// # Errors
     /// The first value that is out of range, with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.addresses(&self.server.trusted_proxies)?;
         if self.server.host.trim().is_empty() {
             return Err(ConfigError::new("server.host", "must not be empty"));
         }

@@ -30,6 +30,7 @@ pub fn engine_config() -> EngineConfig {
         max_payload: 1_000_000,
         max_buffered_packets: 1024,
         cors_origins: vec!["*".to_owned()],
+        polling_rate: 0,
     }
 }
 

@@ -133,10 +133,16 @@ pub enum Limit {
     PresenceMembers,
     /// `limits.max_sockets_per_user`.
     SocketsPerUser,
+    /// `limits.max_sockets_per_address`.
+    SocketsPerAddress,
+    /// `limits.connect_rate_per_address` / `connect_burst_per_address`.
+    ConnectRate,
+    /// `limits.polling_rate`.
+    PollingRate,
 }
 
 /// How many [`Limit`]s there are.
-const N_LIMITS: usize = Limit::SocketsPerUser as usize + 1;
+const N_LIMITS: usize = Limit::PollingRate as usize + 1;
 
 /// Names of [`Limit`]s, in order, as `/metrics` shows them.
 pub const LIMIT_NAMES: [&str; N_LIMITS] = [
@@ -148,6 +154,9 @@ pub const LIMIT_NAMES: [&str; N_LIMITS] = [
     "history_in_flight",
     "max_presence_members",
     "max_sockets_per_user",
+    "max_sockets_per_address",
+    "connect_rate_per_address",
+    "polling_rate",
 ];
 
 /// How a recovery ended, for [`Metrics::recoveries`].

@@ -14,6 +14,7 @@ use sea_orm::DatabaseConnection;
 use crate::auth::Authenticator;
 use crate::client::Client;
 use crate::config::Settings;
+use crate::engineio::admission::Admission;
 use crate::engineio::upgrade::{self, HttpOptions, UpgradeRoutes};
 use crate::engineio::{self, EngineServer};
 use crate::persistence::sweeper::RetentionSweeper;
@@ -53,12 +54,18 @@ impl AppState {
         let realtime = Arc::new(Realtime::start(&db, &settings, auth).await?);
         let hub = realtime.clone();
         let socketio_config = settings.engineio.socketio_config();
-        let sockets = EngineServer::new(settings.engineio.engine_config(), move |head| {
+        let addresses = settings
+            .limits
+            .addresses(&settings.server.trusted_proxies)?;
+        let mut engine = settings.engineio.engine_config();
+        engine.polling_rate = settings.limits.polling_rate;
+        let sockets = EngineServer::new(engine, move |head| {
             SocketIo::new(
                 Client::new(hub.clone(), head.peer_addr),
                 socketio_config.clone(),
             )
-        });
+        })
+        .with_admission(Admission::new(addresses));
         RetentionSweeper::new(
             db.clone(),
             realtime.catalog.clone(),

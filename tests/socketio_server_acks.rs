@@ -74,6 +74,7 @@ async fn server_emits_with_ack_and_receives_the_answer() {
         max_payload: 100_000,
         max_buffered_packets: 64,
         cors_origins: vec![],
+        polling_rate: 0,
     };
     let engine = EngineServer::new(config, |_| {
         SocketIo::new(

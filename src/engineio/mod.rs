@@ -13,6 +13,7 @@
 //! - [`websocket`]: an upgraded connection: its reader and writer tasks and
 //!   the outbox between the session and the writer.
 
+pub mod admission;
 pub mod session;
 pub mod transport;
 pub mod upgrade;
@@ -82,6 +83,9 @@ pub struct EngineConfig {
     pub max_buffered_packets: usize,
     /// Origins allowed for browsers (CORS); `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Long-polling requests per second per session (bursts of twice as
+    /// many); 0 for no limit.
+    pub polling_rate: u32,
 }
 
 impl EngineConfig {
@@ -333,6 +337,8 @@ pub struct EngineServer<H: EngineHandler> {
     /// The open sessions.
     pub registry: Arc<Registry<H>>,
     pub(crate) factory: HandlerFactory<H>,
+    /// Who may open a session (per-address limits).
+    pub admission: Arc<admission::Admission>,
 }
 
 impl<H: EngineHandler> Clone for EngineServer<H> {
@@ -341,12 +347,14 @@ impl<H: EngineHandler> Clone for EngineServer<H> {
             config: self.config.clone(),
             registry: self.registry.clone(),
             factory: self.factory.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
 
 impl<H: EngineHandler> EngineServer<H> {
-    /// An endpoint with `config` whose sessions get handlers from `factory`.
+    /// An endpoint with `config` whose sessions get handlers from `factory`,
+    /// open to every address.
     pub fn new(
         config: EngineConfig,
         factory: impl Fn(&RequestHead) -> H + Send + Sync + 'static,
@@ -355,6 +363,13 @@ impl<H: EngineHandler> EngineServer<H> {
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             factory: Arc::new(factory),
+            admission: admission::Admission::unlimited(),
         }
+    }
+
+    /// The same endpoint, admitting new sessions by `admission`.
+    pub fn with_admission(mut self, admission: Arc<admission::Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 }

@@ -13,16 +13,42 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
+use super::admission::AddressTicket;
 use super::websocket::{PushError, WsLink, WsMessage};
 use super::{CloseReason, EngineConfig, EngineHandler, Link, Message, Registry, SessionEvent, Sid};
 use crate::protocol::engineio::{self, Frame, Packet};
+use crate::rate_limit::TokenBucket;
 
 /// The polling side: packets waiting for a GET, and the GET waiting for
 /// packets.
-#[derive(Default)]
 struct Polling {
     queue: VecDeque<Frame>,
     waiting: Option<oneshot::Sender<String>>,
+    /// A POST is being read (the protocol allows one at a time).
+    posting: bool,
+    /// `polling_rate`: GETs and POSTs a second.
+    requests: TokenBucket,
+}
+
+impl Polling {
+    fn new(config: &EngineConfig) -> Self {
+        Polling {
+            queue: VecDeque::new(),
+            waiting: None,
+            posting: false,
+            requests: TokenBucket::new(config.polling_rate, config.polling_rate.saturating_mul(2)),
+        }
+    }
+
+    /// Spends one request of the session's rate.
+    fn admit(&mut self) -> Result<(), RequestError> {
+        if self.requests.try_take() {
+            Ok(())
+        } else {
+            crate::metrics::METRICS.refused(crate::metrics::Limit::PollingRate);
+            Err(RequestError::TooManyRequests)
+        }
+    }
 }
 
 impl Polling {
@@ -56,6 +82,16 @@ enum Transport {
         ws: WsLink,
         probed: bool,
     },
+}
+
+impl Transport {
+    /// The polling side, while there is one (before and during an upgrade).
+    fn polling(&mut self) -> Option<&mut Polling> {
+        match self {
+            Transport::Polling(polling) | Transport::Upgrading { polling, .. } => Some(polling),
+            Transport::WebSocket(_) => None,
+        }
+    }
 }
 
 /// The transport and heartbeat state of a session, apart from its handler
@@ -196,6 +232,9 @@ pub struct Session<H: EngineHandler> {
     handler: H,
     /// Where the session is listed; it removes itself when it stops.
     registry: Arc<Registry<H>>,
+    /// The session's place in its client address's count, given back when
+    /// the session ends.
+    _ticket: Option<AddressTicket>,
 }
 
 impl<H: EngineHandler> Session<H> {
@@ -205,13 +244,16 @@ impl<H: EngineHandler> Session<H> {
         config: Arc<EngineConfig>,
         registry: Arc<Registry<H>>,
         handler: H,
+        ticket: Option<AddressTicket>,
     ) -> actix::Addr<Self> {
+        let polling = Polling::new(&config);
         Self::start(
             sid,
             config,
             registry,
             handler,
-            Transport::Polling(Polling::default()),
+            Transport::Polling(polling),
+            ticket,
         )
     }
 
@@ -223,8 +265,16 @@ impl<H: EngineHandler> Session<H> {
         registry: Arc<Registry<H>>,
         handler: H,
         ws: WsLink,
+        ticket: Option<AddressTicket>,
     ) -> actix::Addr<Self> {
-        Self::start(sid, config, registry, handler, Transport::WebSocket(ws))
+        Self::start(
+            sid,
+            config,
+            registry,
+            handler,
+            Transport::WebSocket(ws),
+            ticket,
+        )
     }
 
     fn start(
@@ -233,8 +283,10 @@ impl<H: EngineHandler> Session<H> {
         registry: Arc<Registry<H>>,
         handler: H,
         transport: Transport,
+        ticket: Option<AddressTicket>,
     ) -> actix::Addr<Self> {
         let session = Session {
+            _ticket: ticket,
             core: Core {
                 sid: sid.clone(),
                 config,
@@ -346,7 +398,7 @@ impl<H: EngineHandler> Session<H> {
                     mut polling, ws, ..
                 } = std::mem::replace(
                     &mut self.core.transport,
-                    Transport::Polling(Polling::default()),
+                    Transport::Polling(Polling::new(&self.core.config)),
                 )
                 else {
                     return;
@@ -402,6 +454,8 @@ pub enum RequestError {
     UnknownSid,
     /// Code 3: the request does not fit the session's state.
     BadRequest,
+    /// Over `polling_rate`: 429, the session stays.
+    TooManyRequests,
 }
 
 /// What a long-polling GET gets.
@@ -434,6 +488,7 @@ impl<H: EngineHandler> Handler<PollGet> for Session<H> {
             Transport::Upgrading { polling, .. } => polling,
             Transport::WebSocket(_) => return Err(RequestError::BadRequest),
         };
+        polling.admit()?;
         if polling.waiting.is_some() {
             // Two GETs at once break the protocol: the first gets a close
             // packet, this one a 400, and the session ends.
@@ -471,6 +526,48 @@ impl<H: EngineHandler> Handler<PollAbandoned> for Session<H> {
 #[rtype(result = "Result<(), RequestError>")]
 pub struct PollPost(pub Bytes);
 
+/// A POST begins: may its body be read? One at a time, within the rate.
+#[derive(actix::Message)]
+#[rtype(result = "Result<(), RequestError>")]
+pub struct PollPostBegin;
+
+impl<H: EngineHandler> Handler<PollPostBegin> for Session<H> {
+    type Result = Result<(), RequestError>;
+
+    fn handle(&mut self, _: PollPostBegin, ctx: &mut Context<Self>) -> Self::Result {
+        if self.core.is_closed() {
+            return Err(RequestError::UnknownSid);
+        }
+        let Some(polling) = self.core.transport.polling() else {
+            return Err(RequestError::BadRequest);
+        };
+        polling.admit()?;
+        if polling.posting {
+            // Two POSTs at once break the protocol, as two GETs do.
+            self.core.begin_close(CloseReason::ProtocolError, ctx);
+            return Err(RequestError::BadRequest);
+        }
+        polling.posting = true;
+        Ok(())
+    }
+}
+
+/// A POST begun with [`PollPostBegin`] ended without a body to hand over
+/// (the client went away, or its body was broken).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct PollPostEnded;
+
+impl<H: EngineHandler> Handler<PollPostEnded> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: PollPostEnded, _: &mut Context<Self>) {
+        if let Some(polling) = self.core.transport.polling() {
+            polling.posting = false;
+        }
+    }
+}
+
 impl<H: EngineHandler> Handler<PollPost> for Session<H> {
     type Result = Result<(), RequestError>;
 
@@ -478,9 +575,10 @@ impl<H: EngineHandler> Handler<PollPost> for Session<H> {
         if self.core.is_closed() {
             return Err(RequestError::UnknownSid);
         }
-        if matches!(self.core.transport, Transport::WebSocket(_)) {
+        let Some(polling) = self.core.transport.polling() else {
             return Err(RequestError::BadRequest);
-        }
+        };
+        polling.posting = false;
         match engineio::decode_payload(&body) {
             Ok(packets) => {
                 for packet in packets {
@@ -525,7 +623,7 @@ impl<H: EngineHandler> Handler<WsAttach> for Session<H> {
         }
         match std::mem::replace(
             &mut self.core.transport,
-            Transport::Polling(Polling::default()),
+            Transport::Polling(Polling::new(&self.core.config)),
         ) {
             Transport::Polling(polling) => {
                 self.core.transport = Transport::Upgrading {
@@ -611,7 +709,7 @@ impl<H: EngineHandler> Handler<WsGone> for Session<H> {
                 // The upgrade failed: stay on polling.
                 if let Transport::Upgrading { polling, .. } = std::mem::replace(
                     &mut self.core.transport,
-                    Transport::Polling(Polling::default()),
+                    Transport::Polling(Polling::new(&self.core.config)),
                 ) {
                     self.core.transport = Transport::Polling(polling);
                 }

@@ -15,7 +15,8 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use super::session::{
-    PollAbandoned, PollAnswer, PollGet, PollOversize, PollPost, RequestError, Session,
+    PollAbandoned, PollAnswer, PollGet, PollOversize, PollPost, PollPostBegin, PollPostEnded,
+    RequestError, Session,
 };
 use super::{EngineHandler, EngineServer, Sid};
 
@@ -52,8 +53,18 @@ impl From<RequestError> for ErrorCode {
     fn from(err: RequestError) -> Self {
         match err {
             RequestError::UnknownSid => ErrorCode::UnknownSid,
-            RequestError::BadRequest => ErrorCode::BadRequest,
+            RequestError::BadRequest | RequestError::TooManyRequests => ErrorCode::BadRequest,
         }
+    }
+}
+
+/// The answer to a polling request the session refused.
+fn request_error(err: RequestError) -> HttpResponse {
+    match err {
+        RequestError::TooManyRequests => {
+            refused("too many long-polling requests for this session (limits.polling_rate)")
+        }
+        other => ErrorCode::from(other).response(),
     }
 }
 
@@ -206,13 +217,47 @@ fn text_response(body: String) -> HttpResponse {
         .body(body)
 }
 
-/// A polling handshake: a new session, answered with its open packet.
+/// A polling handshake: a new session, answered with its open packet, if
+/// the client's address may open one.
 fn handshake<H: EngineHandler>(req: &HttpRequest, server: &EngineServer<H>) -> HttpResponse {
+    let ticket = match server.admission.admit(req.head()) {
+        Ok(ticket) => ticket,
+        Err(refusal) => return refused(refusal.message()),
+    };
     let sid = Sid::random();
     let open = Session::<H>::open_packet(&sid, &server.config, &["websocket"]);
     let handler = (server.factory)(req.head());
-    Session::start_polling(sid, server.config.clone(), server.registry.clone(), handler);
+    Session::start_polling(
+        sid,
+        server.config.clone(),
+        server.registry.clone(),
+        handler,
+        ticket,
+    );
     text_response(open)
+}
+
+/// 429 for a request a limit refused: Engine.IO's JSON error with code 4
+/// (Forbidden, as the reference server answers a refused request), the
+/// limit named in the message, and a hint when to try again.
+pub(super) fn refused(message: &str) -> HttpResponse {
+    HttpResponse::TooManyRequests()
+        .insert_header((header::RETRY_AFTER, "1"))
+        .json(serde_json::json!({ "code": FORBIDDEN, "message": message }))
+}
+
+/// Engine.IO's error code for a request the server will not serve.
+pub(super) const FORBIDDEN: u8 = 4;
+
+/// Tells the session its POST ended without a body, unless disarmed first.
+struct PostGuard<H: EngineHandler>(Option<Addr<Session<H>>>);
+
+impl<H: EngineHandler> Drop for PostGuard<H> {
+    fn drop(&mut self) {
+        if let Some(addr) = self.0.take() {
+            addr.do_send(PollPostEnded);
+        }
+    }
 }
 
 /// Tells the session its waiting GET was dropped, unless disarmed first.
@@ -240,7 +285,7 @@ async fn poll<H: EngineHandler>(server: &EngineServer<H>, sid: &str) -> HttpResp
             guard.0 = None;
             text_response(payload)
         }
-        Ok(Err(err)) => ErrorCode::from(err).response(),
+        Ok(Err(err)) => request_error(err),
         Err(_) => ErrorCode::UnknownSid.response(),
     }
 }
@@ -253,6 +298,14 @@ async fn poll_post<H: EngineHandler>(
     let Some(addr) = server.registry.get(sid) else {
         return ErrorCode::UnknownSid.response();
     };
+    match addr.send(PollPostBegin).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return request_error(err),
+        Err(_) => return ErrorCode::UnknownSid.response(),
+    }
+    // Until the body is handed over, a POST that ends (the client went
+    // away, a broken body) frees the session for the next one.
+    let mut guard = PostGuard(Some(addr.clone()));
     let limit = server.config.max_payload;
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -260,6 +313,7 @@ async fn poll_post<H: EngineHandler>(
             return ErrorCode::BadRequest.response();
         };
         if bytes.len() + chunk.len() > limit {
+            guard.0 = None;
             addr.do_send(PollOversize);
             return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).json(serde_json::json!({
                 "code": ErrorCode::BadRequest as u8,
@@ -268,9 +322,10 @@ async fn poll_post<H: EngineHandler>(
         }
         bytes.extend_from_slice(&chunk);
     }
+    guard.0 = None;
     match addr.send(PollPost(bytes.freeze())).await {
         Ok(Ok(())) => text_response("ok".to_owned()),
-        Ok(Err(err)) => ErrorCode::from(err).response(),
+        Ok(Err(err)) => request_error(err),
         Err(_) => ErrorCode::UnknownSid.response(),
     }
 }

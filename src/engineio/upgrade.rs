@@ -31,8 +31,9 @@ use futures_util::future::LocalBoxFuture;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
+use super::admission::Refusal;
 use super::session::{Session, WsAttach};
-use super::transport::{EngineQuery, ErrorCode, TransportKind};
+use super::transport::{EngineQuery, ErrorCode, TransportKind, FORBIDDEN};
 use super::websocket::{self, Outbox, WsLink};
 use super::{EngineHandler, EngineServer, Sid};
 
@@ -94,35 +95,52 @@ async fn upgrade_engine<H: EngineHandler>(
             outbox,
             server.config.max_payload,
         ),
-        Err(code) => {
+        Err(refused) => {
             let origin = req.headers().get(header::ORIGIN).filter(|origin| {
                 origin
                     .to_str()
                     .is_ok_and(|origin| server.config.allows_origin(origin))
             });
-            let body =
-                serde_json::json!({ "code": code as u8, "message": code.message() }).to_string();
-            refuse(io, "400 Bad Request", &body, origin).await;
+            let (status, code, message) = match refused {
+                Refused::Protocol(code) => ("400 Bad Request", code as u8, code.message()),
+                Refused::Limit(refusal) => ("429 Too Many Requests", FORBIDDEN, refusal.message()),
+            };
+            let body = serde_json::json!({ "code": code, "message": message }).to_string();
+            refuse(io, status, &body, origin).await;
         }
     }
 }
 
+/// Why a WebSocket request is refused.
+enum Refused {
+    /// It breaks the protocol: 400 with the Engine.IO error.
+    Protocol(ErrorCode),
+    /// A per-address limit: 429.
+    Limit(Refusal),
+}
+
+impl From<ErrorCode> for Refused {
+    fn from(code: ErrorCode) -> Self {
+        Refused::Protocol(code)
+    }
+}
+
 /// The session that a valid request's WebSocket serves (new, or the
-/// polling one it upgrades), or the Engine.IO error to refuse it with.
+/// polling one it upgrades), or why it is refused.
 async fn accept_engine<H: EngineHandler>(
     server: &EngineServer<H>,
     req: &Request,
-) -> Result<(Addr<Session<H>>, u64, Arc<Outbox>), ErrorCode> {
+) -> Result<(Addr<Session<H>>, u64, Arc<Outbox>), Refused> {
     let query = EngineQuery::parse(req.uri().query().unwrap_or(""))?;
     if query.transport != TransportKind::WebSocket {
-        return Err(ErrorCode::BadRequest);
+        return Err(ErrorCode::BadRequest.into());
     }
     let existing = match query.sid.as_deref() {
         None => None,
         Some(sid) => Some(server.registry.get(sid).ok_or(ErrorCode::UnknownSid)?),
     };
     if actix_http::ws::verify_handshake(req.head()).is_err() {
-        return Err(ErrorCode::BadRequest);
+        return Err(ErrorCode::BadRequest.into());
     }
     let (link, outbox) = WsLink::new(
         server.config.max_buffered_packets,
@@ -131,6 +149,7 @@ async fn accept_engine<H: EngineHandler>(
     let link_id = link.id;
     let addr = match existing {
         None => {
+            let ticket = server.admission.admit(req.head()).map_err(Refused::Limit)?;
             let handler = (server.factory)(req.head());
             Session::start_websocket(
                 Sid::random(),
@@ -138,12 +157,13 @@ async fn accept_engine<H: EngineHandler>(
                 server.registry.clone(),
                 handler,
                 link,
+                ticket,
             )
         }
         Some(addr) => match addr.send(WsAttach(link)).await {
             Ok(Ok(())) => addr,
-            Ok(Err(err)) => return Err(ErrorCode::from(err)),
-            Err(_) => return Err(ErrorCode::UnknownSid),
+            Ok(Err(err)) => return Err(ErrorCode::from(err).into()),
+            Err(_) => return Err(ErrorCode::UnknownSid.into()),
         },
     };
     Ok((addr, link_id, outbox))

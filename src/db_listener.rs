@@ -7,14 +7,19 @@
 //!   and reads the policies' state again (and now and then without being
 //!   told, in case a change went unnoticed).
 //!
+//! - **Other nodes' batches**: their writers notify the same channel,
+//!   naming their node; this node's writer then reads them.
+//!
 //! A thread of its own holds the connection. Woken by a notification (or
 //! by a poll, a safety net), it asks the sequencer to number what SQL stored
-//! ([`sequencer::number_arrivals`]) and hands each row, in `seq` order, to
-//! its channel (`DeliverStored`, which reaches live channels only) and to
-//! the webhook dispatcher. Notifications sent while the connection is down
-//! are lost, so after every (re)connect it LISTENs first and then numbers
-//! everything waiting: a row is numbered exactly once, so it is handed on
-//! exactly once, whenever it was stored.
+//! ([`sequencer::number_arrivals`]), hands each row with webhook URLs to the
+//! webhook dispatcher, and tells the writer to catch up ([`CatchUp`]): the
+//! writer hands every row it did not write to the channels, in `seq` order
+//! with its own batches ([`crate::persistence::hand_on`]). Notifications of
+//! this node's own batches are ignored. Notifications sent while the
+//! connection is down are lost, so after every (re)connect it LISTENs first
+//! and then numbers everything waiting: a row is numbered exactly once, so
+//! its webhooks are handed on exactly once, whenever it was stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +29,12 @@ use entity::messages;
 use sea_orm::DatabaseConnection;
 
 use crate::channel::catalog::ChannelCatalog;
-use crate::channel::registry::{ChannelRegistry, DeliverStored};
-use crate::channel::Stored;
+use crate::channel::registry::ChannelRegistry;
 use crate::metrics::METRICS;
 use crate::permissions::PermissionHook;
+use crate::persistence::hand_on::CatchUp;
 use crate::persistence::sequencer;
-use crate::persistence::writer::CommittedSeq;
+use crate::persistence::writer::MessageWriter;
 use crate::webhooks::{WebhookMessage, Webhooks};
 
 /// Rows numbered per statement.
@@ -59,8 +64,10 @@ pub struct DatabaseListener {
     /// Read the policies' state again this often even without a
     /// notification (`permissions.refresh_ms`).
     pub refresh: Duration,
-    /// Advanced past the rows numbered here.
-    pub committed: CommittedSeq,
+    /// Reads and hands on what others stored.
+    pub writer: Addr<MessageWriter>,
+    /// This node, as its writer's notifications name it: those are skipped.
+    pub node: Arc<str>,
 }
 
 impl DatabaseListener {
@@ -103,22 +110,28 @@ impl DatabaseListener {
             // Listening first, then catching up: a row stored (or a policy
             // changed) from now on is notified, one before is found now.
             self.permissions.policies_changed().await;
+            self.reload_catalog().await;
             self.catch_up().await;
             let mut last_refresh = Instant::now();
             while self.running() {
                 let woken = tokio::time::timeout(self.poll, listener.try_recv()).await;
                 let mut notified = Vec::new();
+                // Whether to look without a notification: the poll's time,
+                // or a reconnect that may have lost some.
+                let mut look = false;
+                let mut reconnected = false;
                 match woken {
                     Ok(Ok(Some(notification))) => {
                         notified.push(notification);
                         // Every notification waiting is answered at once.
                         notified.extend(std::iter::from_fn(|| listener.next_buffered()));
                     }
-                    // The poll's time.
-                    Err(_) => {}
+                    Err(_) => look = true,
                     // The connection was lost and made again (LISTEN too):
                     // what was notified meanwhile is caught up now.
                     Ok(Ok(None)) => {
+                        look = true;
+                        reconnected = true;
                         METRICS.sql_listener_reconnects.inc();
                         tracing::warn!(
                             "the listening connection was lost and made again; catching up"
@@ -131,6 +144,22 @@ impl DatabaseListener {
                         tracing::warn!(error = %err, "the listening connection was lost; connecting again");
                         break;
                     }
+                }
+                // This node's own batches need nothing: its writer handed
+                // them on already.
+                notified.retain(|notification| {
+                    notification.channel() != migration::SEQUENCE_CHANNEL
+                        || notification.payload() != &*self.node
+                });
+                if notified.is_empty() && !look {
+                    continue;
+                }
+                if reconnected
+                    || notified
+                        .iter()
+                        .any(|notification| notification.channel() == migration::CATALOG_CHANNEL)
+                {
+                    self.reload_catalog().await;
                 }
                 if notified
                     .iter()
@@ -148,9 +177,19 @@ impl DatabaseListener {
         }
     }
 
-    /// Numbers and hands on every row SQL stored, page by page. A failure
-    /// leaves the rest for the next wake-up.
+    /// Reads the channel definitions again: another node (or SQL) changed
+    /// them, or a change may have gone unnoticed while disconnected.
+    async fn reload_catalog(&self) {
+        if let Err(err) = self.catalog.reload(&self.db).await {
+            tracing::warn!(error = %err, "cannot reload the channel definitions; retrying later");
+        }
+    }
+
+    /// Numbers every row SQL stored, page by page, and has the writer
+    /// hand on what others stored. A failure leaves the rest for the next
+    /// wake-up.
     async fn catch_up(&self) {
+        self.writer.do_send(CatchUp);
         if !self.sql_publish {
             return;
         }
@@ -158,7 +197,10 @@ impl DatabaseListener {
             match sequencer::number_arrivals(&self.db, PAGE).await {
                 Ok(rows) => {
                     let more = rows.len() as u64 == PAGE;
-                    self.hand_on(rows);
+                    if !rows.is_empty() {
+                        self.hand_on(rows);
+                        self.writer.do_send(CatchUp);
+                    }
                     if !more {
                         return;
                     }
@@ -171,13 +213,10 @@ impl DatabaseListener {
         }
     }
 
-    /// Hands numbered rows, in order, to their channels and webhooks. A
-    /// row of a channel that is gone or disabled goes nowhere (InsForge
-    /// skips them too).
+    /// Hands numbered rows to the webhook dispatcher (the writer hands
+    /// them to their channels). A row of a channel that is gone or
+    /// disabled goes nowhere (InsForge skips them too).
     fn hand_on(&self, rows: Vec<messages::Model>) {
-        if let Some(last) = rows.iter().filter_map(|row| row.seq).max() {
-            self.committed.advance(last);
-        }
         for row in rows {
             let Some(definition) = row.channel_id.and_then(|id| self.catalog.by_id(id)) else {
                 continue;
@@ -194,10 +233,6 @@ impl DatabaseListener {
                         .dispatch(WebhookMessage::from_row(&row), definition);
                 }
             }
-            self.registry.do_send(DeliverStored(Stored {
-                row,
-                via_registry: false,
-            }));
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::channel::{ChannelSettings, Publish, Reply};
 use crate::config::{LimitSettings, RecoverySettings, Settings};
 use crate::db_listener::DatabaseListener;
 use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
+use crate::persistence::hand_on::ConnectRegistry;
 use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter, WriterHealth};
 use crate::persistence::PersistenceError;
 use crate::publish::{Outgoing, PublishError, PublishRequest, Sender};
@@ -35,6 +36,8 @@ pub struct Realtime {
     pub writer: Addr<MessageWriter>,
     /// Whether the writer's writes commit (`/health`).
     pub writes: WriterHealth,
+    /// This process's id among the nodes sharing the database.
+    pub node: Arc<str>,
     /// Posts durable messages to their channels' webhook URLs.
     pub webhooks: Webhooks,
     /// Verifies credentials on CONNECT.
@@ -83,13 +86,16 @@ impl Realtime {
                 .unwrap_or(0)
                 .max(0),
         );
+        // This process among the nodes that share the database.
+        let node: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let writer = MessageWriter::new(
             db.clone(),
             database.batch_size,
             Duration::from_millis(database.batch_window_ms),
             committed.clone(),
         )
-        .with_publish_timeout(Duration::from_millis(database.publish_timeout_ms));
+        .with_publish_timeout(Duration::from_millis(database.publish_timeout_ms))
+        .with_node(node.clone());
         let writes = writer.health();
         let writer = MessageWriter::start_in_arbiter(&actix::Arbiter::new().handle(), |_| writer);
         let webhooks = WebhookDispatcher::start(
@@ -115,8 +121,11 @@ impl Realtime {
                 max_members: settings.limits.max_presence_members,
             },
             committed.clone(),
+            catalog.clone(),
         )
         .start_on_own_thread();
+        // Rows the writer did not write reach channels through the registry.
+        writer.do_send(ConnectRegistry(registry.clone().recipient()));
         let permissions: Arc<dyn PermissionHook> =
             if db.get_database_backend() == sea_orm::DbBackend::Postgres {
                 let policies = PostgresPolicies::open(database, &settings.permissions).await?;
@@ -130,7 +139,8 @@ impl Realtime {
                     sql_publish: database.sql_publish,
                     permissions: policies.clone(),
                     refresh: Duration::from_millis(settings.permissions.refresh_ms),
-                    committed: committed.clone(),
+                    writer: writer.clone(),
+                    node: node.clone(),
                 }
                 .spawn()
                 .map_err(|err| {
@@ -170,6 +180,7 @@ impl Realtime {
             registry,
             writer,
             writes,
+            node,
             webhooks,
             auth,
             permissions,

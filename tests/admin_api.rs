@@ -851,10 +851,10 @@ async fn batched_writes_for_the_pipeline(backend: Backend) {
         .enumerate()
         .map(|(i, id)| (*id, i as i32))
         .collect();
-    let changed =
-        persistence::messages::set_counts(&server.db, messages::Column::WsAudienceCount, &counts)
-            .await
-            .unwrap();
+    // Each node adds its audience; stored with 0, one node's is the count.
+    let changed = persistence::messages::add_audience(&server.db, &counts)
+        .await
+        .unwrap();
     assert_eq!(changed, 300);
     let (_, list) = server
         .admin("GET", "/api/realtime/messages?limit=1000", None)

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::receiver::Receiver;
 use common::wire::SioClient;
-use common::{postgres_skipped, Backend, TestServer, ANON_KEY};
+use common::{postgres_skipped, wait_until, Backend, TestServer, ANON_KEY};
 use serde_json::{json, Value};
 
 async fn create_channel(server: &TestServer, pattern: &str, urls: &[String]) {
@@ -43,18 +43,6 @@ async fn next_message(client: &mut SioClient) -> (String, Value) {
         if !event.0.starts_with("presence:") {
             return event;
         }
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        actix_rt::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -215,12 +203,22 @@ async fn killing_the_listener_loses_nothing_and_repeats_nothing() {
     create_channel(&server, "feed:%", &[]).await;
     let mut client = subscriber(&server, "feed:1").await;
     const N: i64 = 2000;
+    let listeners = "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'realtime-listener' AND datname = current_database()";
     let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE application_name = 'realtime-listener' AND datname = current_database()";
     let publishing = async {
         for n in 0..N {
             if n == 500 || n == 1200 {
-                assert_eq!(server.scalar(kill).await, 1, "one listener to kill");
+                // The listener reconnects with a backoff: wait for it (on a
+                // busy machine it may not be back yet).
+                wait_until(
+                    "the listener connected",
+                    Duration::from_secs(10),
+                    || async { server.scalar(listeners).await == 1 },
+                )
+                .await;
+                assert_eq!(server.scalar(kill).await, 1, "one listener to kill at {n}");
             }
             server
                 .sql(&format!(

@@ -871,19 +871,32 @@ impl Handler<Stored> for Channel {
         }
         let row = stored.row;
         let frame = delivery::open_stored(&row);
-        self.pending.push_back(Pending {
-            id: row.id,
-            row: None,
-            frame,
-            seq: row.seq.filter(|seq| *seq > 0),
-            stored: true,
-            reply: None,
-            outcome: Some(Ok(())),
-            // Webhooks of stored messages are sent by whoever stored them
-            // (the database listener hands them over itself).
-            webhook: Webhook::None,
-            accepted_at: Instant::now(),
-        });
+        // Stored rows come in `seq` order, and a local message still
+        // waiting for the writer will get a larger `seq` than this one (the
+        // writer hands on what it did not write before its own batch), so
+        // this row goes ahead of it: every node then shows the channel in
+        // `seq` order.
+        let position = self
+            .pending
+            .iter()
+            .position(|pending| pending.outcome.is_none())
+            .unwrap_or(self.pending.len());
+        self.pending.insert(
+            position,
+            Pending {
+                id: row.id,
+                row: None,
+                frame,
+                seq: row.seq.filter(|seq| *seq > 0),
+                stored: true,
+                reply: None,
+                outcome: Some(Ok(())),
+                // Webhooks of stored messages are sent by whoever stored them
+                // (the database listener hands them over itself).
+                webhook: Webhook::None,
+                accepted_at: Instant::now(),
+            },
+        );
         self.deliver_ready(ctx);
     }
 }

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 
+use super::catalog::ChannelCatalog;
 use super::{Barrier, Channel, ChannelSettings, Join, Publish, Retire, Stored};
+use crate::persistence::hand_on::HandOn;
 use crate::persistence::writer::{CommittedSeq, MessageWriter};
 use crate::webhooks::Webhooks;
 
@@ -37,6 +39,8 @@ pub struct ChannelRegistry {
     settings: ChannelSettings,
     /// Where a new channel's deliveries begin after.
     committed: CommittedSeq,
+    /// Enabled channels: rows others stored for any other go nowhere.
+    catalog: Arc<ChannelCatalog>,
     /// Threads the channels run on; they live as long as the registry.
     arbiters: Vec<Arbiter>,
 }
@@ -44,13 +48,15 @@ pub struct ChannelRegistry {
 impl ChannelRegistry {
     /// A registry whose channels write through `writer`, hand webhooks to
     /// `webhooks`, run on `n_threads` arbiters with `settings`, and start
-    /// after the `seq` that `committed` holds then.
+    /// after the `seq` that `committed` holds then; rows others stored
+    /// reach only channels `catalog` has enabled.
     pub fn new(
         writer: Addr<MessageWriter>,
         webhooks: Webhooks,
         n_threads: usize,
         settings: ChannelSettings,
         committed: CommittedSeq,
+        catalog: Arc<ChannelCatalog>,
     ) -> Self {
         ChannelRegistry {
             channels: HashMap::new(),
@@ -58,6 +64,7 @@ impl ChannelRegistry {
             webhooks,
             settings,
             committed,
+            catalog,
             arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
         }
     }
@@ -176,6 +183,33 @@ impl Handler<DeliverStored> for ChannelRegistry {
             entry.n_forwarded += 1;
             stored.via_registry = true;
             entry.channel.do_send(stored);
+        }
+    }
+}
+
+impl Handler<HandOn> for ChannelRegistry {
+    type Result = ();
+
+    /// Rows others stored, to their live channels in order, then the
+    /// writer's own batch: each channel's mailbox gets them in `seq` order.
+    /// A row of a channel that is gone or disabled goes nowhere (InsForge
+    /// skips them too).
+    fn handle(&mut self, hand_on: HandOn, ctx: &mut Context<Self>) {
+        for row in hand_on.stored {
+            let enabled = row.channel_id.and_then(|id| self.catalog.by_id(id));
+            if enabled.is_none() {
+                continue;
+            }
+            self.handle(
+                DeliverStored(Stored {
+                    row,
+                    via_registry: false,
+                }),
+                ctx,
+            );
+        }
+        for (notify, persisted) in hand_on.persisted {
+            notify.do_send(persisted);
         }
     }
 }

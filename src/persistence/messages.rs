@@ -69,7 +69,9 @@ pub async fn insert_batch<'a>(
 ) -> Result<(), PersistenceError> {
     let rows: Vec<&messages::Model> = batch.into_iter().collect();
     if db.get_database_backend() == DbBackend::Postgres {
-        return insert_numbered(db, &rows, false, None).await.map(|_| ());
+        return insert_numbered(db, &rows, false, None, None)
+            .await
+            .map(|_| ());
     }
     insert_rows(db, rows, false).await
 }
@@ -107,7 +109,7 @@ pub async fn write_batch_in_one_transaction(
     let txn = db.begin().await.map_err(PersistenceError::from_write)?;
     insert_rows(&txn, batch.iter().copied(), true).await?;
     insert_pending(&txn, batch).await?;
-    update_counts(&txn, Column::WsAudienceCount, audience, true).await?;
+    update_counts(&txn, Column::WsAudienceCount, audience, true, Count::Add).await?;
     super::webhooks::finish(&txn, webhooks).await?;
     txn.commit().await.map_err(PersistenceError::from_write)?;
     Ok(())
@@ -127,12 +129,15 @@ pub async fn write_batch_in_one_transaction(
 /// # Errors
 /// Database failures (nothing is written); [`PersistenceError::Duplicate`]
 /// if an id exists; [`PersistenceError::TooLate`].
+/// The statement also notifies [`migration::SEQUENCE_CHANNEL`] with
+/// `node` (once, at commit), which wakes the other nodes to read it.
 pub async fn insert_batch_with_webhooks(
     db: &DatabaseConnection,
     batch: &[&messages::Model],
     stored_before: DateTime<Utc>,
+    node: &str,
 ) -> Result<Option<i64>, PersistenceError> {
-    insert_numbered(db, batch, true, Some(stored_before)).await
+    insert_numbered(db, batch, true, Some(stored_before), Some(node)).await
 }
 
 /// PostgreSQL: inserts `rows` numbered in order under the sequence lock
@@ -142,7 +147,8 @@ pub async fn insert_batch_with_webhooks(
 /// statement commits, so `seq` values become visible in increasing order.
 /// Returns the first row's `seq` (the others follow in order; `None` for
 /// no rows). With `stored_before`, the statement stores nothing if the
-/// lock comes at or after that instant (by the database's clock). The
+/// lock comes at or after that instant (by the database's clock); with
+/// `notify`, it notifies the sequence channel with that payload. The
 /// statement's text depends only on the row count and the options, and is
 /// built once for each.
 async fn insert_numbered(
@@ -150,11 +156,13 @@ async fn insert_numbered(
     rows: &[&messages::Model],
     with_backlog: bool,
     stored_before: Option<DateTime<Utc>>,
+    notify: Option<&str>,
 ) -> Result<Option<i64>, PersistenceError> {
     const COLUMNS: &str = "id, event_name, channel_id, channel_name, payload, sender_type, \
                            sender_id, ws_audience_count, wh_audience_count, wh_delivered_count, created_at";
-    /// Statement texts by (row count, with backlog, with deadline).
-    type Texts = std::sync::Mutex<HashMap<(usize, bool, bool), Arc<str>>>;
+    /// Statement texts by (row count, with backlog, with deadline, with
+    /// notification).
+    type Texts = std::sync::Mutex<HashMap<(usize, bool, bool, bool), Arc<str>>>;
     static TEXTS: OnceLock<Texts> = OnceLock::new();
     if rows.is_empty() {
         return Ok(None);
@@ -164,7 +172,7 @@ async fn insert_numbered(
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry((n, with_backlog, stored_before.is_some()))
+        .entry((n, with_backlog, stored_before.is_some(), notify.is_some()))
         .or_insert_with(|| {
             let mut values = String::with_capacity(n * 64);
             for row in 0..n {
@@ -181,18 +189,32 @@ async fn insert_numbered(
                 ""
             };
             // Read once the lock is held, just before the rows go in.
+            let mut next_param = n * 11 + 1;
             let in_time = if stored_before.is_some() {
-                format!(" WHERE clock_timestamp() < ${}", n * 11 + 1)
+                next_param += 1;
+                format!(" WHERE clock_timestamp() < ${}", next_param - 1)
             } else {
                 String::new()
+            };
+            // A plain CTE runs only if read: the final SELECT joins it.
+            let (notified, from) = if notify.is_some() {
+                (
+                    format!(
+                        ", notified AS MATERIALIZED (SELECT pg_notify('{}', ${next_param}) FROM first)",
+                        migration::SEQUENCE_CHANNEL
+                    ),
+                    "first, notified",
+                )
+            } else {
+                (String::new(), "first")
             };
             format!(
                 "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), \
                  first AS MATERIALIZED (SELECT setval('realtime.message_seq', nextval('realtime.message_seq') + {last}) - {last} AS seq FROM locked{in_time}), \
                  inserted AS (INSERT INTO messages ({COLUMNS}, seq) \
                    SELECT {picked}, first.seq + v.ord FROM first, (VALUES {values}) AS v({COLUMNS}, ord) \
-                   RETURNING id, wh_audience_count){backlog} \
-                 SELECT seq FROM first",
+                   RETURNING id, wh_audience_count){backlog}{notified} \
+                 SELECT seq FROM {from}",
                 lock = migration::SEQUENCE_LOCK,
                 last = n - 1,
                 picked = COLUMNS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", "),
@@ -209,7 +231,8 @@ async fn insert_numbered(
                     let [values @ .., _seq] = row_values(row);
                     values
                 })
-                .chain(stored_before.map(sea_orm::Value::from)),
+                .chain(stored_before.map(sea_orm::Value::from))
+                .chain(notify.map(sea_orm::Value::from)),
         ))
         .await
         .map_err(PersistenceError::from_write)?;
@@ -274,6 +297,30 @@ pub async fn seqs_of(
         seqs.extend(rows.into_iter().filter_map(|(id, seq)| Some((id, seq?))));
     }
     Ok(seqs)
+}
+
+/// Stored messages with `seq` above `after` (and below `before`), in `seq`
+/// order, at most `limit`: what this node's writer did not write and must
+/// still hand to its channels (ARCHITECTURE.md, "The message sequence").
+/// One range scan of the `seq` index.
+///
+/// # Errors
+/// Database failures.
+pub async fn log_after(
+    db: &DatabaseConnection,
+    after: i64,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    let mut select = Messages::find().filter(Column::Seq.gt(after));
+    if let Some(before) = before {
+        select = select.filter(Column::Seq.lt(before));
+    }
+    Ok(select
+        .order_by_asc(Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?)
 }
 
 /// Adds the rows that have webhook URLs to the webhook backlog, in
@@ -411,20 +458,30 @@ fn statement_sizes(n: usize, chunked: bool) -> Vec<usize> {
         .collect()
 }
 
-/// Sets one integer column of many messages. Messages delivered together
-/// share their count, so the ids are grouped by value and each group is one
-/// `UPDATE … WHERE id IN (…)` (primary-key lookups; a `CASE` over hundreds
-/// of ids made the database compare every row with every branch). Returns
-/// how many rows changed.
+/// Adds this node's audience to `ws_audience_count` of many messages (each
+/// node that delivers a message adds its own, so the count is the sum over
+/// nodes). Messages delivered together share their count, so the ids are
+/// grouped by value and each group is one `UPDATE … WHERE id IN (…)`
+/// (primary-key lookups; a `CASE` over hundreds of ids made the database
+/// compare every row with every branch). Returns how many rows changed.
 ///
 /// # Errors
 /// Database failures.
-pub async fn set_counts(
+pub async fn add_audience(
     db: &DatabaseConnection,
-    column: Column,
     counts: &[(Uuid, i32)],
 ) -> Result<u64, PersistenceError> {
-    update_counts(db, column, counts, false).await
+    update_counts(db, Column::WsAudienceCount, counts, false, Count::Add).await
+}
+
+/// How [`update_counts`] writes a count.
+#[derive(Clone, Copy)]
+pub(super) enum Count {
+    /// The count is the value (webhook outcomes, decided once).
+    Set,
+    /// The value adds to the count: each node that delivers a message adds
+    /// its own audience.
+    Add,
 }
 
 pub(super) async fn update_counts<C: ConnectionTrait>(
@@ -432,6 +489,7 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
     column: Column,
     counts: &[(Uuid, i32)],
     chunked: bool,
+    how: Count,
 ) -> Result<u64, PersistenceError> {
     let mut by_value: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
     for (id, count) in counts {
@@ -444,8 +502,12 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
             for size in statement_sizes(chunk.len(), chunked) {
                 let (ids, tail) = rest.split_at(size);
                 rest = tail;
+                let value = match how {
+                    Count::Set => Expr::value(count),
+                    Count::Add => Expr::col(column).add(count),
+                };
                 let result = Messages::update_many()
-                    .col_expr(column, Expr::value(count))
+                    .col_expr(column, value)
                     .filter(Column::Id.is_in(ids.iter().copied()))
                     .exec(conn)
                     .await?;

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`channels`]: channel definitions.
+//! - [`hand_on`]: handing durable messages to channels in `seq` order.
 //! - [`messages`]: history listing, clearing and statistics.
 //! - [`permissions`]: the row-level-security policies of realtime, and
 //!   evaluating them on PostgreSQL.
@@ -17,6 +18,7 @@
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
+pub mod hand_on;
 pub mod messages;
 pub mod permissions;
 pub mod policies;

@@ -93,7 +93,11 @@ pub async fn listen(url: &str) -> Result<PgListener, PersistenceError> {
     let listen = async {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener
-            .listen_all([migration::SEQUENCE_CHANNEL, migration::POLICY_CHANNEL])
+            .listen_all([
+                migration::SEQUENCE_CHANNEL,
+                migration::POLICY_CHANNEL,
+                migration::CATALOG_CHANNEL,
+            ])
             .await?;
         Ok::<_, sea_orm::sqlx::Error>(listener)
     };

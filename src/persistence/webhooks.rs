@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::messages::update_counts;
+use super::messages::{update_counts, Count};
 use super::PersistenceError;
 
 /// How a message's webhook deliveries ended.
@@ -93,8 +93,15 @@ pub async fn finish<C: ConnectionTrait>(
         .iter()
         .map(|outcome| (outcome.message_id, outcome.delivered))
         .collect();
-    update_counts(conn, Column::WhAudienceCount, &audience, false).await?;
-    update_counts(conn, Column::WhDeliveredCount, &delivered, false).await?;
+    update_counts(conn, Column::WhAudienceCount, &audience, false, Count::Set).await?;
+    update_counts(
+        conn,
+        Column::WhDeliveredCount,
+        &delivered,
+        false,
+        Count::Set,
+    )
+    .await?;
     for chunk in outcomes.chunks(MAX_IDS) {
         Pending::delete_many()
             .filter(

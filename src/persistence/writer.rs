@@ -17,7 +17,7 @@
 //! writes fail, the writer reports the database unwritable
 //! ([`WriterHealth`]) and probes it once a second until a write commits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use entity::messages;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
+use super::hand_on::{self, CatchUp, ConnectRegistry, HandOn};
 use super::webhooks::{self as webhook_queries, WebhookOutcome};
 use super::{messages as queries, retention, PersistenceError};
 use crate::metrics::METRICS;
@@ -216,6 +217,16 @@ pub struct MessageWriter {
     checking: bool,
     /// The timer of the next probe or delete.
     check_timer: Option<SpawnHandle>,
+    /// Every `seq` at or below it has been handed to channels (see
+    /// [`hand_on`]).
+    cursor: i64,
+    /// Where rows this writer did not write go, with its own batches after
+    /// them; without it (tests) batches go straight to their channels.
+    registry: Option<Recipient<HandOn>>,
+    /// Rows others stored may be waiting: read them between flushes.
+    catch_up_wanted: bool,
+    /// This node, as its batches' notifications name it.
+    node: Arc<str>,
 }
 
 impl MessageWriter {
@@ -229,7 +240,6 @@ impl MessageWriter {
         committed: CommittedSeq,
     ) -> Self {
         MessageWriter {
-            committed,
             counts_apart: db.get_database_backend() != DbBackend::Sqlite,
             db,
             batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
@@ -247,7 +257,18 @@ impl MessageWriter {
             health: WriterHealth::default(),
             checking: false,
             check_timer: None,
+            cursor: committed.get(),
+            committed,
+            registry: None,
+            catch_up_wanted: false,
+            node: Uuid::new_v4().to_string().into(),
         }
+    }
+
+    /// This node's id, as the notifications of its batches carry it.
+    pub fn with_node(mut self, node: Arc<str>) -> Self {
+        self.node = node;
+        self
     }
 
     /// Messages not stored within `timeout` are refused.
@@ -282,7 +303,13 @@ impl MessageWriter {
             self.write_counts(ctx);
         }
         let counts_waiting = !self.counts_apart && self.has_updates();
-        if self.flushing || (self.rows.is_empty() && !counts_waiting) {
+        if self.flushing {
+            return;
+        }
+        if self.rows.is_empty() && !counts_waiting {
+            if self.catch_up_wanted {
+                self.catch_up(ctx);
+            }
             return;
         }
         if self.rows.len() >= self.batch_size || !self.drain_waiters.is_empty() {
@@ -323,6 +350,10 @@ impl MessageWriter {
         let deadline = batch
             .first()
             .map_or(started + self.publish_timeout, |queued| queued.deadline);
+        let cursor = self.cursor;
+        let node = self.node.clone();
+        let hands_on = self.registry.is_some();
+        let refused = self.refused();
         let write = async move {
             let attempt = async {
                 if !counts_apart {
@@ -354,7 +385,7 @@ impl MessageWriter {
                     audience: &audience,
                     webhooks: &outcomes,
                 });
-                let written = write_with_retries(&db, &rows, updates, deadline).await?;
+                let written = write_with_retries(&db, &rows, updates, deadline, &node).await?;
                 drop(rows);
                 number_written(&db, &mut batch, written).await;
                 Ok(())
@@ -369,11 +400,18 @@ impl MessageWriter {
                     Err(Failure::IN_DOUBT)
                 }
             };
-            (batch, webhooks, written, next_seq)
+            // Rows others stored below this batch go to the channels first.
+            let first = batch.first().and_then(|queued| queued.row.seq);
+            let gap = match (&written, first) {
+                (Ok(()), Some(first)) if hands_on && first > cursor + 1 => {
+                    read_gap(&db, cursor, first, &refused).await
+                }
+                _ => Vec::new(),
+            };
+            (batch, webhooks, written, next_seq, gap)
         };
         ctx.spawn(write.into_actor(self).map(
-            move |(batch, webhooks, written, next_seq), writer, ctx| {
-                writer.flushing = false;
+            move |(batch, webhooks, written, next_seq, gap), writer, ctx| {
                 writer.next_seq = next_seq;
                 match &written {
                     Ok(()) => {
@@ -389,13 +427,96 @@ impl MessageWriter {
                         }
                     }
                 }
+                notify_webhooks(webhooks);
+                let own = batch.iter().filter_map(|queued| queued.row.seq).max();
+                let last = gap
+                    .iter()
+                    .filter_map(|row| row.seq)
+                    .chain(own.filter(|_| written.is_ok()))
+                    .max();
                 // write_with_retries logged the database's words.
                 let result = written.map_err(|_| PublishError::DatabaseUnavailable);
-                notify_channels(batch, result);
-                notify_webhooks(webhooks);
-                writer.after_write(ctx);
+                let persisted = by_channel(batch, result);
+                writer.hand_on(gap, persisted, last, ctx);
             },
         ));
+    }
+
+    /// Hands `stored` (rows others stored, in `seq` order) and then this
+    /// writer's `persisted` batch on to the channels, advances the cursor
+    /// to `last`, and lets the next flush run once both are on their way:
+    /// straight to the channels when there are no others' rows, else
+    /// through the registry, which keeps the two in order per channel.
+    fn hand_on(
+        &mut self,
+        stored: Vec<messages::Model>,
+        persisted: Vec<(Recipient<Persisted>, Persisted)>,
+        last: Option<i64>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(last) = last {
+            self.cursor = self.cursor.max(last);
+            self.committed.advance(self.cursor);
+        }
+        let registry = match &self.registry {
+            Some(registry) if !stored.is_empty() => registry.clone(),
+            _ => {
+                for (notify, message) in persisted {
+                    notify.do_send(message);
+                }
+                self.flushing = false;
+                return self.after_write(ctx);
+            }
+        };
+        let sent = registry.send(HandOn { stored, persisted });
+        ctx.spawn(sent.into_actor(self).map(|sent, writer, ctx| {
+            if sent.is_err() {
+                tracing::error!("the channel registry is gone; messages not handed on");
+            }
+            writer.flushing = false;
+            writer.after_write(ctx);
+        }));
+    }
+
+    /// Reads rows others stored above the cursor, between flushes, and
+    /// hands them on ([`CatchUp`]).
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        self.catch_up_wanted = false;
+        if self.registry.is_none() {
+            return;
+        }
+        self.flushing = true;
+        let db = self.db.clone();
+        let after = self.cursor;
+        let refused = self.refused();
+        let read = async move { hand_on::rows_to_hand_on(&db, after, None, &refused).await };
+        ctx.spawn(read.into_actor(self).map(|read, writer, ctx| match read {
+            Ok(rows) if !rows.is_empty() => {
+                let last = rows.last().and_then(|row| row.seq);
+                // There may be more: look again after these.
+                writer.catch_up_wanted = true;
+                writer.hand_on(rows, Vec::new(), last, ctx);
+            }
+            Ok(_) => {
+                writer.flushing = false;
+                writer.after_write(ctx);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read messages others stored; retrying");
+                writer.flushing = false;
+                ctx.run_later(CHECK_INTERVAL, |writer, ctx| {
+                    writer.catch_up_wanted = true;
+                    writer.schedule(ctx);
+                });
+                writer.after_write(ctx);
+            }
+        }));
+    }
+
+    /// Ids of refused messages whose rows may exist until deleted: never
+    /// handed on.
+    fn refused(&self) -> HashSet<Uuid> {
+        self.in_doubt.iter().copied().collect()
     }
 
     /// Refuses the waiting rows whose time is up: they are never written.
@@ -530,9 +651,7 @@ impl MessageWriter {
         self.counting = true;
         let db = self.db.clone();
         let write = async move {
-            if let Err(err) =
-                queries::set_counts(&db, messages::Column::WsAudienceCount, &audience).await
-            {
+            if let Err(err) = queries::add_audience(&db, &audience).await {
                 tracing::error!(error = %err, "could not record audience counts");
             }
             let outcomes: Vec<WebhookOutcome> = webhooks
@@ -629,12 +748,14 @@ fn may_have_committed(db: &DatabaseConnection, err: &PersistenceError) -> bool {
 /// Writes `rows` (and their webhook backlog entries), with audience counts
 /// and finished webhooks in the same transaction when given (SQLite),
 /// retrying failures while `deadline` leaves time. PostgreSQL statements
-/// carry the deadline and store nothing once it passed.
+/// carry the deadline and store nothing once it passed, and notify the
+/// other nodes, naming this one (`node`).
 async fn write_with_retries(
     db: &DatabaseConnection,
     rows: &[&messages::Model],
     updates: Option<Updates<'_>>,
     deadline: Instant,
+    node: &str,
 ) -> Result<Written, Failure> {
     if rows.is_empty()
         && updates.is_none_or(|updates| updates.audience.is_empty() && updates.webhooks.is_empty())
@@ -654,7 +775,7 @@ async fn write_with_retries(
             )
             .await
             .map(|()| Written::Numbered),
-            None => queries::insert_batch_with_webhooks(db, rows, stored_before)
+            None => queries::insert_batch_with_webhooks(db, rows, stored_before, node)
                 .await
                 .map(|first| first.map_or(Written::Numbered, Written::From)),
         };
@@ -685,6 +806,34 @@ async fn write_with_retries(
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
+}
+
+/// The rows between the cursor and a batch that just committed from
+/// `first`: all committed (their numbers were given under the lock the
+/// batch then took). A failure is retried a little; past that the batch
+/// goes on without them (logged), as holding a durable message back would
+/// not bring them either.
+async fn read_gap(
+    db: &DatabaseConnection,
+    cursor: i64,
+    first: i64,
+    refused: &HashSet<Uuid>,
+) -> Vec<messages::Model> {
+    for delay_ms in [0, 50, 200] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        match hand_on::rows_to_hand_on(db, cursor, Some(first), refused).await {
+            Ok(rows) => return rows,
+            Err(err) => {
+                tracing::warn!(error = %err, cursor, first, "cannot read the messages before a batch; retrying");
+            }
+        }
+    }
+    tracing::error!(
+        cursor,
+        first,
+        "messages stored by others before this batch are not delivered on this node"
+    );
+    Vec::new()
 }
 
 /// `deadline` on the wall clock, as the database compares it.
@@ -732,6 +881,16 @@ async fn number_written(db: &DatabaseConnection, batch: &mut [Queued], written: 
 
 /// Tells each channel about its messages of the batch, in order.
 fn notify_channels(batch: Vec<Queued>, result: Result<(), PublishError>) {
+    for (notify, message) in by_channel(batch, result) {
+        notify.do_send(message);
+    }
+}
+
+/// The batch's outcome as one [`Persisted`] per channel, ids in order.
+fn by_channel(
+    batch: Vec<Queued>,
+    result: Result<(), PublishError>,
+) -> Vec<(Recipient<Persisted>, Persisted)> {
     type Numbered = (Recipient<Persisted>, Vec<Uuid>, Vec<Option<i64>>);
     let mut by_channel: HashMap<String, Numbered> = HashMap::new();
     let ok = result.is_ok();
@@ -744,13 +903,17 @@ fn notify_channels(batch: Vec<Queued>, result: Result<(), PublishError>) {
             entry.2.push(row.seq);
         }
     }
-    for (notify, ids, seqs) in by_channel.into_values() {
-        notify.do_send(Persisted {
-            ids,
-            seqs,
-            result: result.clone(),
-        });
-    }
+    by_channel
+        .into_values()
+        .map(|(notify, ids, seqs)| {
+            let persisted = Persisted {
+                ids,
+                seqs,
+                result: result.clone(),
+            };
+            (notify, persisted)
+        })
+        .collect()
 }
 
 /// Tells the dispatcher its outcomes are written (or given up on).
@@ -793,6 +956,26 @@ impl Handler<RecordWebhooks> for MessageWriter {
 
     fn handle(&mut self, record: RecordWebhooks, ctx: &mut Context<Self>) {
         self.webhooks.push((record.outcomes, record.notify));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<ConnectRegistry> for MessageWriter {
+    type Result = ();
+
+    fn handle(&mut self, ConnectRegistry(registry): ConnectRegistry, ctx: &mut Context<Self>) {
+        self.registry = Some(registry);
+        // What others stored since the cursor was read at start.
+        self.catch_up_wanted = true;
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<CatchUp> for MessageWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: CatchUp, ctx: &mut Context<Self>) {
+        self.catch_up_wanted = true;
         self.schedule(ctx);
     }
 }

@@ -300,3 +300,36 @@ async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sockets that close while their subscribes are on the way leave no
+/// subscriber behind: every channel actor they touched retires. (A join
+/// answered after the socket was gone used to stay, with its channel,
+/// until the channel's next message.)
+#[actix_rt::test]
+async fn sockets_closing_mid_subscribe_leave_nothing_behind() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    setup(&server).await;
+    for round in 0..200u64 {
+        let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+        client
+            .emit(
+                "realtime:subscribe",
+                json!({ "channel": format!("room:{}", round % 10) }),
+            )
+            .await;
+        // Gone without waiting for the answer, after varying delays.
+        if round % 3 == 0 {
+            actix_rt::time::sleep(std::time::Duration::from_micros(200 * (round % 7))).await;
+        }
+        drop(client);
+    }
+    common::wait_until(
+        "every channel actor retired",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (_, actors) = server.admin("GET", "/api/realtime/actors", None).await;
+            actors.as_array().is_some_and(Vec::is_empty)
+        },
+    )
+    .await;
+}

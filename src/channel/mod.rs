@@ -69,7 +69,7 @@ pub enum Reply {
 pub struct Join(pub Subscriber);
 
 /// Unsubscribe a socket.
-#[derive(actix::Message)]
+#[derive(actix::Message, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Leave {
     /// The subscriber's id.

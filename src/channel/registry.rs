@@ -18,7 +18,7 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 
 use super::catalog::ChannelCatalog;
-use super::{Barrier, Channel, ChannelSettings, Join, Publish, Retire, Stored};
+use super::{Barrier, Channel, ChannelSettings, Join, Leave, Publish, Retire, Stored};
 use crate::persistence::hand_on::HandOn;
 use crate::persistence::writer::{CommittedSeq, MessageWriter};
 use crate::webhooks::Webhooks;
@@ -143,6 +143,30 @@ impl Handler<JoinChannel> for ChannelRegistry {
         let entry = self.entry(&message.name, ctx);
         entry.n_forwarded += 1;
         entry.channel.do_send(message.join);
+    }
+}
+
+/// Unsubscribe a socket from the channel `name` whose join it sent but
+/// whose answer it never got (it closed meanwhile). Through the registry,
+/// so it reaches the channel after the join did.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct LeaveChannel {
+    /// The resolved channel name.
+    pub name: String,
+    /// The leave to forward.
+    pub leave: Leave,
+}
+
+impl Handler<LeaveChannel> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: LeaveChannel, _: &mut Context<Self>) {
+        // Not counted as forwarded: a channel retired meanwhile has
+        // nobody to remove, and one that is not has no message to await.
+        if let Some(entry) = self.channels.get(message.name.as_str()) {
+            entry.channel.do_send(message.leave);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use actix::Addr;
 use serde_json::{json, Value};
 
 use super::{channel_arg, Client, ClientEvent, NAMESPACE};
-use crate::channel::registry::JoinChannel;
+use crate::channel::registry::{JoinChannel, LeaveChannel};
 use crate::channel::{Channel, Join, Joined, Leave, Subscriber};
 use crate::engineio::SessionEvent;
 use crate::pattern::validate_name;
@@ -366,14 +366,20 @@ impl Client {
     /// Leaves every channel (the connection closed); `dropped` when it
     /// was not the client's choice, so its presence lingers for the grace.
     pub(super) fn leave_all(&mut self, dropped: bool) {
-        for (_, subscription) in self.subscriptions.drain() {
-            if let Subscription::Joined { channel, .. } = subscription {
-                channel.do_send(Leave {
-                    subscriber_id: self.subscriber_id,
-                    dropped,
-                });
+        let leave = Leave {
+            subscriber_id: self.subscriber_id,
+            dropped,
+        };
+        for (name, subscription) in self.subscriptions.drain() {
+            match subscription {
+                Subscription::Joined { channel, .. } => channel.do_send(leave),
+                // The join may have reached the channel after the socket was
+                // last seen there: leave through the registry, behind it.
+                Subscription::Joining { .. } => {
+                    self.hub.registry.do_send(LeaveChannel { name, leave })
+                }
+                Subscription::Authorizing { .. } => {}
             }
-            // Joins still in flight find the session gone and are dropped.
         }
     }
 

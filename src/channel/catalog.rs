@@ -35,12 +35,16 @@ pub struct ChannelDef {
 #[derive(Default)]
 pub struct ChannelCatalog {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Reloads started so far: each takes the next number.
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
 struct Snapshot {
     by_pattern: PatternIndex<Arc<ChannelDef>>,
     by_id: HashMap<Uuid, Arc<ChannelDef>>,
+    /// The number of the reload that built it.
+    reload: u64,
 }
 
 impl ChannelCatalog {
@@ -54,11 +58,18 @@ impl ChannelCatalog {
         Ok(catalog)
     }
 
-    /// Rebuilds the index from the database.
+    /// Rebuilds the index from the database. Reloads may overlap (the REST
+    /// API after a change, the listener told of one by another node): one
+    /// that started earlier never replaces one that started later, whose
+    /// read saw at least as much.
     ///
     /// # Errors
     /// Database failures; the previous index stays in place.
     pub async fn reload(&self, db: &DatabaseConnection) -> Result<(), PersistenceError> {
+        let reload = self
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let channels = persistence::channels::list(db).await?;
         let options = persistence::channels::all_options(db).await?;
         let definitions: Vec<Arc<ChannelDef>> = channels
@@ -76,6 +87,7 @@ impl ChannelCatalog {
             })
             .collect();
         let snapshot = Snapshot {
+            reload,
             by_id: definitions
                 .iter()
                 .map(|def| (def.id, def.clone()))
@@ -86,7 +98,10 @@ impl ChannelCatalog {
                     .map(|def| (def.pattern.clone(), def)),
             ),
         };
-        *self.snapshot.write() = Arc::new(snapshot);
+        let mut current = self.snapshot.write();
+        if current.reload < reload {
+            *current = Arc::new(snapshot);
+        }
         Ok(())
     }
 

@@ -55,7 +55,9 @@ pub async fn number_arrivals(
                     (SELECT cardinality(c.webhook_urls) FROM channels c
                       WHERE c.id = m.channel_id AND c.enabled), 0)
              FROM todo, first
-            WHERE m.id = todo.id
+            -- Checked again on the row as it is once the lock is held:
+            -- another node's sequencer may have numbered it meanwhile.
+            WHERE m.id = todo.id AND (m.seq IS NULL OR m.seq < 0)
            RETURNING m.*),
          backlog AS (
            INSERT INTO webhook_pending (message_id)

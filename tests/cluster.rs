@@ -31,15 +31,6 @@ async fn two_nodes() -> Option<(TestServer, TestServer)> {
     Some((a, b))
 }
 
-async fn subscriber(node: &TestServer, channel: &str) -> SioClient {
-    let mut client = SioClient::connect(&node.base_url, json!({ "token": ANON_KEY })).await;
-    let ack = client
-        .call("realtime:subscribe", json!({ "channel": channel }))
-        .await;
-    assert_eq!(ack["ok"], true, "{ack}");
-    client
-}
-
 /// The next `tick`'s payload `n` and offset (the event's last argument).
 async fn next_tick(client: &mut SioClient) -> (String, i64) {
     loop {
@@ -76,10 +67,10 @@ async fn every_node_delivers_every_message_in_one_order() {
     let Some((a, b)) = two_nodes().await else {
         return;
     };
-    let mut on_a = subscriber(&a, "room:1").await;
-    let mut on_b = subscriber(&b, "room:1").await;
-    let mut publisher_a = subscriber(&a, "room:1").await;
-    let mut publisher_b = subscriber(&b, "room:1").await;
+    let mut on_a = a.anon_subscriber("room:1").await;
+    let mut on_b = b.anon_subscriber("room:1").await;
+    let mut publisher_a = a.anon_subscriber("room:1").await;
+    let mut publisher_b = b.anon_subscriber("room:1").await;
 
     // Publishes on both nodes and from SQL, all at once.
     let n_each = 20;
@@ -159,7 +150,7 @@ async fn channel_definitions_changed_on_one_node_reach_the_others() {
         a.realtime.catalog.resolve("late:1").is_some()
     })
     .await;
-    let mut on_a = subscriber(&a, "late:1").await;
+    let mut on_a = a.anon_subscriber("late:1").await;
     let (status, body) = b
         .admin(
             "POST",

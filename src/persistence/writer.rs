@@ -658,8 +658,20 @@ impl MessageWriter {
                 .iter()
                 .flat_map(|(outcomes, _)| outcomes.iter().copied())
                 .collect();
-            if let Err(err) = webhook_queries::finish(&db, &outcomes).await {
-                tracing::error!(error = %err, "could not record webhook outcomes; they stay in the backlog");
+            // Idempotent, so retried: a pooled connection can die under it
+            // (one made on an HTTP worker's runtime, at shutdown), and the
+            // next attempt gets another.
+            for attempt in 0..3 {
+                match webhook_queries::finish(&db, &outcomes).await {
+                    Ok(()) => break,
+                    Err(err) if attempt < 2 => {
+                        tracing::warn!(error = %err, "could not record webhook outcomes; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "could not record webhook outcomes; they stay in the backlog");
+                    }
+                }
             }
             webhooks
         };

@@ -173,6 +173,21 @@ impl TestServer {
         }
     }
 
+    /// A socket with the anon key, subscribed to `channel`.
+    pub async fn anon_subscriber(&self, channel: &str) -> wire::SioClient {
+        let mut client =
+            wire::SioClient::connect(&self.base_url, serde_json::json!({ "token": ANON_KEY }))
+                .await;
+        let ack = client
+            .call(
+                "realtime:subscribe",
+                serde_json::json!({ "channel": channel }),
+            )
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        client
+    }
+
     /// A JWT signed with the test secret.
     pub fn token(&self, role: Role, sub: &str) -> String {
         let settings = test_settings("sqlite://unused.db", "");

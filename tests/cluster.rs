@@ -51,12 +51,12 @@ async fn next_tick(client: &mut SioClient) -> (String, i64) {
     }
 }
 
-async fn rest_publish(node: &TestServer, n: String) {
+async fn rest_publish(node: &TestServer, channel: &str, n: String) {
     let (status, body) = node
         .admin(
             "POST",
             "/api/realtime/messages",
-            Some(json!({ "channel": "room:1", "event": "tick", "payload": { "n": n } })),
+            Some(json!({ "channel": channel, "event": "tick", "payload": { "n": n } })),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -76,8 +76,8 @@ async fn every_node_delivers_every_message_in_one_order() {
     let n_each = 20;
     let mut rest = Vec::new();
     for i in 0..n_each {
-        rest.push(rest_publish(&a, format!("a-rest-{i}")));
-        rest.push(rest_publish(&b, format!("b-rest-{i}")));
+        rest.push(rest_publish(&a, "room:1", format!("a-rest-{i}")));
+        rest.push(rest_publish(&b, "room:1", format!("b-rest-{i}")));
     }
     let rest = futures_util::future::join_all(rest);
     let sockets = async {
@@ -151,14 +151,7 @@ async fn channel_definitions_changed_on_one_node_reach_the_others() {
     })
     .await;
     let mut on_a = a.anon_subscriber("late:1").await;
-    let (status, body) = b
-        .admin(
-            "POST",
-            "/api/realtime/messages",
-            Some(json!({ "channel": "late:1", "event": "tick", "payload": { "n": "one" } })),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    rest_publish(&b, "late:1", "one".to_owned()).await;
     assert_eq!(next_tick(&mut on_a).await.0, "one");
 
     // Disabled on B: A refuses new subscribers and delivers B's rows for it

@@ -18,7 +18,7 @@ use super::writer::Persisted;
 use super::PersistenceError;
 
 /// Rows read from the log per query.
-pub const PAGE: u64 = 500;
+const PAGE: u64 = 500;
 /// Most rows one catch-up pass reads before letting a flush run.
 const MAX_PER_PASS: usize = 5_000;
 

@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# Ephemeral channels (delivered live, never stored) beside durable ones, on
-# SQLite: fan-out (1,000 subscribers x 2,000 messages x 100 B) and acked
-# publishes (16 publishers x 32 in flight), a fresh server per case, the
+# Ephemeral channels (delivered live, never stored) beside durable ones:
+# fan-out (1,000 subscribers x 2,000 messages x 100 B) and acked publishes
+# (16 publishers x 32 in flight), a fresh server and database per case, the
 # cases alternated. Server on core 0, generator on core 1; loopback only.
+# On SQLite by default; on PostgreSQL (where ephemeral messages go through
+# NOTIFY to reach every node) with DATABASE=postgres under
+# scripts/with-postgres.
 #
 #   benchmarks/ephemeral.sh [ROUNDS]
+#   DATABASE=postgres scripts/with-postgres benchmarks/ephemeral.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 cargo build --release -j2 --bin realtime --bin realtime-bench >&2
 port=7143
 out=$(mktemp)
+database=${DATABASE:-sqlite}
+psql=$(ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -1)
+psql=${psql:-psql}
 
 run_case() { # durable | ephemeral
   local case=$1 scratch pid flag=()
   [ "$case" = ephemeral ] && flag=(--ephemeral)
   scratch=$(mktemp -d)
-  REALTIME__DATABASE__URL="sqlite://$scratch/realtime.db" REALTIME__SERVER__HOST=127.0.0.1 \
+  local url="sqlite://$scratch/realtime.db"
+  if [ "$database" = postgres ]; then
+    local admin_url=${REALTIME_TEST_POSTGRES_URL:?run under scripts/with-postgres}
+    local db="bench_$(date +%s%N)"
+    "$psql" -q "$admin_url" -c "CREATE DATABASE $db"
+    url="${admin_url%/*}/$db"
+  fi
+  REALTIME__DATABASE__URL="$url" REALTIME__SERVER__HOST=127.0.0.1 \
     REALTIME__SERVER__PORT=$port REALTIME__SERVER__WORKERS=1 REALTIME__LOG__LEVEL=error \
     REALTIME__LIMITS__PUBLISH_RATE=0 REALTIME__LIMITS__MAX_SOCKETS_PER_ADDRESS=0 REALTIME__LIMITS__CONNECT_RATE_PER_ADDRESS=0 taskset -c "${SERVER_CORE:-0}" target/release/realtime &
   pid=$!
@@ -28,7 +42,11 @@ run_case() { # durable | ephemeral
   c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   publish=$("${bench[@]}" publish --publishers 16 --window 32 --seconds 5 2>/dev/null)
   local stored
-  stored=$(sqlite3 "$scratch/realtime.db" "SELECT count(*) FROM messages")
+  if [ "$database" = postgres ]; then
+    stored=$("$psql" -tAq "$url" -c "SELECT count(*) FROM realtime.messages")
+  else
+    stored=$(sqlite3 "$scratch/realtime.db" "SELECT count(*) FROM messages")
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$scratch"
   local cpu

@@ -11,10 +11,12 @@
 // Uses the npm packages of tests/js (run `npm ci` there first).
 // benchmarks/soak.sh starts the server for it. Prints one JSON line per
 // sample and a summary; exits non-zero if sessions, channels,
-// subscriptions or file descriptors do not return to the baseline, or if
+// subscriptions or the server's sockets on its port (not its database
+// connections, which a pool opens as load needs) do not return to the
+// baseline, or if
 // any acknowledged publish was never delivered to its own publisher.
 import { createRequire } from "node:module";
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -41,11 +43,35 @@ const pick = (n) => Math.floor(Math.random() * n);
 const between = (low, high) => low + Math.random() * (high - low);
 
 /** What the server process holds now. */
+/**
+ * The server's descriptors that are TCP sockets on its own port (the
+ * listener and the clients' connections): unlike all descriptors, they do
+ * not count database connections, which a pool opens as load needs them.
+ */
+function clientSockets() {
+  const port = Number(new URL(url).port).toString(16).toUpperCase().padStart(4, "0");
+  const inodes = new Set();
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields.length > 9 && fields[1].endsWith(`:${port}`)) inodes.add(fields[9]);
+    }
+  }
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      if (inodes.has(/^socket:\[(\d+)\]$/.exec(target)?.[1])) n++;
+    } catch {}
+  }
+  return n;
+}
+
 function sampleProcess() {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
   const fds = readdirSync(`/proc/${pid}/fd`).length;
-  return { rssMb: Math.round(rssKb / 102.4) / 10, fds };
+  return { rssMb: Math.round(rssKb / 102.4) / 10, fds, clientSockets: clientSockets() };
 }
 
 async function sampleMetrics() {
@@ -210,7 +236,7 @@ const settleStarted = Date.now();
 let after = await sample();
 while (Date.now() - settleStarted < 120_000) {
   after = await sample();
-  if (after.sessions === 0 && after.channels === 0 && after.subscriptions === 0 && after.fds <= baseline.fds + 2) {
+  if (after.sessions === 0 && after.channels === 0 && after.subscriptions === 0 && after.clientSockets <= baseline.clientSockets + 2) {
     break;
   }
   await sleep(1_000);
@@ -240,7 +266,7 @@ const summary = {
 };
 console.log(JSON.stringify(summary));
 const back =
-  after.sessions === 0 && after.channels === 0 && after.subscriptions === 0 && after.fds <= baseline.fds + 2;
+  after.sessions === 0 && after.channels === 0 && after.subscriptions === 0 && after.clientSockets <= baseline.clientSockets + 2;
 if (!back || lostEchoes > 0 || totals.publishFailures > 0 || totals.connectErrors > 0) {
   console.error(
     !back

@@ -123,6 +123,15 @@ struct FanoutArgs {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
+    /// Publishers connect to this server instead (another node of the
+    /// same cluster: fan-out across nodes).
+    #[arg(long)]
+    publish_server: Option<SocketAddr>,
+    /// The server's process id: reports the CPU it spent from the first
+    /// publish to the last delivery (`server_cpu_seconds`), without the
+    /// connects and subscribes before.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -409,15 +418,19 @@ async fn join(
     let (mut reader, writer) = open_only(target, source).await?;
     let connect = format!("40{}", json!({ "token": target.token }));
     ws_send(&writer, connect.as_bytes()).await?;
-    match reader.next_text().await {
-        Some(answer) if answer.starts_with(b"40") => {}
-        Some(answer) => {
-            return Err(format!(
-                "connect refused: {}",
-                String::from_utf8_lossy(answer)
-            ))
+    loop {
+        match reader.next_text().await {
+            Some(answer) if answer.starts_with(b"40") => break,
+            // socketioxide pings as soon as the transport opens.
+            Some(b"2") => ws_send(&writer, b"3").await?,
+            Some(answer) => {
+                return Err(format!(
+                    "connect refused: {}",
+                    String::from_utf8_lossy(answer)
+                ))
+            }
+            None => return Err("closed during connect".into()),
         }
-        None => return Err("closed during connect".into()),
     }
     let subscribe = format!(
         "420{}",
@@ -435,6 +448,7 @@ async fn join(
                 }
                 return Ok((reader, writer));
             }
+            Some(b"2") => ws_send(&writer, b"3").await?,
             Some(_) => continue,
             None => return Err("closed during subscribe".into()),
         }
@@ -626,8 +640,15 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
     .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
     eprintln!("{} subscribers in {connect_seconds:.2} s", args.subscribers);
+    let publish_target = Target {
+        server: args.publish_server.unwrap_or(target.server),
+        ..target.clone()
+    };
+    if !publish_target.server.ip().is_loopback() {
+        return Err("--publish-server must be a loopback address".into());
+    }
     let publishers = join_many(
-        target,
+        &publish_target,
         args.publishers,
         args.connect_concurrency,
         channel_of,
@@ -720,6 +741,7 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
     };
 
     let padding = "x".repeat(args.payload);
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
     let send_started = clock();
     let rate_per_publisher = args.rate as f64 / args.publishers.max(1) as f64;
     let mut publishing = Vec::new();
@@ -760,6 +782,10 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
         last_at = last_at.max(stats.last_at);
         latencies.extend(stats.latencies_us);
     }
+    let server_cpu_seconds = match (cpu_before, args.server_pid.and_then(cpu_seconds)) {
+        (Some(before), Some(after)) => json!(after - before),
+        _ => json!(null),
+    };
     progress.abort();
     for task in drains {
         task.abort();
@@ -782,6 +808,7 @@ async fn fanout(target: &Target, args: FanoutArgs) -> Result<String, String> {
         "duplicated": duplicated,
         "out_of_order": out_of_order,
         "latency_us": percentiles(latencies),
+        "server_cpu_seconds": server_cpu_seconds,
     })
     .to_string())
 }
@@ -1019,6 +1046,16 @@ async fn webhooks(target: &Target, args: WebhooksArgs) -> Result<String, String>
 }
 
 // ------------------------------------------------------------------- conns
+
+/// The CPU time (user + system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for userspace.
+    Some(ticks as f64 / 100.0)
+}
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -39,6 +39,8 @@ pub struct Settings {
     pub recovery: RecoverySettings,
     /// Presence.
     pub presence: PresenceSettings,
+    /// Several server processes on one database.
+    pub cluster: ClusterSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -231,6 +233,8 @@ impl EngineIoSettings {
             cors_origins: self.cors_origins.clone(),
             // Set from `limits.polling_rate` by the server.
             polling_rate: 0,
+            // Set from the node's id by the server.
+            node_tag: None,
         }
     }
 
@@ -269,6 +273,23 @@ pub struct PresenceSettings {
     /// present, so a reconnect within it shows the others no leave and no
     /// join. 0 turns it off. Defaults to 10000 ms.
     pub leave_grace_ms: u64,
+}
+
+/// The `[cluster]` section: several server processes sharing one
+/// PostgreSQL database (SPEC §10).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// How often a node tells the others it is alive. Defaults to 5000 ms.
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is taken for dead: its presence members
+    /// leave everywhere and its webhook deliveries move to another node.
+    /// Defaults to 30000 ms.
+    pub node_timeout_ms: u64,
+    /// Where the other nodes reach this node's API, for inspection of the
+    /// whole cluster (`scope=cluster`). Empty: `http://` and the address it
+    /// listens on, or the host name when it listens on every address.
+    pub advertise_url: String,
 }
 
 /// The `[recovery]` section: connection state recovery (SPEC §9b).
@@ -571,6 +592,19 @@ impl Settings {
             return Err(ConfigError::new(
                 "presence.leave_grace_ms",
                 "must be at most recovery.window_ms",
+            ));
+        }
+        let cluster = &self.cluster;
+        if cluster.heartbeat_ms < 100 {
+            return Err(ConfigError::new(
+                "cluster.heartbeat_ms",
+                "must be at least 100",
+            ));
+        }
+        if cluster.node_timeout_ms < cluster.heartbeat_ms.saturating_mul(3) {
+            return Err(ConfigError::new(
+                "cluster.node_timeout_ms",
+                "must be at least three times cluster.heartbeat_ms",
             ));
         }
         let permissions = &self.permissions;

@@ -25,6 +25,7 @@ use crate::socketio::{Admission, Event, Refusal, Socket, SocketHandler, SocketIo
 /// The settings the suites check: 300 / 200 ms heartbeat, 1e6 bytes.
 pub fn engine_config() -> EngineConfig {
     EngineConfig {
+        node_tag: None,
         ping_interval: Duration::from_millis(300),
         ping_timeout: Duration::from_millis(200),
         max_payload: 1_000_000,

@@ -9,6 +9,12 @@
 //!
 //! - **Other nodes' batches**: their writers notify the same channel,
 //!   naming their node; this node's writer then reads them.
+//! - **Other nodes' presence changes**: handed to the registry, which
+//!   gives each live channel its part ([`crate::cluster::presence`]).
+//! - **Sessions another node recovers**: if live here, handed over
+//!   ([`RecoveryStore::hand_over_elsewhere`]).
+//! - **Ephemeral messages** of every node, this one's included: handed to
+//!   the registry in the order heard ([`crate::cluster::relay`]).
 //!
 //! A thread of its own holds the connection. Woken by a notification (or
 //! by a poll, a safety net), it asks the sequencer to number what SQL stored
@@ -21,6 +27,7 @@
 //! and then numbers everything waiting: a row is numbered exactly once, so
 //! its webhooks are handed on exactly once, whenever it was stored.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +36,15 @@ use entity::messages;
 use sea_orm::DatabaseConnection;
 
 use crate::channel::catalog::ChannelCatalog;
-use crate::channel::registry::ChannelRegistry;
+use crate::channel::registry::{ChannelRegistry, ReloadPresence, RemoteEphemeral, RemotePresence};
 use crate::metrics::METRICS;
 use crate::permissions::PermissionHook;
+use crate::persistence::ephemeral::{self, EphemeralEnvelope};
 use crate::persistence::hand_on::CatchUp;
+use crate::persistence::presence::PresenceEnvelope;
 use crate::persistence::sequencer;
 use crate::persistence::writer::MessageWriter;
+use crate::recovery::RecoveryStore;
 use crate::webhooks::{WebhookMessage, Webhooks};
 
 /// Rows numbered per statement.
@@ -68,6 +78,11 @@ pub struct DatabaseListener {
     pub writer: Addr<MessageWriter>,
     /// This node, as its writer's notifications name it: those are skipped.
     pub node: Arc<str>,
+    /// Sessions another node may ask to take over.
+    pub recovery: Option<Arc<RecoveryStore>>,
+    /// Set while the listening connection hears notifications (the
+    /// ephemeral relay refuses messages otherwise).
+    pub listening: Arc<AtomicBool>,
 }
 
 impl DatabaseListener {
@@ -106,11 +121,14 @@ impl DatabaseListener {
                 }
             };
             backoff = FIRST_BACKOFF;
+            self.listening.store(true, Ordering::Relaxed);
             tracing::debug!("listening for messages published by SQL and policy changes");
             // Listening first, then catching up: a row stored (or a policy
             // changed) from now on is notified, one before is found now.
             self.permissions.policies_changed().await;
             self.reload_catalog().await;
+            // Presence changes may have been missed while not listening.
+            self.registry.do_send(ReloadPresence);
             self.catch_up().await;
             let mut last_refresh = Instant::now();
             while self.running() {
@@ -137,17 +155,43 @@ impl DatabaseListener {
                             "the listening connection was lost and made again; catching up"
                         );
                         self.permissions.policies_changed().await;
+                        self.registry.do_send(ReloadPresence);
                         last_refresh = Instant::now();
                     }
                     Ok(Err(err)) => {
+                        self.listening.store(false, Ordering::Relaxed);
                         METRICS.sql_listener_reconnects.inc();
                         tracing::warn!(error = %err, "the listening connection was lost; connecting again");
                         break;
                     }
                 }
-                // This node's own batches need nothing: its writer handed
-                // them on already.
+                // Ephemeral messages first, in the order heard.
+                let mut relayed = Vec::new();
                 notified.retain(|notification| {
+                    if notification.channel() != migration::EPHEMERAL_CHANNEL {
+                        return true;
+                    }
+                    match serde_json::from_str::<EphemeralEnvelope>(notification.payload()) {
+                        Ok(envelope) => relayed.push(envelope),
+                        Err(err) => tracing::warn!(error = %err,
+                            "an ephemeral message notification that is not one; ignored"),
+                    }
+                    false
+                });
+                if !relayed.is_empty() {
+                    self.ephemeral_heard(relayed).await;
+                }
+                // This node's own batches need nothing: its writer handed
+                // them on already. Presence changes go to the channels.
+                notified.retain(|notification| {
+                    if notification.channel() == migration::PRESENCE_CHANNEL {
+                        self.presence_changed(notification.payload());
+                        return false;
+                    }
+                    if notification.channel() == migration::HANDOVER_CHANNEL {
+                        self.hand_over(notification.payload());
+                        return false;
+                    }
                     notification.channel() != migration::SEQUENCE_CHANNEL
                         || notification.payload() != &*self.node
                 });
@@ -177,6 +221,66 @@ impl DatabaseListener {
         }
     }
 
+    /// Hands another node's presence changes to the registry (this node's
+    /// own are known already).
+    fn presence_changed(&self, payload: &str) {
+        match serde_json::from_str::<PresenceEnvelope>(payload) {
+            Ok(envelope) if envelope.node != *self.node => {
+                self.registry.do_send(RemotePresence(envelope));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "a presence notification that is not one; ignored")
+            }
+        }
+    }
+
+    /// Hands ephemeral messages (every node's) to the registry, in order;
+    /// packets too big for their notification are read from their rows
+    /// first.
+    async fn ephemeral_heard(&self, envelopes: Vec<EphemeralEnvelope>) {
+        let rows: Vec<uuid::Uuid> = envelopes
+            .iter()
+            .flat_map(|envelope| envelope.messages.iter().filter_map(|message| message.row))
+            .collect();
+        let mut packets = if rows.is_empty() {
+            Default::default()
+        } else {
+            match ephemeral::relayed_packets(&self.db, &rows).await {
+                Ok(packets) => packets,
+                Err(err) => {
+                    tracing::warn!(error = %err, n = rows.len(),
+                        "cannot read large ephemeral messages; they are not delivered here");
+                    Default::default()
+                }
+            }
+        };
+        let mut messages = Vec::new();
+        for message in envelopes.into_iter().flat_map(|envelope| envelope.messages) {
+            let packet = match (message.packet, message.row) {
+                (Some(packet), _) => packet,
+                (None, Some(row)) => match packets.remove(&row) {
+                    Some(packet) => packet,
+                    None => continue,
+                },
+                (None, None) => continue,
+            };
+            messages.push((message.channel, packet.into()));
+        }
+        if !messages.is_empty() {
+            self.registry.do_send(RemoteEphemeral(messages));
+        }
+    }
+
+    /// Another node recovers session `pid`: if it is live here, its state
+    /// is handed over (without holding up this loop).
+    fn hand_over(&self, pid: &str) {
+        if let Some(store) = self.recovery.clone() {
+            let pid = pid.to_owned();
+            tokio::spawn(async move { store.hand_over_elsewhere(&pid).await });
+        }
+    }
+
     /// Reads the channel definitions again: another node (or SQL) changed
     /// them, or a change may have gone unnoticed while disconnected.
     async fn reload_catalog(&self) {
@@ -194,7 +298,7 @@ impl DatabaseListener {
             return;
         }
         loop {
-            match sequencer::number_arrivals(&self.db, PAGE).await {
+            match sequencer::number_arrivals(&self.db, PAGE, &self.node).await {
                 Ok(rows) => {
                     let more = rows.len() as u64 == PAGE;
                     if !rows.is_empty() {

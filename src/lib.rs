@@ -12,6 +12,7 @@
 //! - [`realtime`]: the hub the handlers share, and system publishing.
 //! - [`permissions`]: the subscribe/publish permission hook.
 //! - [`webhooks`]: posting durable messages to channels' webhook URLs.
+//! - [`cluster`]: several server processes on one database.
 //! - [`api`]: the REST admin surface.
 //! - [`protocol`]: Engine.IO and Socket.IO codecs, pure.
 //! - [`engineio`]: the Engine.IO server: session actors and transports.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod db_listener;

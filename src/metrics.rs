@@ -63,6 +63,11 @@ pub struct Metrics {
     pub sql_listener_reconnects: Counter,
     /// Messages of ephemeral channels (delivered, never stored).
     pub messages_ephemeral: Counter,
+    /// Ephemeral messages this node sent to every node through PostgreSQL.
+    pub ephemeral_relayed: Counter,
+    /// Ephemeral messages heard from PostgreSQL (of every node, this one
+    /// included) for this node's live channels.
+    pub ephemeral_received: Counter,
     /// Requests a limit refused, by limit (indexed as [`Limit`]).
     pub limit_refusals: [Counter; N_LIMITS],
     /// Connections that came back with a private session id, by outcome
@@ -87,6 +92,13 @@ pub struct Metrics {
     /// Messages refused while their write may have committed, waiting to
     /// be deleted.
     pub writer_in_doubt: Counter,
+    /// Engine.IO requests for a session another node holds (no sticky
+    /// sessions at the load balancer).
+    pub engine_wrong_node: Counter,
+    /// Live nodes sharing the database, this one included (set).
+    pub cluster_nodes: Counter,
+    /// Nodes this one found dead (silent past `cluster.node_timeout_ms`).
+    pub cluster_nodes_expired: Counter,
     /// Messages in the durable webhook backlog: counted at start, then
     /// kept by the writer (adds) and the dispatcher (takes away).
     pub webhook_backlog: Counter,
@@ -262,6 +274,8 @@ pub static METRICS: Metrics = Metrics {
     sql_messages: Counter::new(),
     sql_listener_reconnects: Counter::new(),
     messages_ephemeral: Counter::new(),
+    ephemeral_relayed: Counter::new(),
+    ephemeral_received: Counter::new(),
     limit_refusals: [const { Counter::new() }; N_LIMITS],
     recoveries: [const { Counter::new() }; 2],
     recovery_replayed: Counter::new(),
@@ -272,6 +286,9 @@ pub static METRICS: Metrics = Metrics {
     webhook_in_memory: Counter::new(),
     database_unwritable: Counter::new(),
     writer_in_doubt: Counter::new(),
+    engine_wrong_node: Counter::new(),
+    cluster_nodes: Counter::new(),
+    cluster_nodes_expired: Counter::new(),
     webhook_backlog: Counter::new(),
     webhook_deferred: Counter::new(),
     webhook_latency: Histogram::new(WEBHOOK_BOUNDS_MS),
@@ -431,6 +448,18 @@ pub fn render() -> String {
         "Messages of ephemeral channels: delivered live, never stored.",
         m.messages_ephemeral.get(),
     );
+    counter(
+        &mut out,
+        "realtime_ephemeral_relayed_total",
+        "Ephemeral messages this node sent to every node through PostgreSQL.",
+        m.ephemeral_relayed.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_ephemeral_received_total",
+        "Ephemeral messages heard from PostgreSQL for this node's live channels (every node's, this one's included).",
+        m.ephemeral_received.get(),
+    );
     let _ = writeln!(
         out,
         "# HELP realtime_limit_refusals_total Requests a configured limit refused, by limit.\n# TYPE realtime_limit_refusals_total counter"
@@ -510,6 +539,24 @@ pub fn render() -> String {
         "realtime_writer_in_doubt",
         "Refused messages whose write may have committed, waiting to be deleted.",
         m.writer_in_doubt.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_engine_wrong_node_requests_total",
+        "Engine.IO requests for a session another node holds (the load balancer is not sticky).",
+        m.engine_wrong_node.get(),
+    );
+    gauge(
+        &mut out,
+        "realtime_cluster_nodes",
+        "Live server processes sharing the database, this one included.",
+        m.cluster_nodes.get(),
+    );
+    counter(
+        &mut out,
+        "realtime_cluster_nodes_expired_total",
+        "Nodes this one found silent past cluster.node_timeout_ms and removed.",
+        m.cluster_nodes_expired.get(),
     );
     gauge(
         &mut out,

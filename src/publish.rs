@@ -40,6 +40,10 @@ pub enum PublishError {
     /// writer logs the database's words; callers only see this message.
     #[error("the database is unavailable: the message was not stored; retry later")]
     DatabaseUnavailable,
+    /// An ephemeral message could not be handed to PostgreSQL, which
+    /// carries it to every node (this one included).
+    #[error("the database, which carries ephemeral messages between nodes, is unavailable: the message was not delivered; retry later")]
+    RelayUnavailable,
     /// The server failed in a way the caller cannot fix.
     #[error("{0}")]
     Internal(String),
@@ -55,7 +59,9 @@ impl PublishError {
             PublishError::Unauthorized(_) => "REALTIME_UNAUTHORIZED",
             PublishError::ChannelNotFound(_) => "REALTIME_CHANNEL_NOT_FOUND",
             PublishError::RateLimited(_) => "RATE_LIMITED",
-            PublishError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            PublishError::DatabaseUnavailable | PublishError::RelayUnavailable => {
+                "DATABASE_UNAVAILABLE"
+            }
             PublishError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -69,7 +75,9 @@ impl PublishError {
             PublishError::Unauthorized(_) => StatusCode::FORBIDDEN,
             PublishError::ChannelNotFound(_) => StatusCode::NOT_FOUND,
             PublishError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            PublishError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::DatabaseUnavailable | PublishError::RelayUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             PublishError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

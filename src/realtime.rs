@@ -16,6 +16,9 @@ use crate::auth::Authenticator;
 use crate::channel::catalog::ChannelCatalog;
 use crate::channel::registry::{ChannelRegistry, PublishTo, SyncChannels};
 use crate::channel::{ChannelSettings, Publish, Reply};
+use crate::cluster::presence::PresenceLink;
+use crate::cluster::relay::RelayLink;
+use crate::cluster::{self, ChannelLinks, NodeAgent, Peers};
 use crate::config::{LimitSettings, RecoverySettings, Settings};
 use crate::db_listener::DatabaseListener;
 use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
@@ -38,6 +41,11 @@ pub struct Realtime {
     pub writes: WriterHealth,
     /// This process's id among the nodes sharing the database.
     pub node: Arc<str>,
+    /// Keeps this node alive among them.
+    pub cluster: Addr<NodeAgent>,
+    /// `presence.leave_grace_ms`: how long this node's members stay for
+    /// the other nodes after a graceful shutdown.
+    pub leave_grace: Duration,
     /// Posts durable messages to their channels' webhook URLs.
     pub webhooks: Webhooks,
     /// Verifies credentials on CONNECT.
@@ -101,6 +109,7 @@ impl Realtime {
         let webhooks = WebhookDispatcher::start(
             settings.webhooks.clone(),
             db.clone(),
+            node.clone(),
             catalog.clone(),
             writer.clone(),
         );
@@ -122,10 +131,62 @@ impl Realtime {
             },
             committed.clone(),
             catalog.clone(),
-        )
+        );
+        let peers = Peers::default();
+        // The cluster's actors and the session writer run here: a query
+        // of theirs cut off at shutdown is dropped inside a runtime.
+        let background = actix::Arbiter::new().handle();
+        // The database listener's state, for the ephemeral relay.
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let registry = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            registry.with_cluster(ChannelLinks {
+                presence: PresenceLink::start(db.clone(), node.clone(), peers.clone(), &background),
+                relay: RelayLink::start(
+                    db.clone(),
+                    node.clone(),
+                    Duration::from_millis(settings.database.publish_timeout_ms),
+                    listening.clone(),
+                    &background,
+                ),
+            })
+        } else {
+            registry
+        }
         .start_on_own_thread();
         // Rows the writer did not write reach channels through the registry.
         writer.do_send(ConnectRegistry(registry.clone().recipient()));
+        let cluster = NodeAgent::start(
+            db.clone(),
+            node.clone(),
+            settings.cluster.clone(),
+            webhooks.clone(),
+            peers.clone(),
+            settings.database.clone(),
+            &background,
+        )
+        .await?;
+        let recovery = if settings.recovery.enabled {
+            let store = RecoveryStore::new(
+                db.clone(),
+                settings.database.clone(),
+                Duration::from_millis(settings.recovery.window_ms),
+                peers.clone(),
+                node.clone(),
+            );
+            match store.forget_expired().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(n, "forgot sessions saved for recovery that expired")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "could not forget expired saved sessions"),
+            }
+            let store = Arc::new(store);
+            // PostgreSQL: sessions are saved as they drop, for any node.
+            store.start_writing(&background);
+            Some(store)
+        } else {
+            None
+        };
         let permissions: Arc<dyn PermissionHook> =
             if db.get_database_backend() == sea_orm::DbBackend::Postgres {
                 let policies = PostgresPolicies::open(database, &settings.permissions).await?;
@@ -141,6 +202,8 @@ impl Realtime {
                     refresh: Duration::from_millis(settings.permissions.refresh_ms),
                     writer: writer.clone(),
                     node: node.clone(),
+                    recovery: recovery.clone(),
+                    listening,
                 }
                 .spawn()
                 .map_err(|err| {
@@ -152,23 +215,6 @@ impl Realtime {
             } else {
                 SqlitePolicies::open(db, &settings.permissions).await?
             };
-        let recovery = if settings.recovery.enabled {
-            let store = RecoveryStore::new(
-                db.clone(),
-                settings.database.clone(),
-                Duration::from_millis(settings.recovery.window_ms),
-            );
-            match store.forget_expired().await {
-                Ok(n) if n > 0 => {
-                    tracing::info!(n, "forgot sessions saved for recovery that expired")
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "could not forget expired saved sessions"),
-            }
-            Some(Arc::new(store))
-        } else {
-            None
-        };
         Ok(Realtime {
             db: db.clone(),
             recovery,
@@ -181,6 +227,8 @@ impl Realtime {
             writer,
             writes,
             node,
+            cluster,
+            leave_grace: Duration::from_millis(settings.presence.leave_grace_ms),
             webhooks,
             auth,
             permissions,
@@ -243,6 +291,13 @@ impl Realtime {
         self.drain().await;
         self.webhooks.shutdown(grace).await;
         let _ = self.writer.send(Drain).await;
+        // What the dispatcher did not send may now be sent by another node.
+        let _ = self
+            .cluster
+            .send(cluster::Leave {
+                linger: self.leave_grace,
+            })
+            .await;
         // The sessions closed before this: their clients can recover from
         // the next process.
         if let Some(store) = &self.recovery {

@@ -59,6 +59,9 @@ impl AppState {
             .addresses(&settings.server.trusted_proxies)?;
         let mut engine = settings.engineio.engine_config();
         engine.polling_rate = settings.limits.polling_rate;
+        // Session ids name their node, so a request routed to the wrong
+        // node is told why it failed.
+        engine.node_tag = Some(realtime.node.get(..4).unwrap_or(&realtime.node).into());
         let sockets = EngineServer::new(engine, move |head| {
             SocketIo::new(
                 Client::new(hub.clone(), head.peer_addr),
@@ -96,6 +99,24 @@ pub struct Running {
     pub sessions: Arc<engineio::Registry<SocketIo<Client>>>,
 }
 
+/// Where the other nodes reach this one (`cluster.advertise_url`, or made
+/// from the listening address).
+fn advertised_url(settings: &Settings, listener: &TcpListener) -> Option<String> {
+    let configured = settings.cluster.advertise_url.trim();
+    if !configured.is_empty() {
+        return Some(configured.trim_end_matches('/').to_owned());
+    }
+    let local = listener.local_addr().ok()?;
+    if !local.ip().is_unspecified() {
+        return Some(format!("http://{local}"));
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())?;
+    let host = host.trim();
+    (!host.is_empty()).then(|| format!("http://{host}:{}", local.port()))
+}
+
 /// Starts serving `state` on `listener`. Signals are left to the caller
 /// (`main` turns SIGINT/SIGTERM into [`shutdown`]).
 ///
@@ -103,6 +124,12 @@ pub struct Running {
 /// The listener cannot be used.
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
     let settings = state.settings.clone();
+    if let Some(url) = advertised_url(&settings, &listener) {
+        state
+            .realtime
+            .cluster
+            .do_send(crate::cluster::Advertise(url));
+    }
     let max_body_bytes = settings.server.max_body_bytes;
     let sockets = state.sockets.clone();
     let sessions = sockets.registry.clone();

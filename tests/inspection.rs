@@ -307,7 +307,21 @@ async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
 /// until the channel's next message.)
 #[actix_rt::test]
 async fn sockets_closing_mid_subscribe_leave_nothing_behind() {
-    let server = TestServer::start(Backend::Sqlite).await;
+    closing_mid_subscribe(Backend::Sqlite).await;
+}
+
+/// The same on PostgreSQL, where a channel that starts holds its first
+/// joins until it knows the other nodes' members.
+#[actix_rt::test]
+async fn sockets_closing_mid_subscribe_leave_nothing_behind_on_postgres() {
+    if common::postgres_skipped() {
+        return;
+    }
+    closing_mid_subscribe(Backend::Postgres).await;
+}
+
+async fn closing_mid_subscribe(backend: Backend) {
+    let server = TestServer::start(backend).await;
     setup(&server).await;
     for round in 0..200u64 {
         let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;

@@ -186,6 +186,71 @@ async fn postgres_stopped() {
 }
 
 #[actix_rt::test]
+async fn postgres_stopped_refuses_ephemeral_messages_in_time_and_they_resume() {
+    let Some((server, proxy, _clients)) = postgres_behind_proxy().await else {
+        return;
+    };
+    // Ephemeral messages travel through PostgreSQL (to every node, this
+    // one included): without it they are refused, not lost silently.
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/realtime/channels",
+            Some(json!({ "pattern": "typing:%", "ephemeral": true })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut subscriber = server.anon_subscriber("typing:1").await;
+    let mut publisher = server.anon_subscriber("typing:1").await;
+    let publish =
+        |n: &str| json!({ "channel": "typing:1", "event": "tick", "payload": { "n": n } });
+    assert_eq!(
+        publisher.call("realtime:publish", publish("before")).await["ok"],
+        true
+    );
+    assert_eq!(next_tick(&mut subscriber).await, "before");
+
+    proxy.stop();
+    let started = Instant::now();
+    let ack = publisher.call("realtime:publish", publish("out")).await;
+    assert!(
+        started.elapsed() < ANSWERED_WITHIN,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["error"]["code"], "DATABASE_UNAVAILABLE", "{ack}");
+    let response = server
+        .admin("POST", "/api/realtime/messages", Some(publish("out-rest")))
+        .await;
+    assert_error(&response, 503, "DATABASE_UNAVAILABLE");
+
+    proxy.pass();
+    // Once the listener is back, published messages flow again; the ones
+    // refused never arrive.
+    wait_until("ephemeral messages flow again", RECOVERS_WITHIN, || async {
+        server
+            .admin("POST", "/api/realtime/messages", Some(publish("probe")))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    assert_eq!(
+        publisher.call("realtime:publish", publish("after")).await["ok"],
+        true
+    );
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("after") {
+        seen.push(next_tick(&mut subscriber).await);
+    }
+    assert!(
+        seen.iter().all(|n| n == "probe" || n == "after"),
+        "{seen:?}"
+    );
+}
+
+#[actix_rt::test]
 async fn postgres_unreachable_then_held_requests_arrive_late() {
     let Some((server, proxy, mut clients)) = postgres_behind_proxy().await else {
         return;

@@ -20,6 +20,7 @@ backend_tests!(
     a_retention_sweep_past_the_floor_gives_a_fresh_session,
     a_deleted_channel_gives_a_fresh_session,
     with_recovery_off_there_is_no_pid_and_no_offset,
+    a_session_dropped_again_before_anything_new_recovers_again,
 );
 
 const ALICE: &str = "11111111-1111-4111-8111-111111111111";
@@ -258,4 +259,27 @@ async fn with_recovery_off_there_is_no_pid_and_no_offset(backend: Backend) {
     publish_rest(&server, "rec:off", 1).await;
     let args = next_event_args(&mut client).await;
     assert_eq!(args.len(), 2, "{args:?}");
+}
+
+async fn a_session_dropped_again_before_anything_new_recovers_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    setup(&server).await;
+    let mut client = SioClient::connect(&server.base_url, json!({ "token": ANON_KEY })).await;
+    let pid = pid_of(&client);
+    subscribe(&mut client, "rec:again").await;
+    publish_rest(&server, "rec:again", 1).await;
+    let offset = next_event_args(&mut client).await[2].clone();
+    // Dropped, recovered, and dropped again before any new message: the
+    // client still presents the same offset.
+    for _ in 0..2 {
+        drop_connection(client).await;
+        client = SioClient::connect(
+            &server.base_url,
+            json!({ "token": ANON_KEY, "pid": pid, "offset": offset }),
+        )
+        .await;
+        assert_eq!(pid_of(&client), pid, "recovered: {}", client.answer);
+    }
+    publish_rest(&server, "rec:again", 2).await;
+    assert_eq!(next_event_args(&mut client).await[1]["n"], 2);
 }

@@ -75,6 +75,7 @@ async fn server_emits_with_ack_and_receives_the_answer() {
         max_buffered_packets: 64,
         cors_origins: vec![],
         polling_rate: 0,
+        node_tag: None,
     };
     let engine = EngineServer::new(config, |_| {
         SocketIo::new(

@@ -23,11 +23,15 @@ backend_tests!(
 const N_MESSAGES: usize = 1000;
 
 /// The server binary with webhook logs, and held requests that do not
-/// time out while the test looks.
+/// time out while the test looks. A killed process's deliveries belong to
+/// its node until the next one finds it silent (on PostgreSQL): a second
+/// here, not the default 30.
 async fn start_server(database_url: &str, port: u16, env: &[(&str, &str)]) -> ServerProcess {
     let mut all = vec![
         ("REALTIME__LOG__LEVEL", "warn,realtime::webhooks=debug"),
         ("REALTIME__WEBHOOKS__TIMEOUT_MS", "60000"),
+        ("REALTIME__CLUSTER__HEARTBEAT_MS", "200"),
+        ("REALTIME__CLUSTER__NODE_TIMEOUT_MS", "1000"),
     ];
     all.extend_from_slice(env);
     ServerProcess::start(ServerProcess::binary(), database_url, port, &all).await

@@ -11,6 +11,9 @@ pub struct Model {
     /// The message (deleting it deletes this row).
     #[sea_orm(primary_key, auto_increment = false)]
     pub message_id: Uuid,
+    /// The node that sends it; another takes it over only once this one
+    /// is gone (`NULL`: anyone may).
+    pub node: Option<String>,
 }
 
 /// Relations of a pending delivery.

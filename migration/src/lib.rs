@@ -16,10 +16,14 @@ mod m20261201_000006_create_check_access;
 mod m20261201_000007_create_recovery;
 mod m20261201_000008_create_channel_options;
 mod m20261202_000009_notify_channel_changes;
+mod m20261202_000010_create_nodes;
+mod m20261202_000011_create_ephemeral_relay;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
 pub use m20261202_000009_notify_channel_changes::CATALOG_CHANNEL;
+pub use m20261202_000010_create_nodes::{HANDOVER_CHANNEL, PRESENCE_CHANNEL};
+pub use m20261202_000011_create_ephemeral_relay::EPHEMERAL_CHANNEL;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -38,6 +42,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_create_recovery::Migration),
             Box::new(m20261201_000008_create_channel_options::Migration),
             Box::new(m20261202_000009_notify_channel_changes::Migration),
+            Box::new(m20261202_000010_create_nodes::Migration),
+            Box::new(m20261202_000011_create_ephemeral_relay::Migration),
         ]
     }
 }

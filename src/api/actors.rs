@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Admin;
+use super::cluster_scope::{self, Scope};
 use super::error::ApiError;
 use super::openapi::ErrorResponse;
 use super::query::QueryParams;
@@ -49,6 +50,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct ActorEntry {
     /// The resolved channel name.
     name: String,
+    /// The node (server process) the actor lives on.
+    node: String,
     /// Present (true) when the actor did not answer within 500 ms.
     stale: Option<bool>,
     /// Its channel definition, null once disabled or deleted.
@@ -71,6 +74,8 @@ pub struct ActorEntry {
 #[allow(dead_code)] // Documentation only: built as JSON.
 pub struct ActorDetail {
     name: String,
+    /// The node (server process) the actor lives on.
+    node: String,
     /// Present (true) when the actor did not answer within 500 ms; then
     /// nothing else is.
     stale: Option<bool>,
@@ -112,6 +117,10 @@ pub struct ActorListParams {
     limit: Option<u32>,
     #[param(minimum = 0)]
     offset: Option<u32>,
+    /// `node` (default): this server's actors; `cluster`: every live
+    /// node's (each asked through its API, the same channel once per node
+    /// that has it).
+    scope: Option<String>,
 }
 
 /// An actor as the list shows it; its channel definition is looked up now
@@ -120,6 +129,7 @@ fn view(state: &AppState, actor: &ActorView) -> serde_json::Map<String, Value> {
     let definition = state.realtime.catalog.resolve(&actor.name);
     let Value::Object(map) = json!({
         "name": actor.name,
+        "node": &*state.realtime.node,
         "channelId": definition.as_ref().map(|d| d.id),
         "pattern": definition.as_ref().map(|d| d.pattern.clone()),
         "subscribers": actor.subscribers,
@@ -134,12 +144,13 @@ fn view(state: &AppState, actor: &ActorView) -> serde_json::Map<String, Value> {
     map
 }
 
-fn stale(name: &str) -> Value {
-    json!({ "name": name, "stale": true })
+fn stale(state: &AppState, name: &str) -> Value {
+    json!({ "name": name, "node": &*state.realtime.node, "stale": true })
 }
 
-/// `GET /actors?prefix=&limit=&offset=`: a JSON array by name; the total
-/// before paging is in `X-Total-Count`.
+/// `GET /actors?prefix=&limit=&offset=&scope=`: a JSON array by name (and
+/// node); the total before paging is in `X-Total-Count`, and nodes that
+/// did not answer a `scope=cluster` request in `X-Unreachable-Nodes`.
 #[utoipa::path(
     get,
     path = "/api/realtime/actors",
@@ -147,7 +158,7 @@ fn stale(name: &str) -> Value {
     summary = "List live channel actors",
     params(ActorListParams),
     responses(
-        (status = 200, description = "The live channel actors by name; X-Total-Count holds the total", body = [ActorEntry]),
+        (status = 200, description = "The live channel actors by name; X-Total-Count holds the total, X-Unreachable-Nodes the nodes that did not answer", body = [ActorEntry]),
         (status = 400, description = "Invalid input", body = ErrorResponse),
         (status = 401, description = "No valid credentials", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
@@ -156,6 +167,7 @@ fn stale(name: &str) -> Value {
 )]
 pub(super) async fn list(
     _admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -163,13 +175,19 @@ pub(super) async fn list(
     let prefix = query.string("prefix")?.unwrap_or_default();
     let limit = query.integer("limit", 1, MAX_LIMIT, 100)? as usize;
     let offset = query.integer("offset", 0, u32::MAX as u64, 0)? as usize;
+    let scope = Scope::parse(query.0.get("scope").map(String::as_str))?;
+    // The whole cluster: the first offset + limit of every node, merged.
+    let (local_offset, local_limit) = match scope {
+        Scope::Node => (offset, limit),
+        Scope::Cluster => (0, (offset + limit).min(MAX_LIMIT as usize)),
+    };
     let page = state
         .realtime
         .registry
         .send(ListActors {
             prefix,
-            limit,
-            offset,
+            limit: local_limit,
+            offset: local_offset,
         })
         .await
         .map_err(|_| ApiError::internal())?;
@@ -180,13 +198,35 @@ pub(super) async fn list(
         match tokio::time::timeout_at(deadline, asked).await {
             Ok(Ok(answer)) => Value::Object(view(state, &answer)),
             // Late, or retired meanwhile.
-            _ => stale(&name),
+            _ => stale(state, &name),
         }
     }))
     .await;
+    if scope == Scope::Node {
+        return Ok(HttpResponse::Ok()
+            .insert_header(("X-Total-Count", page.total.to_string()))
+            .json(entries));
+    }
+    let others =
+        cluster_scope::from_other_nodes(state, &req, "/api/realtime/actors", &query.0, local_limit)
+            .await?;
+    let mut all: Vec<Value> = entries;
+    all.extend(others.entries.into_iter().map(Value::Object));
+    let key = |entry: &Value| {
+        (
+            entry["name"].as_str().unwrap_or_default().to_owned(),
+            entry["node"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    all.sort_by_key(key);
+    let page_of_all: Vec<Value> = all.into_iter().skip(offset).take(limit).collect();
     Ok(HttpResponse::Ok()
-        .insert_header(("X-Total-Count", page.total.to_string()))
-        .json(entries))
+        .insert_header((
+            "X-Total-Count",
+            (page.total as u64 + others.total).to_string(),
+        ))
+        .insert_header(("X-Unreachable-Nodes", others.unreachable.join(",")))
+        .json(page_of_all))
 }
 
 /// `GET /actors/{name}`: one actor, with its subscribers' socket ids and its
@@ -229,7 +269,7 @@ pub(super) async fn get(
     let answer = match tokio::time::timeout(INSPECT_DEADLINE, asked).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => return Err(not_found()),
-        Err(_) => return Ok(HttpResponse::Ok().json(stale(&name))),
+        Err(_) => return Ok(HttpResponse::Ok().json(stale(&state, &name))),
     };
     let mut entry = view(&state, &answer);
     if let Some((sockets, presence)) = answer.detail {

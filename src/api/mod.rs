@@ -10,10 +10,12 @@
 //!   resource each.
 //! - [`actors`], [`sessions`]: the live channel actors and connections
 //!   (inspection).
+//! - [`cluster_scope`]: those lists for every node of a cluster.
 
 pub mod actors;
 pub mod auth;
 pub mod channels;
+pub mod cluster_scope;
 pub mod error;
 pub mod http_metrics;
 pub mod idempotency;

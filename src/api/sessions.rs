@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::HeaderValue;
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
+use super::cluster_scope::{self, Scope};
 use super::error::ApiError;
 use super::openapi::ErrorResponse;
 use super::query::QueryParams;
@@ -32,6 +34,8 @@ const MAX_LIMIT: u64 = 10_000;
 pub struct SessionEntry {
     /// The socket id the client sees (`socket.id`).
     id: String,
+    /// The node (server process) the socket is connected to.
+    node: String,
     /// `anon`, `authenticated` or `project_admin`.
     role: String,
     /// The user of an authenticated socket.
@@ -59,6 +63,20 @@ pub struct SessionListParams {
     limit: Option<u32>,
     #[param(minimum = 0)]
     offset: Option<u32>,
+    /// `node` (default): the sockets of this server; `cluster`: of every
+    /// live node (each asked through its API).
+    scope: Option<String>,
+}
+
+/// Query parameters of `GET` and `DELETE /sessions/{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documentation only: the handler reads the raw query.
+pub struct SessionParams {
+    /// `cluster` (default): a socket this server does not hold is looked
+    /// for on every other live node, and the one holding it answers;
+    /// `node`: this server only.
+    scope: Option<String>,
 }
 
 /// Registers the routes under `/api/realtime`.
@@ -99,25 +117,28 @@ async fn describe_all(state: &AppState) -> (Vec<(Sid, Map<String, Value>)>, usiz
         let Value::Object(mut entry) = view.app else {
             continue;
         };
+        entry.insert("node".into(), state.realtime.node.to_string().into());
         entry.insert("transport".into(), view.transport.into());
         entry.insert("queuedFrames".into(), view.queued_frames.into());
         sessions.push((sid, entry));
     }
-    sessions.sort_by(|(_, a), (_, b)| {
-        let key = |entry: &Map<String, Value>| {
-            (
-                entry["connectedAt"].as_str().unwrap_or_default().to_owned(),
-                entry["id"].as_str().unwrap_or_default().to_owned(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    sessions.sort_by_key(|(_, entry)| connection_order(entry));
     (sessions, stale)
 }
 
-/// `GET /sessions?limit=&offset=&userId=`: a JSON array in connection
-/// order; `X-Total-Count` holds the total before paging and
-/// `X-Stale-Count` the sessions too busy to answer in time.
+/// Sessions are listed by when they connected, then by socket id.
+fn connection_order(entry: &Map<String, Value>) -> (String, String) {
+    (
+        entry["connectedAt"].as_str().unwrap_or_default().to_owned(),
+        entry["id"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// `GET /sessions?limit=&offset=&userId=&scope=`: a JSON array in
+/// connection order; `X-Total-Count` holds the total before paging,
+/// `X-Stale-Count` the sessions too busy to answer in time, and
+/// `X-Unreachable-Nodes` the nodes that did not answer a `scope=cluster`
+/// request.
 #[utoipa::path(
     get,
     path = "/api/realtime/sessions",
@@ -125,7 +146,7 @@ async fn describe_all(state: &AppState) -> (Vec<(Sid, Map<String, Value>)>, usiz
     summary = "List connected sockets",
     params(SessionListParams),
     responses(
-        (status = 200, description = "Connected sockets; X-Total-Count and X-Stale-Count headers", body = [SessionEntry]),
+        (status = 200, description = "Connected sockets; X-Total-Count, X-Stale-Count and X-Unreachable-Nodes headers", body = [SessionEntry]),
         (status = 400, description = "Invalid input", body = ErrorResponse),
         (status = 401, description = "No valid credentials", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
@@ -134,6 +155,7 @@ async fn describe_all(state: &AppState) -> (Vec<(Sid, Map<String, Value>)>, usiz
 )]
 pub(super) async fn list(
     _admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -141,6 +163,7 @@ pub(super) async fn list(
     let limit = query.integer("limit", 1, MAX_LIMIT, 100)? as usize;
     let offset = query.integer("offset", 0, u32::MAX as u64, 0)? as usize;
     let user_id = query.string("userId")?;
+    let scope = Scope::parse(query.0.get("scope").map(String::as_str))?;
     let (sessions, stale) = describe_all(&state).await;
     let matching: Vec<Map<String, Value>> = sessions
         .into_iter()
@@ -151,9 +174,34 @@ pub(super) async fn list(
                 .is_none_or(|user| entry["userId"].as_str() == Some(user))
         })
         .collect();
-    let total = matching.len();
+    let mut total = matching.len() as u64;
+    let mut response = HttpResponse::Ok();
+    let matching = match scope {
+        Scope::Node => matching,
+        Scope::Cluster => {
+            // The first offset + limit of every node, merged.
+            let want = (offset + limit).min(MAX_LIMIT as usize);
+            let others = cluster_scope::from_other_nodes(
+                &state,
+                &req,
+                "/api/realtime/sessions",
+                &query.0,
+                want,
+            )
+            .await?;
+            total += others.total;
+            response.insert_header(("X-Unreachable-Nodes", others.unreachable.join(",")));
+            let mut all: Vec<Map<String, Value>> = matching
+                .into_iter()
+                .take(want)
+                .chain(others.entries)
+                .collect();
+            all.sort_by_key(connection_order);
+            all
+        }
+    };
     let page: Vec<Map<String, Value>> = matching.into_iter().skip(offset).take(limit).collect();
-    Ok(HttpResponse::Ok()
+    Ok(response
         .insert_header(("X-Total-Count", total.to_string()))
         .insert_header(("X-Stale-Count", stale.to_string()))
         .json(page))
@@ -178,23 +226,28 @@ async fn find(state: &AppState, id: &str) -> Result<(Sid, Map<String, Value>), A
     get,
     path = "/api/realtime/sessions/{id}",
     tag = "Inspection",
-    summary = "One connected socket",
-    params(("id" = String, Path, description = "The socket id the client sees")),
+    summary = "One connected socket, on whichever node holds it",
+    params(("id" = String, Path, description = "The socket id the client sees"), SessionParams),
     responses(
         (status = 200, description = "The socket", body = SessionEntry),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
         (status = 401, description = "No valid credentials", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
-        (status = 404, description = "Not found", body = ErrorResponse),
+        (status = 404, description = "Not found (on any node that answered; the others are in X-Unreachable-Nodes)", body = ErrorResponse),
     ),
     security(("bearerAuth" = []), ("apiKey" = []))
 )]
 pub(super) async fn get(
     _admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, entry) = find(&state, &id).await?;
-    Ok(HttpResponse::Ok().json(entry))
+    match find(&state, &id).await {
+        Ok((_, entry)) => Ok(HttpResponse::Ok().json(entry)),
+        Err(not_here) => elsewhere(&state, &req, &query, &id, Method::GET, not_here).await,
+    }
 }
 
 /// `DELETE /sessions/{id}`: closes the socket's transport, as a dropped
@@ -204,26 +257,77 @@ pub(super) async fn get(
     delete,
     path = "/api/realtime/sessions/{id}",
     tag = "Inspection",
-    summary = "Disconnect a socket",
-    params(("id" = String, Path, description = "The socket id the client sees")),
+    summary = "Disconnect a socket, on whichever node holds it",
+    params(("id" = String, Path, description = "The socket id the client sees"), SessionParams),
     responses(
         (status = 204, description = "Its transport was closed; the client reconnects by itself"),
+        (status = 400, description = "Invalid input", body = ErrorResponse),
         (status = 401, description = "No valid credentials", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
-        (status = 404, description = "Not found", body = ErrorResponse),
+        (status = 404, description = "Not found (on any node that answered; the others are in X-Unreachable-Nodes)", body = ErrorResponse),
     ),
     security(("bearerAuth" = []), ("apiKey" = []))
 )]
 pub(super) async fn close(
     _admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let (sid, _) = find(&state, &id).await?;
-    state
-        .sockets
-        .registry
-        .close(sid.as_str(), CloseReason::ServerClose);
-    tracing::info!(socket = %id, "session closed by an admin");
-    Ok(HttpResponse::NoContent().finish())
+    match find(&state, &id).await {
+        Ok((sid, _)) => {
+            state
+                .sockets
+                .registry
+                .close(sid.as_str(), CloseReason::ServerClose);
+            tracing::info!(socket = %id, "session closed by an admin");
+            Ok(HttpResponse::NoContent().finish())
+        }
+        Err(not_here) => elsewhere(&state, &req, &query, &id, Method::DELETE, not_here).await,
+    }
+}
+
+/// A socket this node does not hold: unless `scope=node`, the request goes
+/// to every other live node and the one holding it answers; else
+/// `not_here`, naming the nodes that did not answer.
+async fn elsewhere(
+    state: &AppState,
+    req: &HttpRequest,
+    query: &HashMap<String, String>,
+    id: &str,
+    method: Method,
+    not_here: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    let scope = match query.get("scope") {
+        None => Scope::Cluster,
+        Some(scope) => Scope::parse(Some(scope))?,
+    };
+    // Socket ids are URL-safe base64: another id is on no node (and is
+    // never pasted into a URL).
+    let plausible = !id.is_empty()
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if scope == Scope::Node || !plausible {
+        return Err(not_here);
+    }
+    let owner =
+        cluster_scope::to_owner(state, req, method, &format!("/api/realtime/sessions/{id}"))
+            .await?;
+    if let Some((status, body)) = owner.answer {
+        return Ok(HttpResponse::build(status)
+            .content_type("application/json")
+            .body(body));
+    }
+    let mut response = not_here.error_response();
+    if !owner.unreachable.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&owner.unreachable.join(",")) {
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-unreachable-nodes"),
+                value,
+            );
+        }
+    }
+    Ok(response)
 }

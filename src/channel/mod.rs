@@ -17,11 +17,13 @@
 //! - [`catalog`]: channel definitions in memory, for name resolution.
 //! - [`delivery`]: the wire form of deliveries and presence events.
 //! - [`registry`]: the `ChannelRegistry` actor.
+//! - [`remote`]: the members other nodes have (cluster presence).
 //! - [`subscriber`]: subscribers and what the channel tells them.
 
 pub mod catalog;
 pub mod delivery;
 pub mod registry;
+pub mod remote;
 pub mod subscriber;
 #[cfg(test)]
 mod tests;
@@ -37,6 +39,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::cluster::presence::{PresenceLink, RemoteMembers};
+use crate::cluster::relay::{RelayDone, RelayLink};
+use crate::cluster::ChannelLinks;
 use crate::metrics::METRICS;
 use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
 use crate::protocol::engineio::Frame;
@@ -45,6 +50,7 @@ use crate::webhooks::{WebhookMessage, Webhooks};
 use catalog::ChannelDef;
 pub use delivery::{encode_delivery, encode_event, open_delivery, open_stored, OpenFrame};
 use registry::{ChannelRegistry, Idle};
+pub use remote::{ReloadRemote, RemoteChanges};
 pub use subscriber::{Delivered, Joined, Member, Published, Subscriber, SubscriberEvent};
 
 /// Where the outcome of a publish goes.
@@ -297,8 +303,32 @@ pub struct Channel {
     leave_grace: std::time::Duration,
     /// A [`DeliverReady`] is on its way.
     delivery_scheduled: bool,
+    /// Publish outcomes for sockets, sent at the end of the turn in one
+    /// event per socket: one event per ack filled a busy publisher's
+    /// mailbox and evicted it.
+    socket_replies: HashMap<Recipient<SubscriberEvent>, Vec<Published>>,
     /// Most presence members.
     max_members: usize,
+    /// Cluster presence (PostgreSQL): where this node's members are
+    /// announced and other nodes' members loaded.
+    cluster: Option<PresenceLink>,
+    /// Other nodes' members of this channel.
+    remote: RemoteMembers,
+    /// Where ephemeral messages go to reach every node (PostgreSQL).
+    relay: Option<RelayLink>,
+    /// This channel as the relay's recipient; made once.
+    relay_done_to: Option<Recipient<RelayDone>>,
+    /// Ephemeral messages handed to the relay, waiting for its answer:
+    /// their id, who to tell, and the row a REST publisher gets back.
+    relaying: VecDeque<(Uuid, Reply, Option<messages::Model>)>,
+    /// While the other nodes' members are first loaded: the joins that wait
+    /// for them, so the first snapshot is complete.
+    joins_waiting: Option<Vec<Subscriber>>,
+    /// While they are (re)loaded: their changes heard meanwhile, applied
+    /// after the load.
+    remote_waiting: Option<Vec<RemoteChanges>>,
+    /// Load them again once the load under way ends.
+    reload_wanted: bool,
 }
 
 /// How a channel runs, the same for all of them.
@@ -324,8 +354,21 @@ impl Channel {
         webhooks: Webhooks,
         settings: ChannelSettings,
         committed_seq: i64,
+        cluster: Option<ChannelLinks>,
     ) -> Self {
+        let (cluster, relay) = match cluster {
+            Some(links) => (Some(links.presence), Some(links.relay)),
+            None => (None, None),
+        };
         Channel {
+            cluster,
+            remote: RemoteMembers::new(),
+            relay,
+            relay_done_to: None,
+            relaying: VecDeque::new(),
+            joins_waiting: None,
+            remote_waiting: None,
+            reload_wanted: false,
             name,
             registry,
             writer,
@@ -347,13 +390,15 @@ impl Channel {
             offsets: settings.offsets,
             leave_grace: settings.leave_grace,
             delivery_scheduled: false,
+            socket_replies: HashMap::new(),
             max_members: settings.max_members,
         }
     }
 
-    /// Everyone present, as a JSON array.
+    /// Everyone present, on this node and the others, as a JSON array.
     fn members_json(&mut self) -> &Arc<str> {
         let presence = &self.presence;
+        let remote = &self.remote;
         self.members_json.get_or_insert_with(|| {
             let mut json = String::with_capacity(
                 2 + presence
@@ -362,15 +407,37 @@ impl Channel {
                     .sum::<usize>(),
             );
             json.push('[');
-            for (i, entry) in presence.values().enumerate() {
-                if i > 0 {
+            for entry in presence.values() {
+                json.push_str(&entry.encoded);
+                json.push(',');
+            }
+            for (presence_id, nodes) in remote {
+                if let (false, Some(member)) =
+                    (presence.contains_key(presence_id), nodes.values().next())
+                {
+                    json.push_str(&member.to_string());
                     json.push(',');
                 }
-                json.push_str(&entry.encoded);
+            }
+            if json.ends_with(',') {
+                json.pop();
             }
             json.push(']');
             json.into()
         })
+    }
+
+    /// How many members are present, on this node and the others.
+    fn n_members(&self) -> usize {
+        if self.remote.is_empty() {
+            return self.presence.len();
+        }
+        self.presence.len()
+            + self
+                .remote
+                .keys()
+                .filter(|presence_id| !self.presence.contains_key(*presence_id))
+                .count()
     }
 
     fn presence_frame(&self, event: &str, member: &Value) -> Frame {
@@ -416,6 +483,28 @@ impl Channel {
         for id in gone {
             self.remove_subscriber(id, true, ctx);
         }
+        n_sent
+    }
+
+    /// Pushes `frames` (messages, with their offsets `seqs`) to every
+    /// subscriber in one event each, and counts them; returns how many
+    /// subscribers took them.
+    fn fan_out(
+        &mut self,
+        frames: Vec<Frame>,
+        seqs: Vec<Option<i64>>,
+        ctx: &mut Context<Self>,
+    ) -> usize {
+        let n = frames.len() as u64;
+        let messages = Arc::new(Delivered {
+            channel: self.name.clone(),
+            frames,
+            seqs,
+        });
+        let n_sent = self.push_events(|_| Some(SubscriberEvent::Messages(messages.clone())), ctx);
+        METRICS.messages_delivered.add(n);
+        METRICS.socket_deliveries.add(n * n_sent as u64);
+        self.n_delivered += n;
         n_sent
     }
 
@@ -480,10 +569,28 @@ impl Channel {
         if let Some(timer) = entry.leave_timer {
             ctx.cancel_future(timer);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.announce(&self.name, presence_id, None);
+        }
+        // Still present on another node: nobody saw it leave.
+        if !self.remote.contains_key(presence_id) {
+            self.tell_presence("presence:leave", &entry.member, None, ctx);
+        }
+    }
+
+    /// Queues a presence event for the subscribers (but `except`), if
+    /// there are any.
+    fn tell_presence(
+        &mut self,
+        event: &str,
+        member: &Value,
+        except: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
         // Nobody is left to tell when the channel is empty.
         if !self.subscribers.is_empty() {
-            let frame = self.presence_frame("presence:leave", &entry.member);
-            self.queue_presence(frame, None, ctx);
+            let frame = self.presence_frame(event, member);
+            self.queue_presence(frame, except, ctx);
         }
     }
 
@@ -526,18 +633,7 @@ impl Channel {
             }
         }
         if !delivered.is_empty() {
-            let messages = Arc::new(Delivered {
-                channel: self.name.clone(),
-                frames,
-                seqs,
-            });
-            let n_sent =
-                self.push_events(|_| Some(SubscriberEvent::Messages(messages.clone())), ctx) as i32;
-            METRICS.messages_delivered.add(delivered.len() as u64);
-            self.n_delivered += delivered.len() as u64;
-            METRICS
-                .socket_deliveries
-                .add(delivered.len() as u64 * n_sent as u64);
+            let n_sent = self.fan_out(frames, seqs, ctx) as i32;
             if n_sent > 0 {
                 let counts: Vec<(Uuid, i32)> = delivered
                     .iter()
@@ -565,13 +661,20 @@ impl Channel {
                 self.send_reply(reply, Ok((id, row)));
             }
         }
+        // After the messages, so a publisher sees its message before the ack.
+        for (to, replies) in self.socket_replies.drain() {
+            to.do_send(SubscriberEvent::Published(replies));
+        }
         self.report_if_idle();
     }
 
     /// Sends a publish's outcome: the message id (and, for REST, the
     /// stored row with its audience), or why it failed.
+    ///
+    /// A socket's outcome waits for the end of the turn (see
+    /// `socket_replies`); a refusal outside a delivery schedules one.
     fn send_reply(
-        &self,
+        &mut self,
         reply: Reply,
         result: Result<(Uuid, Option<messages::Model>), PublishError>,
     ) {
@@ -580,11 +683,11 @@ impl Channel {
                 if ack_id.is_none() && result.is_ok() {
                     return;
                 }
-                to.do_send(SubscriberEvent::Published(Published {
+                self.socket_replies.entry(to).or_default().push(Published {
                     ack_id,
                     channel: self.name.clone(),
                     result: result.map(|(id, _)| id),
-                }));
+                });
             }
             Reply::Http(tx) => {
                 let row = result.and_then(|(_, row)| {
@@ -635,6 +738,9 @@ impl Channel {
         METRICS.messages_ephemeral.inc();
         // A REST publisher gets the message back as it would be stored.
         let row = matches!(reply, Reply::Http(_)).then(|| self.row_of(id, created_at, message, 0));
+        if self.relay.is_some() {
+            return self.relay_ephemeral(id, frame, reply, row, ctx);
+        }
         self.pending.push_back(Pending {
             id,
             row,
@@ -650,6 +756,52 @@ impl Channel {
         // ephemeral message of the turn: one push per subscriber for a
         // burst, as a durable batch is (one push per message filled the
         // subscribers' mailboxes and evicted them).
+        self.schedule_delivery(ctx);
+    }
+
+    /// Hands an ephemeral message to the relay (PostgreSQL): every node,
+    /// this one included, delivers it when PostgreSQL hands it back, so
+    /// all see one order. The publisher hears once it is sent.
+    fn relay_ephemeral(
+        &mut self,
+        id: Uuid,
+        frame: OpenFrame,
+        reply: Reply,
+        row: Option<messages::Model>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.relaying.len() >= self.max_pending {
+            return self.refuse_over_capacity(reply, "relayed", ctx);
+        }
+        let Frame::Text(packet) = frame.seal(None) else {
+            unreachable!("a delivery frame is text")
+        };
+        let done = self
+            .relay_done_to
+            .get_or_insert_with(|| ctx.address().recipient())
+            .clone();
+        if let Some(relay) = &self.relay {
+            relay.relay(self.name.clone(), packet, done);
+        }
+        self.relaying.push_back((id, reply, row));
+    }
+
+    /// Refuses a publish: `limits.max_pending_per_channel` messages wait
+    /// to be `done` (stored, relayed) already.
+    fn refuse_over_capacity(&mut self, reply: Reply, done: &str, ctx: &mut Context<Self>) {
+        METRICS.publishes_rate_limited.inc();
+        METRICS.refused(crate::metrics::Limit::ChannelPending);
+        self.send_reply(
+            reply,
+            Err(PublishError::RateLimited(format!(
+                "channel is over capacity: messages are not being {done} fast enough; retry later"
+            ))),
+        );
+        self.schedule_delivery(ctx);
+    }
+
+    /// Delivers what is ready at the end of this mailbox turn (once).
+    fn schedule_delivery(&mut self, ctx: &mut Context<Self>) {
         if !self.delivery_scheduled {
             self.delivery_scheduled = true;
             ctx.notify(DeliverReady);
@@ -657,7 +809,18 @@ impl Channel {
     }
 
     fn report_if_idle(&self) {
-        if self.subscribers.is_empty() && self.pending.is_empty() {
+        // With other nodes, a lingering member keeps its channel: they see
+        // it until its grace ends here.
+        let others_watch = self
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| !cluster.alone() || !self.remote.is_empty());
+        if self.subscribers.is_empty()
+            && self.pending.is_empty()
+            && self.relaying.is_empty()
+            && self.joins_waiting.is_none()
+            && (self.presence.is_empty() || !others_watch)
+        {
             self.registry.do_send(Idle {
                 name: self.name.clone(),
                 n_received: self.n_received,
@@ -668,6 +831,15 @@ impl Channel {
 
 impl Actor for Channel {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.cluster.is_some() {
+            // The first subscribe is answered once the other nodes'
+            // members are known.
+            self.joins_waiting = Some(Vec::new());
+            self.load_remote(ctx);
+        }
+    }
 }
 
 impl Handler<Join> for Channel {
@@ -676,6 +848,16 @@ impl Handler<Join> for Channel {
     fn handle(&mut self, Join(subscriber): Join, ctx: &mut Context<Self>) {
         self.last_activity_at = Utc::now();
         self.n_received += 1;
+        if let Some(waiting) = &mut self.joins_waiting {
+            waiting.push(subscriber);
+            return;
+        }
+        self.join(subscriber, ctx);
+    }
+}
+
+impl Channel {
+    fn join(&mut self, subscriber: Subscriber, ctx: &mut Context<Self>) {
         let id = subscriber.id;
         if !subscriber.events.connected() {
             // The socket closed while its join was on the way.
@@ -683,8 +865,9 @@ impl Handler<Join> for Channel {
             return;
         }
         let new_member = !self.subscribers.contains_key(&id)
-            && !self.presence.contains_key(&subscriber.member.presence_id);
-        if new_member && self.presence.len() >= self.max_members {
+            && !self.presence.contains_key(&subscriber.member.presence_id)
+            && !self.remote.contains_key(&subscriber.member.presence_id);
+        if new_member && self.n_members() >= self.max_members {
             METRICS.refused(crate::metrics::Limit::PresenceMembers);
             subscriber.events.do_send(SubscriberEvent::JoinRefused {
                 name: self.name.clone(),
@@ -713,10 +896,12 @@ impl Handler<Join> for Channel {
                         "type": subscriber.member.kind.as_str(),
                         "joinedAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                     });
-                    // The first subscriber has nobody to tell.
-                    if !self.subscribers.is_empty() {
-                        let frame = self.presence_frame("presence:join", &member);
-                        self.queue_presence(frame, Some(id), ctx);
+                    if let Some(cluster) = &self.cluster {
+                        cluster.announce(&self.name, &presence_id, Some(member.clone()));
+                    }
+                    // Present on another node already: nobody sees it join.
+                    if !self.remote.contains_key(&presence_id) {
+                        self.tell_presence("presence:join", &member, Some(id), ctx);
                     }
                     self.members_json = None;
                     self.presence.insert(
@@ -786,7 +971,53 @@ impl Handler<Leave> for Channel {
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
         self.last_activity_at = Utc::now();
+        // A join still waiting for the other nodes' members is dropped: a
+        // closing socket's session may answer `connected()` a while longer,
+        // and the join would stay with no one to leave it.
+        if let Some(waiting) = &mut self.joins_waiting {
+            waiting.retain(|subscriber| subscriber.id != leave.subscriber_id);
+        }
         self.remove_subscriber(leave.subscriber_id, leave.dropped, ctx);
+        self.report_if_idle();
+    }
+}
+
+impl Handler<RelayDone> for Channel {
+    type Result = ();
+
+    /// The relay's answer for the oldest `n` messages handed to it.
+    fn handle(&mut self, done: RelayDone, ctx: &mut Context<Self>) {
+        for _ in 0..done.n {
+            let Some((id, reply, row)) = self.relaying.pop_front() else {
+                break;
+            };
+            let result = match &done.result {
+                Ok(()) => Ok((id, row)),
+                Err(err) => Err(err.clone()),
+            };
+            self.send_reply(reply, result);
+        }
+        // The replies go out at the end of the turn; then it may retire.
+        self.schedule_delivery(ctx);
+    }
+}
+
+/// Ephemeral messages of this channel heard from PostgreSQL (published on
+/// any node, this one included), in order.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Relayed(pub Vec<Frame>);
+
+impl Handler<Relayed> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, Relayed(frames): Relayed, ctx: &mut Context<Self>) {
+        METRICS.ephemeral_received.add(frames.len() as u64);
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let seqs = vec![None; frames.len()];
+        self.fan_out(frames, seqs, ctx);
         self.report_if_idle();
     }
 }
@@ -801,18 +1032,9 @@ impl Handler<Publish> for Channel {
         }
         let Publish { message, reply, .. } = publish;
         if self.pending.len() >= self.max_pending {
-            METRICS.publishes_rate_limited.inc();
-            METRICS.refused(crate::metrics::Limit::ChannelPending);
             // The database is not keeping up: refuse rather than buffer
             // without bound.
-            self.send_reply(
-                reply,
-                Err(PublishError::RateLimited(
-                    "channel is over capacity: messages are not being stored fast enough; retry later"
-                        .into(),
-                )),
-            );
-            return;
+            return self.refuse_over_capacity(reply, "stored", ctx);
         }
         let id = Uuid::now_v7();
         let created_at = crate::persistence::now();
@@ -870,17 +1092,31 @@ impl Handler<Stored> for Channel {
             self.n_received += 1;
         }
         let row = stored.row;
+        // At or below where this channel began (or already delivered): a
+        // row the writer counted as committed before the registry handed
+        // it here, while this channel started after it. Its subscribers'
+        // recoveries replay it from history; delivering it too would send
+        // it twice.
+        if row.seq.is_some_and(|seq| seq > 0 && seq <= self.last_seq) {
+            return;
+        }
         let frame = delivery::open_stored(&row);
         // Stored rows come in `seq` order, and a local message still
         // waiting for the writer will get a larger `seq` than this one (the
         // writer hands on what it did not write before its own batch), so
         // this row goes ahead of it: every node then shows the channel in
         // `seq` order.
-        let position = self
+        // Local messages become durable in order, so the waiting ones are
+        // the last ones: counted from the back (at most
+        // `max_pending_per_channel`), not searched from the front, where
+        // rows of a busy node pile up by the thousand until delivered.
+        let waiting = self
             .pending
             .iter()
-            .position(|pending| pending.outcome.is_none())
-            .unwrap_or(self.pending.len());
+            .rev()
+            .take_while(|pending| pending.outcome.is_none())
+            .count();
+        let position = self.pending.len() - waiting;
         self.pending.insert(
             position,
             Pending {
@@ -897,7 +1133,11 @@ impl Handler<Stored> for Channel {
                 accepted_at: Instant::now(),
             },
         );
-        self.deliver_ready(ctx);
+        // Delivered at the end of this mailbox turn with every other row of
+        // the turn: another node's batch arrives as one message per row,
+        // and one push per row per subscriber filled their mailboxes and
+        // evicted them (measured: 1.5 M of 2 M deliveries lost).
+        self.schedule_delivery(ctx);
     }
 }
 
@@ -929,6 +1169,13 @@ impl Handler<Retire> for Channel {
     type Result = ();
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        // Members still lingering leave with the channel (nobody watches
+        // them: no subscriber here, no other node).
+        if let Some(cluster) = &self.cluster {
+            for presence_id in self.presence.keys() {
+                cluster.announce(&self.name, presence_id, None);
+            }
+        }
         ctx.stop();
     }
 }

@@ -16,11 +16,18 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
+use bytestring::ByteString;
 
 use super::catalog::ChannelCatalog;
-use super::{Barrier, Channel, ChannelSettings, Join, Leave, Publish, Retire, Stored};
+use super::{
+    Barrier, Channel, ChannelSettings, Join, Leave, Publish, ReloadRemote, RemoteChanges, Retire,
+    Stored,
+};
+use crate::cluster::ChannelLinks;
 use crate::persistence::hand_on::HandOn;
+use crate::persistence::presence::PresenceEnvelope;
 use crate::persistence::writer::{CommittedSeq, MessageWriter};
+use crate::protocol::engineio::Frame;
 use crate::webhooks::Webhooks;
 
 struct Entry {
@@ -43,6 +50,8 @@ pub struct ChannelRegistry {
     catalog: Arc<ChannelCatalog>,
     /// Threads the channels run on; they live as long as the registry.
     arbiters: Vec<Arbiter>,
+    /// Given to each channel: its part in the cluster (PostgreSQL).
+    cluster: Option<ChannelLinks>,
 }
 
 impl ChannelRegistry {
@@ -66,7 +75,15 @@ impl ChannelRegistry {
             committed,
             catalog,
             arbiters: (0..n_threads.max(1)).map(|_| Arbiter::new()).collect(),
+            cluster: None,
         }
+    }
+
+    /// Channels take part in the cluster (presence, ephemeral messages)
+    /// through `links`.
+    pub fn with_cluster(mut self, links: ChannelLinks) -> Self {
+        self.cluster = Some(links);
+        self
     }
 
     /// Starts the registry on an arbiter of its own.
@@ -91,6 +108,7 @@ impl ChannelRegistry {
             let channel_name = name.clone();
             let settings = self.settings;
             let committed = self.committed.get();
+            let cluster = self.cluster.clone();
             let channel = Channel::start_in_arbiter(&self.arbiter_for(&name), move |_| {
                 Channel::new(
                     channel_name,
@@ -99,6 +117,7 @@ impl ChannelRegistry {
                     webhooks,
                     settings,
                     committed,
+                    cluster,
                 )
             });
             tracing::debug!(channel = %name, "channel started");
@@ -234,6 +253,83 @@ impl Handler<HandOn> for ChannelRegistry {
         }
         for (notify, persisted) in hand_on.persisted {
             notify.do_send(persisted);
+        }
+    }
+}
+
+/// Another node's member changes, as its notification carried them.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RemotePresence(pub PresenceEnvelope);
+
+impl Handler<RemotePresence> for ChannelRegistry {
+    type Result = ();
+
+    /// Gives each live channel its changes (in order); a channel started
+    /// later loads them from the database.
+    fn handle(&mut self, RemotePresence(envelope): RemotePresence, _: &mut Context<Self>) {
+        let node: Arc<str> = envelope.node.into();
+        let mut by_channel: HashMap<String, Vec<(String, Option<serde_json::Value>)>> =
+            HashMap::new();
+        for change in envelope.changes {
+            if self.channels.contains_key(change.channel.as_str()) {
+                by_channel
+                    .entry(change.channel)
+                    .or_default()
+                    .push((change.presence_id, change.member));
+            }
+        }
+        for (name, changes) in by_channel {
+            if let Some(entry) = self.channels.get(name.as_str()) {
+                entry.channel.do_send(RemoteChanges {
+                    node: node.clone(),
+                    changes,
+                });
+            }
+        }
+    }
+}
+
+/// Ephemeral messages heard from PostgreSQL, in order: (channel, packet).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RemoteEphemeral(pub Vec<(String, ByteString)>);
+
+impl Handler<RemoteEphemeral> for ChannelRegistry {
+    type Result = ();
+
+    /// Gives each live channel its messages, in order; a channel with no
+    /// actor here has no subscriber here.
+    fn handle(&mut self, RemoteEphemeral(messages): RemoteEphemeral, _: &mut Context<Self>) {
+        let mut by_channel: HashMap<String, Vec<Frame>> = HashMap::new();
+        for (channel, packet) in messages {
+            if self.channels.contains_key(channel.as_str()) {
+                by_channel
+                    .entry(channel)
+                    .or_default()
+                    .push(Frame::Text(packet));
+            }
+        }
+        for (name, frames) in by_channel {
+            if let Some(entry) = self.channels.get(name.as_str()) {
+                entry.channel.do_send(super::Relayed(frames));
+            }
+        }
+    }
+}
+
+/// Every live channel loads the other nodes' members again (the listener
+/// may have missed changes).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct ReloadPresence;
+
+impl Handler<ReloadPresence> for ChannelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: ReloadPresence, _: &mut Context<Self>) {
+        for entry in self.channels.values() {
+            entry.channel.do_send(ReloadRemote);
         }
     }
 }

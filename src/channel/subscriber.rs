@@ -117,7 +117,7 @@ pub enum SubscriberEvent {
         /// Why, for the client.
         message: String,
     },
-    /// The outcome of this subscriber's publish: told when it failed, or
-    /// when the client asked for an ack.
-    Published(Published),
+    /// The outcomes of this subscriber's publishes, in order: told when
+    /// one failed, or when the client asked for an ack.
+    Published(Vec<Published>),
 }

@@ -157,6 +157,7 @@ impl Setup {
         let webhooks = WebhookDispatcher::start(
             settings.webhooks,
             db.clone(),
+            "test-node".into(),
             catalog.clone(),
             writer.clone(),
         );
@@ -194,6 +195,7 @@ impl Setup {
             self.webhooks.clone(),
             SETTINGS,
             0,
+            None,
         )
         .start()
     }
@@ -440,6 +442,7 @@ async fn a_dropped_member_lingers_for_the_grace_and_a_return_within_it_shows_not
             ..SETTINGS
         },
         0,
+        None,
     )
     .start();
     let mut watcher = setup.probe("watcher", 64, None);
@@ -596,6 +599,62 @@ async fn a_full_mailbox_evicts_only_that_subscriber() {
     assert_eq!(left, [json!("slow")]);
     channel.send(Barrier).await.unwrap();
     assert!(slow.nothing_pending());
+}
+
+#[actix::test]
+async fn a_publisher_with_many_acks_waiting_is_not_taken_for_a_slow_subscriber() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel("room:acks");
+    // Room for 16 events, and busy (its thread stalled) while 30 of its
+    // own publishes are answered: one event per ack would fill it.
+    let mut publisher = setup.probe("publisher", 16, Some(Duration::from_millis(1000)));
+    channel.do_send(Join(publisher.subscriber()));
+    let to: Recipient<SubscriberEvent> = publisher.addr.clone().recipient();
+    for n in 0..30u64 {
+        channel.do_send(Publish {
+            message: Outgoing {
+                event: "e".into(),
+                payload: json!({ "n": n }).as_object().unwrap().clone(),
+                sender: Sender::SYSTEM,
+                channel: setup.definition.clone(),
+            },
+            reply: Reply::Socket {
+                to: to.clone(),
+                ack_id: Some(n),
+            },
+            via_registry: false,
+        });
+    }
+    // Delivered in order after those 30; then more rounds while the
+    // publisher is still stalled (actix refuses a sender's second push
+    // past the bound).
+    for n in 30..33 {
+        let row = setup.publish(&channel, n).await.unwrap().unwrap();
+        assert_eq!(
+            row.ws_audience_count, 1,
+            "the publisher is still subscribed"
+        );
+    }
+
+    let mut delivered = Vec::new();
+    let mut acked = Vec::new();
+    while delivered.len() < 33 || acked.len() < 30 {
+        match publisher.next().await {
+            SubscriberEvent::Joined(_) => {}
+            SubscriberEvent::Messages(batch) => {
+                delivered.extend(batch.frames.iter().map(|f| decode(f).1["n"].clone()))
+            }
+            SubscriberEvent::Published(replies) => {
+                for reply in replies {
+                    assert!(reply.result.is_ok());
+                    acked.push(reply.ack_id.unwrap());
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered, (0..33).map(|n| json!(n)).collect::<Vec<_>>());
+    assert_eq!(acked, (0..30).collect::<Vec<_>>());
 }
 
 #[actix::test]

@@ -138,6 +138,11 @@ pub struct Client {
     /// A recovery's replay, while it runs (boxed: most sockets never have
     /// one).
     replay: Option<Box<recover::Replay>>,
+    /// After a replay, per channel, the highest `seq` the client has (its
+    /// floor, or the last message replayed): a live message at or below it
+    /// reached the client already (a node can hear of another node's row
+    /// after the replay read it), until the live flow passes it.
+    replayed_through: HashMap<Arc<str>, i64>,
     /// The session's state went to a connection that recovered it.
     handed_over: bool,
     /// `realtime:history` requests being answered.
@@ -165,6 +170,7 @@ impl Client {
             pid: None,
             log: None,
             replay: None,
+            replayed_through: HashMap::new(),
             handed_over: false,
             history_in_flight: 0,
             _user_socket: None,
@@ -294,8 +300,10 @@ impl SocketHandler for Client {
             ClientEvent::Channel(SubscriberEvent::JoinRefused { name, message }) => {
                 self.on_join_refused(socket, &name, &message)
             }
-            ClientEvent::Channel(SubscriberEvent::Published(published)) => {
-                Self::on_published(socket, published)
+            ClientEvent::Channel(SubscriberEvent::Published(replies)) => {
+                for published in replies {
+                    Self::on_published(socket, published)
+                }
             }
         }
     }
@@ -348,7 +356,9 @@ impl SocketHandler for Client {
 
     fn on_pong(&mut self) {
         if let Some(log) = &mut self.log {
-            log.pong_received();
+            if log.pong_received() {
+                self.checkpoint();
+            }
         }
     }
 }

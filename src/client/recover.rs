@@ -139,10 +139,14 @@ impl Client {
                     return Err("the session belongs to someone else");
                 }
                 taken = Some(state.clone());
-                let missed = state
-                    .log
-                    .missed(offset)
-                    .ok_or("the offset is not one this session can resume from")?;
+                let missed = match state.log.missed(offset) {
+                    Some(missed) => missed,
+                    // A checkpoint (its node died) that the client got past.
+                    None if state.live_on.is_some() => {
+                        since_checkpoint(&hub.db, &state.log, offset).await?
+                    }
+                    None => return Err("the offset is not one this session can resume from"),
+                };
                 for (name, _) in &missed.channels {
                     let channel = hub
                         .catalog
@@ -177,12 +181,20 @@ impl Client {
                     pid: pid.clone(),
                     sid: state.sid,
                     missed,
-                    last_confirmed: state.log.last_confirmed,
+                    // The client proved it has its offset's message: a
+                    // drop before anything new arrives resumes from it.
+                    last_confirmed: offset.or(state.log.last_confirmed),
                 })
             };
             let planned: Result<Plan, &'static str> = planned.await;
             if let Err(why) = &planned {
-                tracing::debug!(why, "connection not recovered; starting afresh");
+                let checkpoint = taken.as_ref().is_some_and(|state| state.live_on.is_some());
+                tracing::debug!(
+                    why,
+                    ?offset,
+                    checkpoint,
+                    "connection not recovered; starting afresh"
+                );
             }
             if !client.connected() {
                 // The connection closed while its recovery was worked out:
@@ -279,14 +291,22 @@ impl Client {
         }
     }
 
-    /// Holds live messages while a replay runs; returns them otherwise.
+    /// Holds live messages while a replay runs; returns them otherwise,
+    /// without those a replay sent already.
     pub(super) fn hold_during_replay(
         &mut self,
         socket: &mut Socket<'_, '_, Self>,
         delivered: Arc<Delivered>,
     ) -> Option<Arc<Delivered>> {
         let Some(replay) = &mut self.replay else {
-            return Some(delivered);
+            let Some(&through) = self.replayed_through.get(&delivered.channel) else {
+                return Some(delivered);
+            };
+            if delivered.seqs.iter().flatten().any(|seq| *seq > through) {
+                // The live flow passed the replay: nothing more to skip.
+                self.replayed_through.remove(&delivered.channel);
+            }
+            return unsent(delivered, through);
         };
         replay.n_held += delivered.frames.len();
         replay.held.push(delivered);
@@ -361,27 +381,22 @@ impl Client {
         if !last_page {
             return self.read_missed(socket);
         }
-        // Caught up: what came live meanwhile, minus what the replay sent.
+        // Caught up: what came live meanwhile, minus what the replay sent,
+        // and from now on, what comes live below what it sent.
         // unwrap: checked above.
         let replay = self.replay.take().unwrap();
+        self.replayed_through = replay
+            .missed
+            .channels
+            .iter()
+            .map(|(name, floor)| {
+                let replayed = replay.replayed.get(name).copied().unwrap_or(i64::MIN);
+                (Arc::from(name.as_str()), replayed.max(*floor))
+            })
+            .collect();
         for delivered in replay.held {
-            let replayed = replay
-                .replayed
-                .get(delivered.channel.as_ref())
-                .copied()
-                .unwrap_or(i64::MIN);
-            let fresh: Vec<usize> = (0..delivered.frames.len())
-                .filter(|&i| delivered.seqs[i].is_none_or(|seq| seq > replayed))
-                .collect();
-            if fresh.len() == delivered.frames.len() {
+            if let Some(delivered) = self.hold_during_replay(socket, delivered) {
                 self.send_delivered(socket, &delivered);
-            } else if !fresh.is_empty() {
-                let partial = Delivered {
-                    channel: delivered.channel.clone(),
-                    frames: fresh.iter().map(|&i| delivered.frames[i].clone()).collect(),
-                    seqs: fresh.iter().map(|&i| delivered.seqs[i]).collect(),
-                };
-                self.send_delivered(socket, &partial);
             }
         }
     }
@@ -413,6 +428,21 @@ impl Client {
         socket.close(CloseReason::ServerClose);
     }
 
+    /// Shared recovery (PostgreSQL): saves where this live session stands
+    /// (its channels, what the client confirmed), so a client whose node
+    /// dies can recover on another ([`SessionState::live_on`]). Called when
+    /// its channels change and when a pong confirmed deliveries.
+    pub(super) fn checkpoint(&self) {
+        let (Some(store), Some(pid)) = (&self.hub.recovery, &self.pid) else {
+            return;
+        };
+        if store.is_shared() {
+            if let Some(state) = self.session_state() {
+                store.checkpoint(pid, state);
+            }
+        }
+    }
+
     /// What a later recovery of this session needs, if it can have one.
     fn session_state(&self) -> Option<SessionState> {
         let log = self.log.as_ref()?;
@@ -428,6 +458,7 @@ impl Client {
             identity: identity(self.principal.as_ref()?),
             log: log.state(),
             dropped_at_ms: now_ms(),
+            live_on: None,
         })
     }
 
@@ -437,13 +468,74 @@ impl Client {
         let (Some(store), Some(pid)) = (&self.hub.recovery, &self.pid) else {
             return;
         };
-        let state = if is_recoverable(reason) && !self.handed_over {
+        if self.handed_over {
+            // Its state went to the connection that recovers it.
+            store.release(pid, self.subscriber_id);
+            return;
+        }
+        let state = if is_recoverable(reason) {
             self.session_state()
         } else {
             None
         };
         store.end(pid, self.subscriber_id, state);
     }
+}
+
+/// `delivered` without the messages at or below `through` (`None` if
+/// nothing is left).
+fn unsent(delivered: Arc<Delivered>, through: i64) -> Option<Arc<Delivered>> {
+    let fresh: Vec<usize> = (0..delivered.frames.len())
+        .filter(|&i| delivered.seqs[i].is_none_or(|seq| seq > through))
+        .collect();
+    if fresh.len() == delivered.frames.len() {
+        return Some(delivered);
+    }
+    if fresh.is_empty() {
+        return None;
+    }
+    Some(Arc::new(Delivered {
+        channel: delivered.channel.clone(),
+        frames: fresh.iter().map(|&i| delivered.frames[i].clone()).collect(),
+        seqs: fresh.iter().map(|&i| delivered.seqs[i]).collect(),
+    }))
+}
+
+/// What a client missed by a checkpoint it got past (ARCHITECTURE.md,
+/// "Several nodes"): exact only when, besides its offset's channel, no
+/// channel of the session has messages after the checkpoint (what the
+/// client got of them since cannot be known); otherwise not recoverable.
+async fn since_checkpoint(
+    db: &sea_orm::DatabaseConnection,
+    log: &crate::recovery::LogState,
+    offset: Option<i64>,
+) -> Result<Missed, &'static str> {
+    let offset = offset.ok_or("the offset is not one this session can resume from")?;
+    let unreadable = |_| "history could not be read";
+    let channel = queries::channel_of(db, offset)
+        .await
+        .map_err(unreadable)?
+        .ok_or("the offset is not in history")?;
+    let missed = log
+        .missed_since_checkpoint(offset, &channel)
+        .ok_or("the offset is not one this session can resume from")?;
+    let others = Missed {
+        channels: missed
+            .channels
+            .iter()
+            .filter(|(name, _)| *name != channel)
+            .cloned()
+            .collect(),
+        extra: Vec::new(),
+    };
+    if queries::count_missed(db, &others, 1)
+        .await
+        .map_err(unreadable)?
+        > 0
+    {
+        return Err("the session's node died while other channels had messages for it");
+    }
+    Ok(missed)
 }
 
 /// A new private session id: 128 random bits, unguessable.

@@ -300,6 +300,7 @@ impl Client {
                     publish: PublishGate::default(),
                 },
             );
+            self.checkpoint();
         }
         self.on_replay_join(socket, &name);
     }
@@ -341,6 +342,7 @@ impl Client {
                 }
                 let waiting = std::mem::take(&mut publish.waiting);
                 self.subscriptions.remove(name);
+                self.checkpoint();
                 let err = crate::publish::PublishError::NotSubscribed(
                     "unsubscribed before the publish was authorized".into(),
                 );

@@ -86,9 +86,28 @@ pub struct EngineConfig {
     /// Long-polling requests per second per session (bursts of twice as
     /// many); 0 for no limit.
     pub polling_rate: u32,
+    /// Begins every session id of this server, when several serve one
+    /// service: a request for an id that another server made is told so
+    /// (the load balancer is not sticky), instead of only "unknown".
+    pub node_tag: Option<Arc<str>>,
 }
 
 impl EngineConfig {
+    /// A new session id (with this server's tag first, if any).
+    pub fn new_sid(&self) -> Sid {
+        match &self.node_tag {
+            Some(tag) => Sid(format!("{tag}{}", Sid::random()).into()),
+            None => Sid::random(),
+        }
+    }
+
+    /// Whether `sid` was made by another server of the service.
+    pub fn made_elsewhere(&self, sid: &str) -> bool {
+        self.node_tag
+            .as_deref()
+            .is_some_and(|tag| !sid.starts_with(tag))
+    }
+
     /// When the next ping goes out after the last one was answered (or the
     /// handshake). Pings leave a little early, up to 20 ms, so that a
     /// missing pong closes the session strictly before interval + timeout

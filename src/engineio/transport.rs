@@ -18,7 +18,8 @@ use super::session::{
     PollAbandoned, PollAnswer, PollGet, PollOversize, PollPost, PollPostBegin, PollPostEnded,
     RequestError, Session,
 };
-use super::{EngineHandler, EngineServer, Sid};
+use super::{EngineHandler, EngineServer};
+use crate::metrics::METRICS;
 
 /// The protocol's error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,25 @@ impl ErrorCode {
             "message": self.message(),
         }))
     }
+}
+
+/// What a request for an unknown session id gets.
+pub(super) fn unknown_sid_message(config: &super::EngineConfig, sid: &str) -> &'static str {
+    if config.made_elsewhere(sid) {
+        METRICS.engine_wrong_node.inc();
+        "Session ID unknown: another server of this service holds the session; \
+         the load balancer must send all requests of a session to one server (sticky sessions)"
+    } else {
+        ErrorCode::UnknownSid.message()
+    }
+}
+
+/// 400 for a request whose session id is not (or no longer) here.
+fn unknown_sid<H: EngineHandler>(server: &EngineServer<H>, sid: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({
+        "code": ErrorCode::UnknownSid as u8,
+        "message": unknown_sid_message(&server.config, sid),
+    }))
 }
 
 impl From<RequestError> for ErrorCode {
@@ -224,7 +244,7 @@ fn handshake<H: EngineHandler>(req: &HttpRequest, server: &EngineServer<H>) -> H
         Ok(ticket) => ticket,
         Err(refusal) => return refused(refusal.message()),
     };
-    let sid = Sid::random();
+    let sid = server.config.new_sid();
     let open = Session::<H>::open_packet(&sid, &server.config, &["websocket"]);
     let handler = (server.factory)(req.head());
     Session::start_polling(
@@ -273,7 +293,7 @@ impl<H: EngineHandler> Drop for AbandonGuard<H> {
 
 async fn poll<H: EngineHandler>(server: &EngineServer<H>, sid: &str) -> HttpResponse {
     let Some(addr) = server.registry.get(sid) else {
-        return ErrorCode::UnknownSid.response();
+        return unknown_sid(server, sid);
     };
     match addr.send(PollGet).await {
         Ok(Ok(PollAnswer::Ready(payload))) => text_response(payload),
@@ -296,7 +316,7 @@ async fn poll_post<H: EngineHandler>(
     mut body: web::Payload,
 ) -> HttpResponse {
     let Some(addr) = server.registry.get(sid) else {
-        return ErrorCode::UnknownSid.response();
+        return unknown_sid(server, sid);
     };
     match addr.send(PollPostBegin).await {
         Ok(Ok(())) => {}
@@ -334,7 +354,7 @@ async fn poll_post<H: EngineHandler>(
 /// (real upgrades are taken before the app, see [`super::upgrade`]).
 fn websocket<H: EngineHandler>(server: &EngineServer<H>, sid: Option<&str>) -> HttpResponse {
     match sid {
-        Some(sid) if server.registry.get(sid).is_none() => ErrorCode::UnknownSid.response(),
+        Some(sid) if server.registry.get(sid).is_none() => unknown_sid(server, sid),
         _ => ErrorCode::BadRequest.response(),
     }
 }

@@ -35,7 +35,7 @@ use super::admission::Refusal;
 use super::session::{Session, WsAttach};
 use super::transport::{EngineQuery, ErrorCode, TransportKind, FORBIDDEN};
 use super::websocket::{self, Outbox, WsLink};
-use super::{EngineHandler, EngineServer, Sid};
+use super::{EngineHandler, EngineServer};
 
 type UpgradeFn =
     dyn Fn(Request, TcpStream, BytesMut) -> LocalBoxFuture<'static, ()> + Send + Sync + 'static;
@@ -103,6 +103,9 @@ async fn upgrade_engine<H: EngineHandler>(
             });
             let (status, code, message) = match refused {
                 Refused::Protocol(code) => ("400 Bad Request", code as u8, code.message()),
+                Refused::UnknownSid(message) => {
+                    ("400 Bad Request", ErrorCode::UnknownSid as u8, message)
+                }
                 Refused::Limit(refusal) => ("429 Too Many Requests", FORBIDDEN, refusal.message()),
             };
             let body = serde_json::json!({ "code": code, "message": message }).to_string();
@@ -115,6 +118,8 @@ async fn upgrade_engine<H: EngineHandler>(
 enum Refused {
     /// It breaks the protocol: 400 with the Engine.IO error.
     Protocol(ErrorCode),
+    /// Its session id is unknown here: 400 with code 1 and this message.
+    UnknownSid(&'static str),
     /// A per-address limit: 429.
     Limit(Refusal),
 }
@@ -137,7 +142,9 @@ async fn accept_engine<H: EngineHandler>(
     }
     let existing = match query.sid.as_deref() {
         None => None,
-        Some(sid) => Some(server.registry.get(sid).ok_or(ErrorCode::UnknownSid)?),
+        Some(sid) => Some(server.registry.get(sid).ok_or_else(|| {
+            Refused::UnknownSid(super::transport::unknown_sid_message(&server.config, sid))
+        })?),
     };
     if actix_http::ws::verify_handshake(req.head()).is_err() {
         return Err(ErrorCode::BadRequest.into());
@@ -152,7 +159,7 @@ async fn accept_engine<H: EngineHandler>(
             let ticket = server.admission.admit(req.head()).map_err(Refused::Limit)?;
             let handler = (server.factory)(req.head());
             Session::start_websocket(
-                Sid::random(),
+                server.config.new_sid(),
                 server.config.clone(),
                 server.registry.clone(),
                 handler,

@@ -105,10 +105,11 @@ pub async fn write_batch_in_one_transaction(
     batch: &[&messages::Model],
     audience: &[(Uuid, i32)],
     webhooks: &[WebhookOutcome],
+    node: &str,
 ) -> Result<(), PersistenceError> {
     let txn = db.begin().await.map_err(PersistenceError::from_write)?;
     insert_rows(&txn, batch.iter().copied(), true).await?;
-    insert_pending(&txn, batch).await?;
+    insert_pending(&txn, batch, node).await?;
     update_counts(&txn, Column::WsAudienceCount, audience, true, Count::Add).await?;
     super::webhooks::finish(&txn, webhooks).await?;
     txn.commit().await.map_err(PersistenceError::from_write)?;
@@ -130,7 +131,9 @@ pub async fn write_batch_in_one_transaction(
 /// Database failures (nothing is written); [`PersistenceError::Duplicate`]
 /// if an id exists; [`PersistenceError::TooLate`].
 /// The statement also notifies [`migration::SEQUENCE_CHANNEL`] with
-/// `node` (once, at commit), which wakes the other nodes to read it.
+/// `node` (once, at commit), which wakes the other nodes to read it, and
+/// makes `node` the owner of the backlog entries (their webhooks are sent
+/// by this node alone).
 pub async fn insert_batch_with_webhooks(
     db: &DatabaseConnection,
     batch: &[&messages::Model],
@@ -183,16 +186,18 @@ async fn insert_numbered(
             }
             // Data-modifying WITH clauses run whether or not the final
             // SELECT reads them.
-            let backlog = if with_backlog {
-                ", backlog AS (INSERT INTO webhook_pending (message_id) SELECT id FROM inserted WHERE wh_audience_count > 0)"
-            } else {
-                ""
-            };
             // Read once the lock is held, just before the rows go in.
             let mut next_param = n * 11 + 1;
             let in_time = if stored_before.is_some() {
                 next_param += 1;
                 format!(" WHERE clock_timestamp() < ${}", next_param - 1)
+            } else {
+                String::new()
+            };
+            // Owned by the node named in the notification (if any).
+            let backlog = if with_backlog {
+                let owner = if notify.is_some() { format!("${next_param}::text") } else { "NULL".into() };
+                format!(", backlog AS (INSERT INTO webhook_pending (message_id, node) SELECT id, {owner} FROM inserted WHERE wh_audience_count > 0)")
             } else {
                 String::new()
             };
@@ -329,6 +334,7 @@ pub async fn log_after(
 async fn insert_pending<C: ConnectionTrait>(
     conn: &C,
     batch: &[&messages::Model],
+    node: &str,
 ) -> Result<(), PersistenceError> {
     static TEXTS: [OnceLock<String>; usize::BITS as usize] =
         [const { OnceLock::new() }; usize::BITS as usize];
@@ -345,6 +351,7 @@ async fn insert_pending<C: ConnectionTrait>(
             entity::webhook_pending::Entity::insert_many(chunk.iter().map(|id| {
                 entity::webhook_pending::ActiveModel {
                     message_id: Set(*id),
+                    node: Set(Some(node.to_owned())),
                 }
             }))
             .build(DbBackend::Sqlite)
@@ -353,7 +360,9 @@ async fn insert_pending<C: ConnectionTrait>(
         conn.execute(Statement::from_sql_and_values(
             DbBackend::Sqlite,
             sql.as_str(),
-            chunk.iter().map(|id| sea_orm::Value::from(*id)),
+            chunk
+                .iter()
+                .flat_map(|id| [sea_orm::Value::from(*id), sea_orm::Value::from(node)]),
         ))
         .await
         .map_err(PersistenceError::from_write)?;
@@ -471,7 +480,61 @@ pub async fn add_audience(
     db: &DatabaseConnection,
     counts: &[(Uuid, i32)],
 ) -> Result<u64, PersistenceError> {
-    update_counts(db, Column::WsAudienceCount, counts, false, Count::Add).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return update_counts(db, Column::WsAudienceCount, counts, false, Count::Add).await;
+    }
+    // Every node adds to the same rows at once: each statement locks its
+    // rows in id order (so two nodes' statements cannot deadlock), and one
+    // that lost a deadlock anyway (against another kind of write) was
+    // rolled back whole, so it is simply run again.
+    let mut changed = 0;
+    for (count, ids) in by_count(counts) {
+        for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE messages m SET ws_audience_count = m.ws_audience_count + $1
+                   FROM (SELECT id FROM messages WHERE id IN ({}) ORDER BY id FOR UPDATE) AS locked
+                  WHERE m.id = locked.id",
+                placeholders.join(", ")
+            );
+            let values = || {
+                std::iter::once(sea_orm::Value::from(count))
+                    .chain(chunk.iter().map(|id| sea_orm::Value::from(*id)))
+                    .collect::<Vec<_>>()
+            };
+            let mut attempt = 0;
+            loop {
+                let result = db
+                    .execute(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        sql.as_str(),
+                        values(),
+                    ))
+                    .await;
+                match result {
+                    Ok(result) => {
+                        changed += result.rows_affected();
+                        break;
+                    }
+                    Err(err) if attempt < 3 && is_deadlock(&err) => attempt += 1,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Whether PostgreSQL aborted the statement to break a deadlock.
+fn is_deadlock(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(err)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(err))) => {
+            err.code().as_deref() == Some("40P01")
+        }
+        _ => false,
+    }
 }
 
 /// How [`update_counts`] writes a count.
@@ -491,12 +554,8 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
     chunked: bool,
     how: Count,
 ) -> Result<u64, PersistenceError> {
-    let mut by_value: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
-    for (id, count) in counts {
-        by_value.entry(*count).or_default().push(*id);
-    }
     let mut changed = 0;
-    for (count, ids) in by_value {
+    for (count, ids) in by_count(counts) {
         for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
             let mut rest = chunk;
             for size in statement_sizes(chunk.len(), chunked) {
@@ -516,6 +575,16 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
         }
     }
     Ok(changed)
+}
+
+/// The ids of `counts` grouped by count: one statement sets (or adds) the
+/// same value to all of a group.
+fn by_count(counts: &[(Uuid, i32)]) -> BTreeMap<i32, Vec<Uuid>> {
+    let mut groups: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
+    for (id, count) in counts {
+        groups.entry(*count).or_default().push(*id);
+    }
+    groups
 }
 
 /// Most ids bound in one `IN (…)`, under SQLite's parameter limit.

@@ -5,8 +5,12 @@
 //! - [`channels`]: channel definitions.
 //! - [`hand_on`]: handing durable messages to channels in `seq` order.
 //! - [`messages`]: history listing, clearing and statistics.
+//! - [`nodes`]: the server processes sharing the database, and which
+//!   one sends which webhooks.
 //! - [`permissions`]: the row-level-security policies of realtime, and
 //!   evaluating them on PostgreSQL.
+//! - [`presence`]: PostgreSQL: each node's presence members, and their
+//!   notifications.
 //! - [`policies`]: creating and dropping policies; the SQLite store.
 //! - [`recovery`]: missed messages, sessions saved for recovery, and how
 //!   far history was deleted.
@@ -18,10 +22,13 @@
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
+pub mod ephemeral;
 pub mod hand_on;
 pub mod messages;
+pub mod nodes;
 pub mod permissions;
 pub mod policies;
+pub mod presence;
 pub mod recovery;
 pub mod retention;
 pub mod sequencer;

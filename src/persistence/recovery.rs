@@ -190,8 +190,9 @@ pub struct SavedSession {
     pub state: String,
 }
 
-/// Saves `sessions` (replacing any saved under the same pid), in one
-/// transaction.
+/// Saves `sessions` (replacing any saved under the same pid earlier than
+/// it: a late write from a node that was shutting down never replaces the
+/// state or the taken mark a later one left), in one transaction.
 ///
 /// # Errors
 /// Database failures; nothing is saved then.
@@ -205,7 +206,8 @@ pub async fn save_sessions(
         txn.execute(Statement::from_sql_and_values(
             backend,
             "INSERT INTO recovery_sessions (pid, saved_at_ms, state) VALUES ($1, $2, $3)
-             ON CONFLICT (pid) DO UPDATE SET saved_at_ms = excluded.saved_at_ms, state = excluded.state",
+             ON CONFLICT (pid) DO UPDATE SET saved_at_ms = excluded.saved_at_ms, state = excluded.state
+             WHERE recovery_sessions.saved_at_ms <= excluded.saved_at_ms",
             [
                 session.pid.clone().into(),
                 session.saved_at_ms.into(),
@@ -218,29 +220,113 @@ pub async fn save_sessions(
     Ok(())
 }
 
-/// Removes and returns the session saved under `pid`, if any.
+/// What a taken (or forgotten) session leaves in its row on PostgreSQL:
+/// an empty state, dated, so that a late write of an older state is
+/// refused ([`save_sessions`]). Deleted with the expired sessions.
+const TAKEN: &str = "";
+
+/// Removes and returns the session saved under `pid`, if any. On
+/// PostgreSQL, where other nodes may still write it, the row stays as a
+/// mark dated `now_ms`.
 ///
 /// # Errors
 /// Database failures.
 pub async fn take_session(
     db: &DatabaseConnection,
     pid: &str,
+    now_ms: i64,
 ) -> Result<Option<SavedSession>, PersistenceError> {
-    let row = db
-        .query_one(Statement::from_sql_and_values(
-            db.get_database_backend(),
+    let backend = db.get_database_backend();
+    let row = if backend == DbBackend::Postgres {
+        db.query_one(Statement::from_sql_and_values(
+            backend,
+            "WITH old AS (SELECT pid, saved_at_ms, state FROM recovery_sessions WHERE pid = $1 FOR UPDATE),
+                  marked AS (UPDATE recovery_sessions r SET state = $3, saved_at_ms = GREATEST(r.saved_at_ms, $2)
+                               FROM old WHERE r.pid = old.pid)
+             SELECT saved_at_ms, state FROM old",
+            [pid.into(), now_ms.into(), TAKEN.into()],
+        ))
+        .await?
+    } else {
+        db.query_one(Statement::from_sql_and_values(
+            backend,
             "DELETE FROM recovery_sessions WHERE pid = $1 RETURNING saved_at_ms, state",
             [pid.into()],
         ))
-        .await?;
+        .await?
+    };
     let Some(row) = row else {
         return Ok(None);
     };
+    let state: String = row.try_get("", "state")?;
+    if state == TAKEN {
+        return Ok(None);
+    }
     Ok(Some(SavedSession {
         pid: pid.to_owned(),
         saved_at_ms: row.try_get("", "saved_at_ms")?,
-        state: row.try_get("", "state")?,
+        state,
     }))
+}
+
+/// PostgreSQL: asks the other nodes to hand over session `pid` if one of
+/// them holds it live ([`migration::HANDOVER_CHANNEL`]).
+///
+/// # Errors
+/// Database failures.
+pub async fn request_hand_over(db: &DatabaseConnection, pid: &str) -> Result<(), PersistenceError> {
+    db.execute(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        format!("SELECT pg_notify('{}', $1)", migration::HANDOVER_CHANNEL),
+        [pid.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The channel of the message numbered `seq`, if it is in history.
+///
+/// # Errors
+/// Database failures.
+pub async fn channel_of(
+    db: &DatabaseConnection,
+    seq: i64,
+) -> Result<Option<String>, PersistenceError> {
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT channel_name FROM messages WHERE seq = $1",
+            [seq.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get("", "channel_name")?),
+        None => None,
+    })
+}
+
+/// Forgets the sessions saved under `pids` (their clients left for good),
+/// leaving the dated mark a taken session leaves (see [`take_session`]).
+///
+/// # Errors
+/// Database failures.
+pub async fn forget_sessions(
+    db: &DatabaseConnection,
+    pids: &[String],
+    now_ms: i64,
+) -> Result<(), PersistenceError> {
+    let marks: Vec<SavedSession> = pids
+        .iter()
+        .map(|pid| SavedSession {
+            pid: pid.clone(),
+            saved_at_ms: now_ms,
+            state: TAKEN.to_owned(),
+        })
+        .collect();
+    for chunk in marks.chunks(500) {
+        save_sessions(db, chunk).await?;
+    }
+    Ok(())
 }
 
 /// Deletes sessions saved before `before_ms` (too old to recover).

@@ -24,7 +24,8 @@ pub const LISTENER_APPLICATION_NAME: &str = "realtime-listener";
 /// Gives up to `limit` rows stored by SQL their `seq`, in arrival order,
 /// sets their `wh_audience_count` to their channel's webhook URLs (none if
 /// the channel is gone or disabled) and enters those that have some in the
-/// webhook backlog, all in one statement. Returns the rows in `seq` order.
+/// webhook backlog, owned by `node` (the node that hands them to its
+/// dispatcher), all in one statement. Returns the rows in `seq` order.
 /// Takes the sequence lock only when there is something to number, so an
 /// idle poll costs the writer nothing.
 ///
@@ -33,6 +34,7 @@ pub const LISTENER_APPLICATION_NAME: &str = "realtime-listener";
 pub async fn number_arrivals(
     db: &DatabaseConnection,
     limit: u64,
+    node: &str,
 ) -> Result<Vec<messages::Model>, PersistenceError> {
     let sql = format!(
         "WITH locked AS MATERIALIZED (
@@ -60,8 +62,8 @@ pub async fn number_arrivals(
             WHERE m.id = todo.id AND (m.seq IS NULL OR m.seq < 0)
            RETURNING m.*),
          backlog AS (
-           INSERT INTO webhook_pending (message_id)
-           SELECT id FROM numbered WHERE wh_audience_count > 0
+           INSERT INTO webhook_pending (message_id, node)
+           SELECT id, $2 FROM numbered WHERE wh_audience_count > 0
            ON CONFLICT DO NOTHING)
          SELECT * FROM numbered ORDER BY seq",
         lock = migration::SEQUENCE_LOCK,
@@ -70,7 +72,10 @@ pub async fn number_arrivals(
         .from_raw_sql(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,
-            [sea_orm::Value::from(limit as i64)],
+            [
+                sea_orm::Value::from(limit as i64),
+                sea_orm::Value::from(node),
+            ],
         ))
         .all(db)
         .await?;
@@ -99,6 +104,9 @@ pub async fn listen(url: &str) -> Result<PgListener, PersistenceError> {
                 migration::SEQUENCE_CHANNEL,
                 migration::POLICY_CHANNEL,
                 migration::CATALOG_CHANNEL,
+                migration::PRESENCE_CHANNEL,
+                migration::HANDOVER_CHANNEL,
+                migration::EPHEMERAL_CHANNEL,
             ])
             .await?;
         Ok::<_, sea_orm::sqlx::Error>(listener)

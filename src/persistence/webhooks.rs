@@ -30,13 +30,15 @@ pub struct WebhookOutcome {
 /// Most ids bound in one statement, under SQLite's parameter limit.
 const MAX_IDS: usize = 1000;
 
-/// Up to `limit` pending messages, oldest first, after `after` (the
+/// Up to `limit` messages pending for `node` (see
+/// [`super::nodes::claim_webhooks`]), oldest first, after `after` (the
 /// `(created_at, id)` of the last one of the previous page).
 ///
 /// # Errors
 /// Database failures.
 pub async fn pending_page(
     db: &DatabaseConnection,
+    node: &str,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: u64,
 ) -> Result<Vec<messages::Model>, PersistenceError> {
@@ -45,6 +47,7 @@ pub async fn pending_page(
             Query::select()
                 .column(webhook_pending::Column::MessageId)
                 .from(Pending)
+                .and_where(webhook_pending::Column::Node.eq(node))
                 .to_owned(),
         ),
     );

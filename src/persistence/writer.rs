@@ -784,6 +784,7 @@ async fn write_with_retries(
                 rows,
                 updates.audience,
                 updates.webhooks,
+                node,
             )
             .await
             .map(|()| Written::Numbered),

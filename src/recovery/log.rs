@@ -167,11 +167,13 @@ impl DeliveryLog {
         self.ping_mark = Some(self.n_logged);
     }
 
-    /// The pong of the last ping arrived.
-    pub fn pong_received(&mut self) {
+    /// The pong of the last ping arrived; returns whether it confirmed
+    /// any delivery.
+    pub fn pong_received(&mut self) -> bool {
         let Some(mark) = self.ping_mark.take() else {
-            return;
+            return false;
         };
+        let confirmed_before = self.last_confirmed;
         if mark >= self.dropped_through && self.dropped_through > 0 {
             for channel in self.channels.values_mut() {
                 if let Some(provisional) = channel.provisional.take() {
@@ -197,6 +199,7 @@ impl DeliveryLog {
             // An idle socket keeps no buffer.
             self.unconfirmed = VecDeque::new();
         }
+        self.last_confirmed != confirmed_before
     }
 
     /// The log as it stands, for a later recovery.
@@ -266,7 +269,12 @@ impl LogState {
         if extra.len() > MAX_EXTRA {
             return None;
         }
-        Some(Missed {
+        Some(self.missed_from(floors, extra))
+    }
+
+    /// Each channel after its floor (in `channels` order), and `extra`.
+    fn missed_from(&self, floors: Vec<i64>, extra: Vec<i64>) -> Missed {
+        Missed {
             channels: self
                 .channels
                 .iter()
@@ -274,7 +282,35 @@ impl LogState {
                 .map(|(channel, floor)| (channel.name.clone(), floor))
                 .collect(),
             extra,
-        })
+        }
+    }
+
+    /// What the client missed by a checkpoint's account, when its offset
+    /// is one sent after the checkpoint (of channel `offset_channel`): it
+    /// got everything the checkpoint logged (it received something sent
+    /// later), and `offset_channel` through `offset` (a channel delivers
+    /// in order). What it got of the other channels since is unknown: the
+    /// caller makes sure they have nothing after their floors. `None` when
+    /// the offset cannot be one sent after the checkpoint.
+    pub fn missed_since_checkpoint(&self, offset: i64, offset_channel: &str) -> Option<Missed> {
+        let mut floors: Vec<i64> = self
+            .channels
+            .iter()
+            .map(|channel| channel.floor.max(channel.provisional.unwrap_or(i64::MIN)))
+            .collect();
+        for (seq, index) in &self.unconfirmed {
+            let floor = floors.get_mut(*index as usize)?;
+            *floor = (*floor).max(*seq);
+        }
+        let i = self
+            .channels
+            .iter()
+            .position(|channel| channel.name == offset_channel)?;
+        if offset <= floors[i] {
+            return None;
+        }
+        floors[i] = offset;
+        Some(self.missed_from(floors, Vec::new()))
     }
 }
 
@@ -324,6 +360,24 @@ mod tests {
         let missed = log.state().missed(Some(11)).unwrap();
         assert_eq!(floors(&missed), [("a".into(), 11)]);
         assert_eq!(missed.extra, [10]);
+    }
+
+    #[test]
+    fn after_a_checkpoint_the_offset_s_channel_resumes_after_it_and_the_rest_after_the_log() {
+        let mut log = DeliveryLog::new(100);
+        log.subscribed(&name("a"), 100);
+        log.subscribed(&name("b"), 100);
+        log.delivered("a", [101]);
+        log.delivered("b", [102]);
+        let checkpoint = log.state();
+        // Not in the log: sent after the checkpoint.
+        assert_eq!(checkpoint.missed(Some(110)), None);
+        let missed = checkpoint.missed_since_checkpoint(110, "a").unwrap();
+        assert_eq!(floors(&missed), [("a".into(), 110), ("b".into(), 102)]);
+        // At or below what the checkpoint logged for its channel: not one
+        // sent after it.
+        assert_eq!(checkpoint.missed_since_checkpoint(101, "a"), None);
+        assert_eq!(checkpoint.missed_since_checkpoint(110, "c"), None);
     }
 
     #[test]

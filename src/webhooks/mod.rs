@@ -7,6 +7,10 @@
 //!   `whAudienceCount`/`whDeliveredCount` counts). After a crash, the
 //!   dispatcher reads the backlog at start and sends what is left: at least
 //!   once, so receivers deduplicate by `webhook-id`.
+//! - **Once per message across nodes.** A backlog entry names the node
+//!   whose writer stored the message; a dispatcher reads only its own
+//!   node's entries, and takes over (claims) those of nodes that are gone,
+//!   at start and when the [`crate::cluster`] agent sees a node go.
 //! - **Isolated and bounded.** Channels hand messages over with `try_send`
 //!   and never wait. Each URL has its own queue with a bounded number of
 //!   requests in flight, so a slow receiver only slows itself. At most
@@ -114,6 +118,12 @@ impl Webhooks {
     pub fn defer(&self) {
         self.overflowed.store(true, Ordering::Relaxed);
         METRICS.webhook_deferred.inc();
+    }
+
+    /// Takes over the deliveries of nodes that are gone, and sends them
+    /// (the cluster agent saw a node stop or die).
+    pub fn claim_orphans(&self) {
+        self.addr.do_send(ClaimOrphans);
     }
 
     /// Starts no new request from now on (the server got SIGTERM): what
@@ -261,6 +271,9 @@ struct Tracked {
 struct Scan {
     /// A page is being read.
     running: bool,
+    /// Claim the deliveries of nodes gone before the next pass (at start,
+    /// and when a node went).
+    claim: bool,
     /// The last row of the previous page, while a pass is under way.
     cursor: Option<(DateTime<Utc>, Uuid)>,
     /// Another pass is wanted (start-up, or an overflow during a pass).
@@ -288,6 +301,8 @@ pub struct WebhookDispatcher {
     /// The signing key, when requests are signed.
     key: Option<Arc<[u8]>>,
     db: DatabaseConnection,
+    /// This node: the owner of the backlog entries it reads.
+    node: Arc<str>,
     catalog: Arc<ChannelCatalog>,
     writer: Addr<MessageWriter>,
     /// Made on the dispatcher's own thread at the first request (an
@@ -323,6 +338,7 @@ impl WebhookDispatcher {
     pub fn start(
         settings: WebhookSettings,
         db: DatabaseConnection,
+        node: Arc<str>,
         catalog: Arc<ChannelCatalog>,
         writer: Addr<MessageWriter>,
     ) -> Webhooks {
@@ -338,6 +354,7 @@ impl WebhookDispatcher {
                     settings,
                     key,
                     db,
+                    node,
                     catalog,
                     writer,
                     client: None,
@@ -349,6 +366,7 @@ impl WebhookDispatcher {
                     recording: HashSet::new(),
                     scan: Scan {
                         wanted: true,
+                        claim: true,
                         ..Scan::default()
                     },
                     stopping: false,
@@ -749,14 +767,35 @@ impl WebhookDispatcher {
         }
         self.scan.running = true;
         let db = self.db.clone();
+        let node = self.node.clone();
         let after = self.scan.cursor;
         let limit = SCAN_PAGE.min(room);
-        let read = async move { queries::pending_page(&db, after, limit as u64).await };
+        // A claim starts a pass, so the pass reads what it claimed.
+        let claim = after.is_none() && std::mem::take(&mut self.scan.claim);
+        let read = async move {
+            if claim {
+                match crate::persistence::nodes::claim_webhooks(&db, &node).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(n, "took over webhook deliveries of nodes that are gone")
+                    }
+                    Err(err) => {
+                        return Err((err, true));
+                    }
+                }
+            }
+            queries::pending_page(&db, &node, after, limit as u64)
+                .await
+                .map_err(|err| (err, false))
+        };
         ctx.spawn(read.into_actor(self).map(move |page, dispatcher, ctx| {
             dispatcher.scan.running = false;
             match page {
                 Ok(rows) => dispatcher.on_page(rows, limit, ctx),
-                Err(err) => {
+                Err((err, claiming)) => {
+                    // Tried again at the next tick.
+                    dispatcher.scan.claim |= claiming;
+                    dispatcher.scan.wanted |= claiming;
                     tracing::warn!(error = %err, "could not read the webhook backlog; retrying");
                 }
             }
@@ -993,6 +1032,21 @@ impl Handler<WebhooksRecorded> for WebhookDispatcher {
         for id in ids {
             self.recording.remove(&id);
         }
+        self.next_scan(ctx);
+    }
+}
+
+/// See [`Webhooks::claim_orphans`].
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct ClaimOrphans;
+
+impl Handler<ClaimOrphans> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: ClaimOrphans, ctx: &mut Context<Self>) {
+        self.scan.claim = true;
+        self.scan.wanted = true;
         self.next_scan(ctx);
     }
 }

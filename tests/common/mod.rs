@@ -12,6 +12,7 @@ use realtime::server::{self, AppState};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::Value;
 
+pub mod balancer;
 pub mod process;
 pub mod proxy;
 pub mod receiver;

@@ -89,7 +89,64 @@ function freshDatabase(backend) {
 
 /** Starts the realtime server on a fresh database of `backend`. */
 export async function startRealtime(backend, extraEnv = {}) {
-  const database = freshDatabase(backend);
+  return startNode(freshDatabase(backend), extraEnv);
+}
+
+/**
+ * Starts `n` realtime servers on one fresh PostgreSQL database (a cluster);
+ * each can be killed (SIGKILL), restarted (SIGTERM, then started again on
+ * its port) or stopped.
+ */
+export async function startCluster(n, extraEnv = {}) {
+  const database = freshDatabase("postgres");
+  const nodes = [];
+  for (let i = 0; i < n; i++) nodes.push(await startNode(database, extraEnv));
+  return nodes;
+}
+
+/**
+ * A layer-4 load balancer on 127.0.0.1 in front of `urls`: each TCP
+ * connection goes to the next server in turn that accepts it (a server
+ * that is down is skipped), as a balancer with health checks would.
+ */
+export async function startBalancer(urls) {
+  const upstreams = urls.map((url) => new URL(url));
+  let next = 0;
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    sockets.add(client);
+    client.on("close", () => sockets.delete(client));
+    client.pause();
+    const attempt = (tries) => {
+      if (tries === 0) return client.destroy();
+      const target = upstreams[next++ % upstreams.length];
+      const upstream = net.connect(Number(target.port), target.hostname);
+      upstream.once("error", () => attempt(tries - 1));
+      upstream.once("connect", () => {
+        upstream.removeAllListeners("error");
+        sockets.add(upstream);
+        upstream.on("close", () => sockets.delete(upstream));
+        upstream.on("error", () => client.destroy());
+        client.on("error", () => upstream.destroy());
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      });
+    };
+    attempt(upstreams.length);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    async stop() {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    },
+  };
+}
+
+async function startNode(database, extraEnv) {
   const port = await freePort();
   const bin = path.join(targetDir, profile, "realtime");
   const env = {
@@ -122,8 +179,10 @@ export async function startRealtime(backend, extraEnv = {}) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
+  // A process killed by a signal has a signalCode and no exitCode.
+  const running = () => child.exitCode === null && child.signalCode === null;
   async function terminate() {
-    if (child.exitCode === null) {
+    if (running()) {
       child.kill("SIGTERM");
       await once(child, "exit");
     }
@@ -145,6 +204,13 @@ export async function startRealtime(backend, extraEnv = {}) {
     async restart() {
       await terminate();
       await launch();
+    },
+    /** Kills the process (SIGKILL), as a crash would. */
+    async kill() {
+      if (running()) {
+        child.kill("SIGKILL");
+        await once(child, "exit");
+      }
     },
     async stop() {
       await terminate();

@@ -1,7 +1,9 @@
 //! Webhooks survive a crash and a shutdown: the real binary is SIGKILLed
 //! with 1,000 messages' webhooks outstanding (the receiver holds every
 //! request), or SIGTERMed with requests in flight, and the next start
-//! sends what is left, with the counts right. SQLite and PostgreSQL.
+//! sends what is left, with the counts right. SQLite and PostgreSQL. And a
+//! SQLite backlog an older version left in its `webhook_pending` table is
+//! sent after the upgrade that moved it onto the message rows.
 
 mod common;
 
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 use common::process::ServerProcess;
 use common::receiver::Receiver;
 use common::Backend;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use migration::{Migrator, MigratorTrait};
+use realtime::persistence::{channels, messages};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use serde_json::json;
 
 backend_tests!(
@@ -85,7 +89,7 @@ async fn outstanding_webhooks_are_sent_after_a_sigkill(backend: Backend) {
     let pending = if backend == Backend::Postgres {
         "SELECT COUNT(*) AS n FROM realtime.webhook_pending"
     } else {
-        "SELECT COUNT(*) AS n FROM webhook_pending"
+        "SELECT COUNT(*) AS n FROM messages WHERE wh_pending IS NOT NULL"
     };
     assert_eq!(
         count(&db, pending).await,
@@ -186,14 +190,19 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
         "nothing new started after SIGTERM"
     );
     let db = Database::connect(&database_url).await.unwrap();
-    let (pending, messages) = if backend == Backend::Postgres {
-        ("realtime.webhook_pending", "realtime.messages")
+    let (pending_sql, messages) = if backend == Backend::Postgres {
+        (
+            "SELECT COUNT(*) AS n FROM realtime.webhook_pending",
+            "realtime.messages",
+        )
     } else {
-        ("webhook_pending", "messages")
+        (
+            "SELECT COUNT(*) AS n FROM messages WHERE wh_pending IS NOT NULL",
+            "messages",
+        )
     };
-    let pending_sql = format!("SELECT COUNT(*) AS n FROM {pending}");
     assert_eq!(
-        count(&db, &pending_sql).await,
+        count(&db, pending_sql).await,
         (n_messages - in_flight) as i64,
         "the finished ones were recorded, the rest kept; the server said:\n{}",
         server.log_tail()
@@ -201,7 +210,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
 
     let _server = start_server(&database_url, port, &[]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&db, &pending_sql).await > 0 {
+    while count(&db, pending_sql).await > 0 {
         assert!(
             Instant::now() < deadline,
             "the rest was not sent after the restart"
@@ -212,5 +221,75 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(backend: Back
     assert_eq!(count(&db, &delivered).await, n_messages as i64);
     // Sent once each: the shutdown neither dropped nor repeated any.
     assert_eq!(receiver.received().len(), n_messages);
+    receiver.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_sqlite_backlog_of_an_older_version_is_sent_after_the_upgrade() {
+    let (database_url, _dir) = common::fresh_database(Backend::Sqlite).await;
+    let receiver = Receiver::start();
+    // The schema before the backlog moved onto the message rows (the
+    // 12 migrations through m20261202_000011), with one message owed.
+    let db = Database::connect(format!("{database_url}?mode=rwc"))
+        .await
+        .unwrap();
+    Migrator::up(&db, Some(12)).await.unwrap();
+    let channel = channels::create(
+        &db,
+        channels::NewChannel {
+            pattern: "old".into(),
+            description: None,
+            webhook_urls: Some(vec![receiver.url("/old")]),
+            enabled: true,
+        },
+    )
+    .await
+    .unwrap();
+    let owed = entity::messages::Model {
+        id: uuid::Uuid::now_v7(),
+        event_name: "e".into(),
+        channel_id: Some(channel.id),
+        channel_name: "old".into(),
+        payload: json!({ "n": 1 }),
+        sender_type: "system".into(),
+        sender_id: None,
+        ws_audience_count: 0,
+        wh_audience_count: 1,
+        wh_delivered_count: 0,
+        created_at: chrono::Utc::now(),
+        seq: Some(1),
+    };
+    messages::insert_batch(&db, [&owed]).await.unwrap();
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "INSERT INTO webhook_pending (message_id, node) VALUES (?, 'a-node-long-gone')",
+        [owed.id.into()],
+    ))
+    .await
+    .unwrap();
+
+    let _server = start_server(&database_url, common::free_port(), &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered =
+        "SELECT COUNT(*) AS n FROM messages WHERE wh_delivered_count = 1 AND wh_pending IS NULL";
+    while count(&db, delivered).await < 1 {
+        assert!(Instant::now() < deadline, "the old backlog was not sent");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = receiver.received_at("/old");
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].header("x-insforge-message-id"),
+        Some(owed.id.to_string().as_str())
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'webhook_pending'"
+        )
+        .await,
+        0,
+        "one backlog, on the rows"
+    );
     receiver.stop().await;
 }

@@ -1,6 +1,7 @@
-//! `webhook_pending`: messages whose webhook deliveries have not finished.
-//! A row is written in the same transaction as its message and deleted
-//! once every URL answered or gave up, so deliveries survive a crash.
+//! `webhook_pending` (PostgreSQL): messages whose webhook deliveries have
+//! not finished. A row is written in the same transaction as its message
+//! and deleted once every URL answered or gave up, so deliveries survive a
+//! crash. SQLite marks the message row instead (`messages.wh_pending`).
 
 use sea_orm::entity::prelude::*;
 

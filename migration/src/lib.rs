@@ -18,6 +18,7 @@ mod m20261201_000008_create_channel_options;
 mod m20261202_000009_notify_channel_changes;
 mod m20261202_000010_create_nodes;
 mod m20261202_000011_create_ephemeral_relay;
+mod m20261202_000012_mark_sqlite_webhook_backlog;
 
 pub use m20261201_000003_add_message_seq::{SEQUENCE_CHANNEL, SEQUENCE_LOCK};
 pub use m20261201_000004_notify_policy_changes::POLICY_CHANNEL;
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_notify_channel_changes::Migration),
             Box::new(m20261202_000010_create_nodes::Migration),
             Box::new(m20261202_000011_create_ephemeral_relay::Migration),
+            Box::new(m20261202_000012_mark_sqlite_webhook_backlog::Migration),
         ]
     }
 }

@@ -9,7 +9,7 @@ use entity::messages::{self, Column, Entity as Messages};
 use sea_orm::sea_query::{Alias, Expr, Order};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Select, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -90,9 +90,10 @@ pub async fn max_seq<C: ConnectionTrait>(db: &C) -> Result<Option<i64>, Persiste
     Ok(max.flatten())
 }
 
-/// The writer's batch on SQLite: inserts `batch` and records `audience`
-/// counts (of messages written earlier) in one transaction, so pages the
-/// two touch are written to the log once and committed once. SQLite runs
+/// The writer's batch on SQLite: inserts `batch` (rows with webhook URLs
+/// marked as the webhook backlog) and records `audience` counts and
+/// finished `webhooks` (of messages written earlier) in one transaction,
+/// so pages they touch are written to the log once and committed once. SQLite runs
 /// in-process, where preparing a statement for each batch size cost more
 /// than executing it, so rows and ids go in chunks of power-of-two sizes
 /// whose few statements stay prepared.
@@ -105,11 +106,9 @@ pub async fn write_batch_in_one_transaction(
     batch: &[&messages::Model],
     audience: &[(Uuid, i32)],
     webhooks: &[WebhookOutcome],
-    node: &str,
 ) -> Result<(), PersistenceError> {
     let txn = db.begin().await.map_err(PersistenceError::from_write)?;
     insert_rows(&txn, batch.iter().copied(), true).await?;
-    insert_pending(&txn, batch, node).await?;
     update_counts(&txn, Column::WsAudienceCount, audience, true, Count::Add).await?;
     super::webhooks::finish(&txn, webhooks).await?;
     txn.commit().await.map_err(PersistenceError::from_write)?;
@@ -328,48 +327,6 @@ pub async fn log_after(
         .await?)
 }
 
-/// Adds the rows that have webhook URLs to the webhook backlog, in
-/// statements of power-of-two sizes whose text is built once (as
-/// [`sqlite_insert`] does for the rows themselves).
-async fn insert_pending<C: ConnectionTrait>(
-    conn: &C,
-    batch: &[&messages::Model],
-    node: &str,
-) -> Result<(), PersistenceError> {
-    static TEXTS: [OnceLock<String>; usize::BITS as usize] =
-        [const { OnceLock::new() }; usize::BITS as usize];
-    let ids: Vec<Uuid> = batch
-        .iter()
-        .filter(|row| row.wh_audience_count > 0)
-        .map(|row| row.id)
-        .collect();
-    let mut rest = &ids[..];
-    for size in statement_sizes(ids.len(), true) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = TEXTS[size.trailing_zeros() as usize].get_or_init(|| {
-            entity::webhook_pending::Entity::insert_many(chunk.iter().map(|id| {
-                entity::webhook_pending::ActiveModel {
-                    message_id: Set(*id),
-                    node: Set(Some(node.to_owned())),
-                }
-            }))
-            .build(DbBackend::Sqlite)
-            .sql
-        });
-        conn.execute(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            sql.as_str(),
-            chunk
-                .iter()
-                .flat_map(|id| [sea_orm::Value::from(*id), sea_orm::Value::from(node)]),
-        ))
-        .await
-        .map_err(PersistenceError::from_write)?;
-    }
-    Ok(())
-}
-
 async fn insert_rows<'a, C: ConnectionTrait>(
     conn: &C,
     batch: impl IntoIterator<Item = &'a messages::Model>,
@@ -414,25 +371,61 @@ fn active_model(message: &messages::Model) -> messages::ActiveModel {
     }
 }
 
-/// The INSERT of `rows` (a power-of-two count) on SQLite. sea-orm writes
-/// the statement text once per size; later batches of that size only bind
+/// The INSERT of `rows` (a power-of-two count) on SQLite, each row with
+/// its webhook backlog mark (`wh_pending`: 1 when it has webhook URLs; the
+/// column is SQLite's own, so not in the entity). sea-query writes the
+/// statement text once per size; later batches of that size only bind
 /// their values (building the text again for every batch was ~10% of the
-/// publish profile). The values are those sea-orm would bind, in its
-/// column order (checked by a test).
+/// publish profile).
 fn sqlite_insert(rows: &[&messages::Model]) -> Statement {
     static TEXTS: [OnceLock<String>; usize::BITS as usize] =
         [const { OnceLock::new() }; usize::BITS as usize];
     debug_assert!(rows.len().is_power_of_two());
-    let sql = TEXTS[rows.len().trailing_zeros() as usize].get_or_init(|| {
-        Messages::insert_many(rows.iter().map(|row| active_model(row)))
-            .build(DbBackend::Sqlite)
-            .sql
-    });
+    let sql =
+        TEXTS[rows.len().trailing_zeros() as usize].get_or_init(|| sqlite_insert_built(rows).sql);
     Statement::from_sql_and_values(
         DbBackend::Sqlite,
         sql.as_str(),
-        rows.iter().flat_map(|row| row_values(row)),
+        rows.iter().flat_map(|row| sqlite_row_values(row)),
     )
+}
+
+/// The statement [`sqlite_insert`] keeps the text of, built afresh.
+fn sqlite_insert_built(rows: &[&messages::Model]) -> Statement {
+    let mut insert = sea_orm::sea_query::Query::insert();
+    insert.into_table(Messages).columns(
+        <Column as sea_orm::Iterable>::iter()
+            .map(sea_orm::sea_query::IntoIden::into_iden)
+            .chain([sea_orm::sea_query::IntoIden::into_iden(
+                sea_orm::sea_query::Alias::new("wh_pending"),
+            )]),
+    );
+    for row in rows {
+        insert.values_panic(sqlite_row_values(row).map(Into::into));
+    }
+    DbBackend::Sqlite.build(&insert)
+}
+
+/// A row's values on SQLite: the entity's, then the backlog mark.
+fn sqlite_row_values(message: &messages::Model) -> [sea_orm::Value; 13] {
+    let [id, event, channel_id, channel, payload, sender_type, sender_id, ws, wh, delivered, created_at, seq] =
+        row_values(message);
+    let pending = (message.wh_audience_count > 0).then_some(1i32);
+    [
+        id,
+        event,
+        channel_id,
+        channel,
+        payload,
+        sender_type,
+        sender_id,
+        ws,
+        wh,
+        delivered,
+        created_at,
+        seq,
+        pending.into(),
+    ]
 }
 
 /// A row's values in the entity's column order.
@@ -858,6 +851,7 @@ pub async fn history_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::QueryTrait;
 
     fn message(n: u8) -> messages::Model {
         messages::Model {
@@ -877,19 +871,32 @@ mod tests {
     }
 
     #[test]
-    fn cached_sqlite_inserts_bind_what_sea_orm_would() {
+    fn cached_sqlite_inserts_bind_what_sea_query_would() {
         for size in [1, 2, 4, 8] {
             let models: Vec<_> = (0..size).map(message).collect();
             let rows: Vec<&messages::Model> = models.iter().collect();
             // Twice: the first call writes the text, the second reuses it.
             for _ in 0..2 {
-                let expected = Messages::insert_many(rows.iter().map(|row| active_model(row)))
-                    .build(DbBackend::Sqlite);
+                let expected = sqlite_insert_built(&rows);
                 let ours = sqlite_insert(&rows);
                 assert_eq!(ours.sql, expected.sql, "{size} rows");
                 assert_eq!(ours.values, expected.values, "{size} rows");
             }
         }
+        // The entity's columns, in its order, then the mark.
+        let model = message(1);
+        let entity = Messages::insert_many([active_model(&model)]).build(DbBackend::Sqlite);
+        let ours = sqlite_insert_built(&[&model]);
+        let columns = |sql: &str| sql[..sql.find(" VALUES").unwrap()].to_owned();
+        assert_eq!(
+            columns(&ours.sql),
+            columns(&entity.sql).replace(r#""seq")"#, r#""seq", "wh_pending")"#)
+        );
+        let (Some(ours), Some(entity)) = (ours.values, entity.values) else {
+            panic!("values are bound");
+        };
+        assert_eq!(ours.0[..12], entity.0[..]);
+        assert_eq!(ours.0[12], sea_orm::Value::from(Some(1i32)));
     }
 
     #[test]

@@ -274,23 +274,22 @@ pub async fn stop(
     Ok(())
 }
 
-/// Makes `node` the owner of the webhook deliveries nobody sends: on
-/// PostgreSQL those of nodes gone, stopping or never named; on SQLite,
-/// which one process serves, all of them. Rows another node is claiming
-/// at the same moment are skipped (it gets them). Returns how many.
+/// Makes `node` the owner of the webhook deliveries nobody sends: those of
+/// nodes gone, stopping or never named. Rows another node is claiming at
+/// the same moment are skipped (it gets them). Returns how many. SQLite,
+/// which one process serves, has no owners: its backlog is all this
+/// process's (0).
 ///
 /// # Errors
 /// Database failures.
 pub async fn claim_webhooks(db: &DatabaseConnection, node: &str) -> Result<u64, PersistenceError> {
-    let sql = match db.get_database_backend() {
-        DbBackend::Postgres => {
-            "UPDATE webhook_pending SET node = $1 WHERE message_id IN (
-               SELECT p.message_id FROM webhook_pending p
-                WHERE p.node IS DISTINCT FROM $1
-                  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = p.node AND NOT n.stopping)
-                FOR UPDATE SKIP LOCKED)"
-        }
-        _ => "UPDATE webhook_pending SET node = $1 WHERE node IS NOT $1",
-    };
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(0);
+    }
+    let sql = "UPDATE webhook_pending SET node = $1 WHERE message_id IN (
+                 SELECT p.message_id FROM webhook_pending p
+                  WHERE p.node IS DISTINCT FROM $1
+                    AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = p.node AND NOT n.stopping)
+                  FOR UPDATE SKIP LOCKED)";
     execute(db, sql, vec![node.into()]).await
 }

@@ -1,15 +1,18 @@
-//! The durable webhook backlog (`webhook_pending`): the messages whose
-//! webhook deliveries have not finished. Rows are added in the writer's
-//! batch, with their messages; this module reads the backlog after a
-//! restart or an overflow, and finishes messages in batches.
+//! The durable webhook backlog: the messages whose webhook deliveries have
+//! not finished. On PostgreSQL a `webhook_pending` row naming the node that
+//! sends them; on SQLite (one process) a mark on the message row itself
+//! (`messages.wh_pending`, in the partial index `idx_messages_wh_pending`).
+//! Either is written in the writer's batch, with its message; this module
+//! reads the backlog after a restart or an overflow, and finishes messages
+//! in batches.
 
 use chrono::{DateTime, Utc};
 use entity::messages::{self, Column, Entity as Messages};
 use entity::webhook_pending::{self, Entity as Pending};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -30,9 +33,13 @@ pub struct WebhookOutcome {
 /// Most ids bound in one statement, under SQLite's parameter limit.
 const MAX_IDS: usize = 1000;
 
+/// SQLite's backlog mark on a message row.
+const SQLITE_PENDING: &str = "wh_pending IS NOT NULL";
+
 /// Up to `limit` messages pending for `node` (see
-/// [`super::nodes::claim_webhooks`]), oldest first, after `after` (the
-/// `(created_at, id)` of the last one of the previous page).
+/// [`super::nodes::claim_webhooks`]; on SQLite all of them), oldest first,
+/// after `after` (the `(created_at, id)` of the last one of the previous
+/// page).
 ///
 /// # Errors
 /// Database failures.
@@ -42,15 +49,19 @@ pub async fn pending_page(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: u64,
 ) -> Result<Vec<messages::Model>, PersistenceError> {
-    let mut select = Messages::find().filter(
-        Column::Id.in_subquery(
-            Query::select()
-                .column(webhook_pending::Column::MessageId)
-                .from(Pending)
-                .and_where(webhook_pending::Column::Node.eq(node))
-                .to_owned(),
-        ),
-    );
+    let mut select = if db.get_database_backend() == DbBackend::Postgres {
+        Messages::find().filter(
+            Column::Id.in_subquery(
+                Query::select()
+                    .column(webhook_pending::Column::MessageId)
+                    .from(Pending)
+                    .and_where(webhook_pending::Column::Node.eq(node))
+                    .to_owned(),
+            ),
+        )
+    } else {
+        Messages::find().filter(Expr::cust(SQLITE_PENDING))
+    };
     if let Some((created_at, id)) = after {
         select = select.filter(
             Expr::col(Column::CreatedAt)
@@ -73,7 +84,13 @@ pub async fn pending_page(
 /// # Errors
 /// Database failures.
 pub async fn count_pending(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
-    Ok(Pending::find().count(db).await?)
+    if db.get_database_backend() == DbBackend::Postgres {
+        return Ok(Pending::find().count(db).await?);
+    }
+    Ok(Messages::find()
+        .filter(Expr::cust(SQLITE_PENDING))
+        .count(db)
+        .await?)
 }
 
 /// Marks messages' webhooks done: records their counts and takes them out
@@ -105,14 +122,23 @@ pub async fn finish<C: ConnectionTrait>(
         Count::Set,
     )
     .await?;
+    let postgres = conn.get_database_backend() == DbBackend::Postgres;
     for chunk in outcomes.chunks(MAX_IDS) {
-        Pending::delete_many()
-            .filter(
-                webhook_pending::Column::MessageId
-                    .is_in(chunk.iter().map(|outcome| outcome.message_id)),
-            )
-            .exec(conn)
+        let ids = chunk.iter().map(|outcome| outcome.message_id);
+        if postgres {
+            Pending::delete_many()
+                .filter(webhook_pending::Column::MessageId.is_in(ids))
+                .exec(conn)
+                .await?;
+        } else {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            conn.execute(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("UPDATE messages SET wh_pending = NULL WHERE id IN ({placeholders})"),
+                ids.map(sea_orm::Value::from),
+            ))
             .await?;
+        }
     }
     Ok(())
 }

@@ -784,7 +784,6 @@ async fn write_with_retries(
                 rows,
                 updates.audience,
                 updates.webhooks,
-                node,
             )
             .await
             .map(|()| Written::Numbered),

@@ -153,6 +153,17 @@ async fn another_users_credential_cannot_take_a_session(backend: Backend) {
     subscribe(&mut alice, "rec:alice").await;
     drop_connection(alice).await;
     publish_rest(&server, "rec:alice", 1).await;
+    if backend == Backend::Postgres {
+        // Her dropped session is in the database (written as sessions
+        // drop, every 100 ms), so Bob's attempt takes it from there.
+        common::wait_until("Alice's session saved", Duration::from_secs(5), || async {
+            server
+                .scalar("SELECT count(*) FROM realtime.recovery_sessions WHERE state <> ''")
+                .await
+                == 1
+        })
+        .await;
+    }
 
     // Bob presents Alice's pid: he gets a session of his own, and nothing
     // of hers.
@@ -169,7 +180,9 @@ async fn another_users_credential_cannot_take_a_session(backend: Backend) {
         "Bob gets his own channel's message first: {args:?}"
     );
 
-    // Alice still recovers, and gets what she missed.
+    // Alice still recovers, and gets what she missed, also once the
+    // session writer has run again since Bob's attempt.
+    actix_rt::time::sleep(Duration::from_millis(400)).await;
     let mut alice = SioClient::connect(
         &server.base_url,
         json!({ "token": alice_token, "pid": pid }),

@@ -135,7 +135,7 @@ impl Client {
                     return Err("no such session within the recovery window");
                 };
                 if state.identity != identity(&principal) {
-                    store.put_back(&pid, state);
+                    store.put_back(&pid, state).await;
                     return Err("the session belongs to someone else");
                 }
                 taken = Some(state.clone());
@@ -200,7 +200,7 @@ impl Client {
                 // The connection closed while its recovery was worked out:
                 // the state stays for its next attempt.
                 if let (Ok(_), Some(state)) = (&planned, taken) {
-                    store.put_back(&pid, state);
+                    store.put_back(&pid, state).await;
                 }
                 return;
             }

@@ -367,8 +367,29 @@ impl RecoveryStore {
     }
 
     /// Puts back a state that [`Self::take`] returned but that the caller
-    /// could not use (a credential of another user).
-    pub fn put_back(&self, pid: &str, state: SessionState) {
+    /// could not use (a credential of another user, a connection that
+    /// closed meanwhile), for the session's next attempt. Shared, the take
+    /// left a dated mark in the database that a write of the state as it
+    /// dropped would not replace (it is older), so the state goes back over
+    /// the mark now, stamped now; it keeps its own drop time, which is what
+    /// the window counts from.
+    pub async fn put_back(&self, pid: &str, state: SessionState) {
+        if self.shared {
+            let _writing = self.writing.lock().await;
+            if let Ok(json) = serde_json::to_string(&state) {
+                let saved = SavedSession {
+                    pid: pid.to_owned(),
+                    saved_at_ms: now_ms(),
+                    state: json,
+                };
+                match queries::save_sessions(&self.db, &[saved]).await {
+                    Ok(()) => return,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not put a session back; kept in memory")
+                    }
+                }
+            }
+        }
         self.inner.lock().dropped.insert(pid.to_owned(), state);
     }
 

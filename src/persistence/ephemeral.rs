@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::PersistenceError;
+use super::{envelope, PersistenceError};
 
 /// One ephemeral message on its way: its channel and its Socket.IO packet,
 /// in the envelope or in a row.
@@ -36,9 +36,6 @@ pub struct EphemeralEnvelope {
     pub messages: Vec<RelayedMessage>,
 }
 
-/// NOTIFY payloads must stay under 8000 bytes.
-const MAX_ENVELOPE: usize = 7000;
-
 /// How a message is written into an envelope: [`RelayedMessage`],
 /// borrowed, so each message is serialized once.
 #[derive(Serialize)]
@@ -60,21 +57,22 @@ fn envelopes(node: &str, messages: &[(&str, &str)]) -> (Vec<String>, Vec<(Uuid, 
         "{{\"node\":{},\"messages\":[",
         serde_json::to_string(node).unwrap()
     );
-    const TAIL: &str = "]}";
     // A reference to a row always fits: channel names are at most
     // `pattern::MAX_LEN` bytes.
-    let room = MAX_ENVELOPE - head.len() - TAIL.len();
-    let mut out = Vec::new();
+    let room = envelope::room(&head);
     let mut rows = Vec::new();
-    let mut body = String::new();
-    for &(channel, packet) in messages {
-        let inline = Outgoing {
-            channel,
-            packet: Some(packet),
-            row: None,
-        };
-        let mut item = serde_json::to_string(&inline).unwrap();
-        if item.len() > room {
+    let items: Vec<String> = messages
+        .iter()
+        .map(|&(channel, packet)| {
+            let inline = Outgoing {
+                channel,
+                packet: Some(packet),
+                row: None,
+            };
+            let item = serde_json::to_string(&inline).unwrap();
+            if item.len() <= room {
+                return item;
+            }
             let id = Uuid::now_v7();
             rows.push((id, packet.to_owned()));
             let by_row = Outgoing {
@@ -82,21 +80,10 @@ fn envelopes(node: &str, messages: &[(&str, &str)]) -> (Vec<String>, Vec<(Uuid, 
                 packet: None,
                 row: Some(id),
             };
-            item = serde_json::to_string(&by_row).unwrap();
-        }
-        if !body.is_empty() && body.len() + 1 + item.len() > room {
-            out.push(format!("{head}{body}{TAIL}"));
-            body.clear();
-        }
-        if !body.is_empty() {
-            body.push(',');
-        }
-        body.push_str(&item);
-    }
-    if !body.is_empty() {
-        out.push(format!("{head}{body}{TAIL}"));
-    }
-    (out, rows)
+            serde_json::to_string(&by_row).unwrap()
+        })
+        .collect();
+    (envelope::pack(&head, items), rows)
 }
 
 /// Sends `messages` (channel, packet) of `node` to every node, this one

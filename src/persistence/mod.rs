@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`channels`]: channel definitions.
+//! - [`envelope`]: packing items into notification payloads.
 //! - [`hand_on`]: handing durable messages to channels in `seq` order.
 //! - [`messages`]: history listing, clearing and statistics.
 //! - [`nodes`]: the server processes sharing the database, and which
@@ -22,6 +23,7 @@
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
+pub mod envelope;
 pub mod ephemeral;
 pub mod hand_on;
 pub mod messages;

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::PersistenceError;
+use super::{envelope, PersistenceError};
 
 /// A member of one node appearing in a channel (`member` set) or leaving it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,39 +33,26 @@ pub struct PresenceEnvelope {
     pub changes: Vec<PresenceChange>,
 }
 
-/// NOTIFY payloads must stay under 8000 bytes; envelopes are cut below it.
-const MAX_ENVELOPE: usize = 7000;
-
-/// `changes` of `node` cut into envelopes small enough to notify. A change
-/// too big to notify on its own (a presence id of kilobytes) is left out,
-/// and logged: the other nodes see it when they next load the channel.
+/// `changes` of `node` cut into envelopes small enough to notify, each
+/// change serialized once. A change too big to notify on its own (a
+/// presence id of kilobytes) is left out, and logged: the other nodes see
+/// it when they next load the channel.
 pub fn envelopes(node: &str, changes: &[PresenceChange]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current: Vec<&PresenceChange> = Vec::new();
-    let mut size = node.len() + 32;
-    for change in changes {
-        // unwrap: strings and JSON values always serialize.
-        let n = serde_json::to_string(change).unwrap().len() + 1;
-        if node.len() + 32 + n > MAX_ENVELOPE {
+    // unwrap: strings and JSON values always serialize.
+    let head = format!(
+        "{{\"node\":{},\"changes\":[",
+        serde_json::to_string(node).unwrap()
+    );
+    let room = envelope::room(&head);
+    let items = changes.iter().filter_map(|change| {
+        let item = serde_json::to_string(change).unwrap();
+        if item.len() > room {
             tracing::warn!(channel = %change.channel, "a presence change is too big to notify to the other nodes");
-            continue;
+            return None;
         }
-        if size + n > MAX_ENVELOPE && !current.is_empty() {
-            out.push(envelope(node, &current));
-            current.clear();
-            size = node.len() + 32;
-        }
-        current.push(change);
-        size += n;
-    }
-    if !current.is_empty() {
-        out.push(envelope(node, &current));
-    }
-    out
-}
-
-fn envelope(node: &str, changes: &[&PresenceChange]) -> String {
-    serde_json::json!({ "node": node, "changes": changes }).to_string()
+        Some(item)
+    });
+    envelope::pack(&head, items)
 }
 
 /// Writes `node`'s member changes (each channel and presence id at most

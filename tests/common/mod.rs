@@ -158,7 +158,12 @@ impl TestServer {
         let server = server::serve(listener, state).unwrap().server;
         let handle = server.handle();
         actix_rt::spawn(server);
+        // Idle connections are dropped before the server's 5 s keep-alive
+        // ends: awc keeps them 15 s, and a request sent on one the server
+        // is closing fails with `Disconnected` (seen after a test's long
+        // pause between two requests).
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(2)))
             .timeout(Duration::from_secs(10))
             .finish();
         TestServer {

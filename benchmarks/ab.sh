@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Compares two builds of the realtime server on SQLite, alternating them in
 # one run (these machines swing by 2x within an hour, so only side-by-side
-# medians mean anything). Each round runs fan-out as fast as it goes and
-# 16 publishers x 32 acked publishes in flight, on a fresh process and
-# database per build. Server on core 0, generator on core 1; loopback only.
+# medians mean anything). Each round runs fan-out as fast as it goes, then
+# 4 and 16 publishers x 32 acked publishes in flight (with the server's CPU
+# per acked publish), on a fresh process and database per build. Server on core 0, generator on core 1; loopback only.
 #
 #   benchmarks/ab.sh BASE_DIR NEW_DIR [ROUNDS]
 #
@@ -22,6 +22,8 @@ source "$(dirname "$0")/common.sh"
 
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Clock ticks as seconds.
+seconds() { python3 -c "print($1 / $(getconf CLK_TCK))"; }
 
 run_one() { # label, dir
   local label=$1 dir=$2 scratch pid
@@ -37,13 +39,17 @@ run_one() { # label, dir
   fanout=$(taskset -c "$bench_core" "$dir/realtime-bench" --server "127.0.0.1:$port" \
     fanout --subscribers 1000 --messages 2000 --payload 100 2>/dev/null)
   cpu_after=$(cpu_ticks "$pid")
-  publish=$(taskset -c "$bench_core" "$dir/realtime-bench" --server "127.0.0.1:$port" \
-    publish --publishers 16 --window 32 --seconds 5 2>/dev/null)
+  local publish4 publish16 cpu4 cpu16 cpu_end
+  cpu4=$(cpu_ticks "$pid")
+  publish4=$(taskset -c "$bench_core" "$dir/realtime-bench" --server "127.0.0.1:$port" \
+    publish --publishers 4 --window 32 --seconds 6 2>/dev/null)
+  cpu16=$(cpu_ticks "$pid")
+  publish16=$(taskset -c "$bench_core" "$dir/realtime-bench" --server "127.0.0.1:$port" \
+    publish --publishers 16 --window 32 --seconds 6 2>/dev/null)
+  cpu_end=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$scratch"
-  local cpu_seconds
-  cpu_seconds=$(python3 -c "print(($cpu_after - $cpu_before) / $(getconf CLK_TCK))")
-  echo "{\"build\":\"$label\",\"fanout\":$fanout,\"fanout_server_cpu_seconds\":$cpu_seconds,\"publish\":$publish}" | tee -a "$out"
+  echo "{\"build\":\"$label\",\"fanout\":$fanout,\"fanout_server_cpu_seconds\":$(seconds $((cpu_after - cpu_before))),\"publish4\":$publish4,\"publish4_server_cpu_seconds\":$(seconds $((cpu16 - cpu4))),\"publish\":$publish16,\"publish_server_cpu_seconds\":$(seconds $((cpu_end - cpu16)))}" | tee -a "$out"
 }
 
 for round in $(seq "$rounds"); do
@@ -64,8 +70,13 @@ def pick(run, path):
 for run in runs:
     cpu = run.get("fanout_server_cpu_seconds") or 0
     run["fanout_per_cpu_second"] = run["fanout"]["deliveries"] / cpu if cpu else None
+    for key in ("publish4", "publish"):
+        cpu, acked = run.get(f"{key}_server_cpu_seconds") or 0, pick(run, f"{key}.acked")
+        run[f"{key}_cpu_us_per_acked"] = cpu * 1e6 / acked if acked else None
 paths = ["fanout.deliveries_per_second", "fanout_per_cpu_second", "fanout.lost",
-         "fanout.latency_us.p99", "publish.acked_per_second", "publish.ack_latency_us.p99"]
+         "fanout.latency_us.p99", "publish4.acked_per_second", "publish4_cpu_us_per_acked",
+         "publish4.ack_latency_us.p99", "publish.acked_per_second", "publish_cpu_us_per_acked",
+         "publish.ack_latency_us.p99"]
 for path in paths:
     row = []
     for build in ("base", "new"):

@@ -192,9 +192,12 @@ struct Pending {
     frame: OpenFrame,
     /// Known once durable.
     seq: Option<i64>,
-    /// Stored in history (not an ephemeral channel's message): its
-    /// audience is recorded.
-    stored: bool,
+    /// For a message stored in history (not an ephemeral channel's), the
+    /// audience its row was stored with: this channel's subscribers when
+    /// it stamped the message (0 for rows others stored). Delivery records
+    /// only the difference, so a row is not written a second time when
+    /// everyone who was there got it.
+    stored_audience: Option<i32>,
     /// `None` for [`Stored`] messages: nobody waits for them.
     reply: Option<Reply>,
     /// `None` until the writer answers; `Stored` messages start durable.
@@ -619,7 +622,7 @@ impl Channel {
                         pending.row,
                         pending.reply,
                         pending.webhook,
-                        pending.stored,
+                        pending.stored_audience,
                     ));
                 }
                 Some(Err(_)) => {
@@ -634,15 +637,13 @@ impl Channel {
         }
         if !delivered.is_empty() {
             let n_sent = self.fan_out(frames, seqs, ctx) as i32;
-            if n_sent > 0 {
-                let counts: Vec<(Uuid, i32)> = delivered
-                    .iter()
-                    .filter(|(.., stored)| *stored)
-                    .map(|(id, ..)| (*id, n_sent))
-                    .collect();
-                if !counts.is_empty() {
-                    self.writer.do_send(RecordAudience(counts));
-                }
+            let corrections: Vec<(Uuid, i32)> = delivered
+                .iter()
+                .filter_map(|(id, .., stored)| Some((*id, n_sent - (*stored)?)))
+                .filter(|(_, difference)| *difference != 0)
+                .collect();
+            if !corrections.is_empty() {
+                self.writer.do_send(RecordAudience(corrections));
             }
             // Sockets first; webhooks are handed over after, never waited on.
             for (id, row, reply, webhook, _) in delivered {
@@ -716,7 +717,9 @@ impl Channel {
             payload: Value::Object(message.payload),
             sender_type: message.sender.sender_type.as_str().to_owned(),
             sender_id: message.sender.sender_id,
-            ws_audience_count: 0,
+            // Who should get it; delivery corrects the count if that
+            // changes before the message is durable.
+            ws_audience_count: self.subscribers.len() as i32,
             wh_audience_count: n_webhooks as i32,
             wh_delivered_count: 0,
             created_at,
@@ -746,7 +749,7 @@ impl Channel {
             row,
             frame,
             seq: None,
-            stored: false,
+            stored_audience: None,
             reply: Some(reply),
             outcome: Some(Ok(())),
             webhook: Webhook::None,
@@ -1062,6 +1065,7 @@ impl Handler<Publish> for Channel {
         let row = self.row_of(id, created_at, message, n_webhooks);
         METRICS.messages_accepted.inc();
         let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());
+        let stored_audience = row.ws_audience_count;
         self.writer.do_send(Persist {
             row,
             notify: self
@@ -1074,7 +1078,7 @@ impl Handler<Publish> for Channel {
             row: kept,
             frame,
             seq: None,
-            stored: true,
+            stored_audience: Some(stored_audience),
             reply: Some(reply),
             outcome: None,
             webhook,
@@ -1124,7 +1128,9 @@ impl Handler<Stored> for Channel {
                 row: None,
                 frame,
                 seq: row.seq.filter(|seq| *seq > 0),
-                stored: true,
+                // Its node stored it with that node's audience; this one
+                // adds its own.
+                stored_audience: Some(0),
                 reply: None,
                 outcome: Some(Ok(())),
                 // Webhooks of stored messages are sent by whoever stored them

@@ -319,6 +319,55 @@ async fn each_message_carries_its_stored_seq_as_offset_and_joins_say_where_they_
 }
 
 #[actix::test]
+async fn a_stored_audience_is_corrected_when_subscribers_change_before_delivery() {
+    // Batches wait 300 ms to fill: the subscribers below change while the
+    // messages are still at the writer.
+    let mut setup = Setup::with_batch_window(Duration::from_millis(300)).await;
+    let channel = setup.channel("room:1");
+    let mut stays = setup.probe("a", 256, None);
+    let mut leaves = setup.probe("b", 256, None);
+    for inbox in [&mut stays, &mut leaves] {
+        channel.do_send(Join(inbox.subscriber()));
+        inbox.joined().await;
+    }
+    // Stamped with two subscribers, delivered to one; then stamped with
+    // the one, delivered to it (its row is written once).
+    let fewer = setup.publish(&channel, 0);
+    channel.do_send(Leave {
+        subscriber_id: leaves.id,
+        dropped: false,
+    });
+    let same = setup.publish(&channel, 1);
+    let mut ids = Vec::new();
+    for ack in [fewer, same] {
+        let row = ack.await.unwrap().unwrap();
+        assert_eq!(row.ws_audience_count, 1);
+        ids.push(row.id);
+    }
+    // Stamped with one, delivered to two.
+    let more = setup.publish(&channel, 2);
+    let mut joins = setup.probe("c", 256, None);
+    channel.do_send(Join(joins.subscriber()));
+    joins.joined().await;
+    let row = more.await.unwrap().unwrap();
+    assert_eq!(row.ws_audience_count, 2);
+    ids.push(row.id);
+    setup.writer.send(Drain).await.unwrap();
+    let rows = persistence::messages::by_ids(&setup.db, &ids)
+        .await
+        .unwrap();
+    let stored: std::collections::HashMap<Uuid, i32> = rows
+        .iter()
+        .map(|row| (row.id, row.ws_audience_count))
+        .collect();
+    assert_eq!(
+        ids.iter().map(|id| stored[id]).collect::<Vec<_>>(),
+        [1, 1, 2],
+        "the stored audiences are the sockets each message reached"
+    );
+}
+
+#[actix::test]
 async fn a_stored_message_goes_ahead_of_publishes_still_being_written() {
     // Batches wait 300 ms to fill: the publishes below are all still at
     // the writer when the stored row arrives.

@@ -408,8 +408,13 @@ fn sqlite_insert_built(rows: &[&messages::Model]) -> Statement {
 
 /// A row's values on SQLite: the entity's, then the backlog mark.
 fn sqlite_row_values(message: &messages::Model) -> [sea_orm::Value; 13] {
+    // SQLite keeps JSON as text: serialized from the row's payload here
+    // rather than cloned whole for sqlx to serialize (the clone and its
+    // drop were 1.5% of the publish profile).
+    // unwrap: a JSON value always serializes.
+    let text = serde_json::to_string(&message.payload).unwrap();
     let [id, event, channel_id, channel, payload, sender_type, sender_id, ws, wh, delivered, created_at, seq] =
-        row_values(message);
+        row_values_with(message, text.into());
     let pending = (message.wh_audience_count > 0).then_some(1i32);
     [
         id,
@@ -430,12 +435,17 @@ fn sqlite_row_values(message: &messages::Model) -> [sea_orm::Value; 13] {
 
 /// A row's values in the entity's column order.
 fn row_values(message: &messages::Model) -> [sea_orm::Value; 12] {
+    row_values_with(message, message.payload.clone().into())
+}
+
+/// [`row_values`] with the payload's value given.
+fn row_values_with(message: &messages::Model, payload: sea_orm::Value) -> [sea_orm::Value; 12] {
     [
         message.id.into(),
         message.event_name.clone().into(),
         message.channel_id.into(),
         message.channel_name.clone().into(),
-        message.payload.clone().into(),
+        payload,
         message.sender_type.clone().into(),
         message.sender_id.into(),
         message.ws_audience_count.into(),
@@ -895,7 +905,14 @@ mod tests {
         let (Some(ours), Some(entity)) = (ours.values, entity.values) else {
             panic!("values are bound");
         };
-        assert_eq!(ours.0[..12], entity.0[..]);
+        // The payload goes as its JSON text, which is what sqlx stores
+        // for a JSON value on SQLite.
+        assert_eq!(ours.0[..4], entity.0[..4]);
+        assert_eq!(ours.0[5..12], entity.0[5..]);
+        let sea_orm::Value::Json(Some(payload)) = &entity.0[4] else {
+            panic!("the entity binds its payload as JSON");
+        };
+        assert_eq!(ours.0[4], sea_orm::Value::from(payload.to_string()));
         assert_eq!(ours.0[12], sea_orm::Value::from(Some(1i32)));
     }
 

@@ -9,8 +9,8 @@
 //! every pooled connection, [`super::connect`]) and instead:
 //!
 //! - the [`Checkpointer`] runs a `PASSIVE` checkpoint every [`INTERVAL`]
-//!   on a pooled connection, beside the writer's commits: it never blocks
-//!   a writer or a reader;
+//!   on a connection of its own, beside the writer's commits: it never
+//!   blocks a writer or a reader;
 //! - passive copies alone never rewind the log while writes keep coming
 //!   (the log starts over only when a write begins with everything in it
 //!   copied), so once it holds [`START_OVER_FRAMES`] pages the checkpointer
@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sea_orm::sqlx::{ConnectOptions, Row};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 /// How often the log is copied.
@@ -29,6 +31,8 @@ pub const INTERVAL: Duration = Duration::from_millis(200);
 /// Log pages (4 KiB each) past which the writer is asked to let the log
 /// start over.
 pub const START_OVER_FRAMES: i64 = 4096;
+/// How long to wait after a failure before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
 /// What one checkpoint did (`PRAGMA wal_checkpoint`'s row).
@@ -73,9 +77,13 @@ pub async fn passive(db: &DatabaseConnection) -> Result<Checkpoint, sea_orm::DbE
     })
 }
 
-/// The background half: passive checkpoints beside the writer's commits.
+/// The background half: passive checkpoints beside the writer's commits,
+/// on a connection of its own. Not a pooled one: this task is dropped
+/// wherever the actix system stops it, possibly mid-checkpoint, and a
+/// pooled connection dropped outside the runtime panics (it spawns its
+/// return to the pool); a connection of its own just closes.
 pub struct Checkpointer {
-    db: DatabaseConnection,
+    options: SqliteConnectOptions,
     start_over: LogStartOver,
 }
 
@@ -86,9 +94,14 @@ impl Checkpointer {
         if db.get_database_backend() != DbBackend::Sqlite {
             return None;
         }
+        let options = db
+            .get_sqlite_connection_pool()
+            .connect_options()
+            .as_ref()
+            .clone();
         let start_over = LogStartOver::default();
         let checkpointer = Checkpointer {
-            db: db.clone(),
+            options,
             start_over: start_over.clone(),
         };
         Some((checkpointer, start_over))
@@ -96,17 +109,45 @@ impl Checkpointer {
 
     /// Checkpoints for as long as the actix system runs.
     pub fn start(self) {
-        actix::spawn(async move {
-            let mut ticker = tokio::time::interval(INTERVAL);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                match passive(&self.db).await {
-                    Ok(done) if done.log_frames >= START_OVER_FRAMES => self.start_over.ask(),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
+        actix::spawn(self.run());
+    }
+
+    async fn run(self) {
+        let mut conn: Option<SqliteConnection> = None;
+        let mut ticker = tokio::time::interval(INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let open = match conn.as_mut() {
+                Some(open) => open,
+                None => match self.options.connect().await {
+                    Ok(opened) => conn.insert(opened),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "WAL checkpointer cannot open the database; retrying");
+                        tokio::time::sleep(RETRY_DELAY).await;
+                        continue;
+                    }
+                },
+            };
+            match checkpoint(open).await {
+                Ok(done) if done.log_frames >= START_OVER_FRAMES => self.start_over.ask(),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+                    // A fresh connection next time, in case this one broke.
+                    conn = None;
+                    tokio::time::sleep(RETRY_DELAY).await;
                 }
             }
-        });
+        }
     }
+}
+
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<Checkpoint, sea_orm::sqlx::Error> {
+    let row = sea_orm::sqlx::query(PASSIVE).fetch_one(&mut *conn).await?;
+    Ok(Checkpoint {
+        busy: row.try_get::<i64, _>(0)? != 0,
+        log_frames: row.try_get(1)?,
+        copied_frames: row.try_get(2)?,
+    })
 }

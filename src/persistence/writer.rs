@@ -501,7 +501,23 @@ impl MessageWriter {
         let db = self.db.clone();
         let after = self.cursor;
         let refused = self.refused();
-        let read = async move { hand_on::rows_to_hand_on(&db, after, None, &refused).await };
+        // Bounded like a batch: rows that come meanwhile wait behind the
+        // read, and must still be stored or refused by their deadline
+        // when the database stops answering (a partition).
+        let timeout = self.publish_timeout;
+        let read = async move {
+            match tokio::time::timeout(
+                timeout,
+                hand_on::rows_to_hand_on(&db, after, None, &refused),
+            )
+            .await
+            {
+                Ok(read) => read,
+                Err(_) => Err(PersistenceError::Database(sea_orm::DbErr::Custom(
+                    "no answer within database.publish_timeout_ms".into(),
+                ))),
+            }
+        };
         ctx.spawn(read.into_actor(self).map(|read, writer, ctx| match read {
             Ok(rows) if !rows.is_empty() => {
                 let last = rows.last().and_then(|row| row.seq);

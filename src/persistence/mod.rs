@@ -3,8 +3,6 @@
 //!
 //! # Layout
 //! - [`channels`]: channel definitions.
-//! - [`checkpoint`]: SQLite: copying the write-ahead log into the database
-//!   file off the writer's path.
 //! - [`envelope`]: packing items into notification payloads.
 //! - [`hand_on`]: handing durable messages to channels in `seq` order.
 //! - [`messages`]: history listing, clearing and statistics.
@@ -25,7 +23,6 @@
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
-pub mod checkpoint;
 pub mod envelope;
 pub mod ephemeral;
 pub mod hand_on;
@@ -129,8 +126,7 @@ pub(crate) fn database_error(err: &DbErr) -> Option<(String, String)> {
 }
 
 /// Opens the pool for `settings.url`. SQLite files (and their folder) are
-/// created if missing and run in WAL mode, checkpointed by
-/// [`checkpoint::start`] (not by SQLite in a commit); PostgreSQL connections get
+/// created if missing and run in WAL mode; PostgreSQL connections get
 /// `search_path = realtime, public` so the schema-less entities find
 /// InsForge's tables.
 ///
@@ -147,11 +143,6 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(acquire_timeout)
-            // The server checkpoints off the writer's path (`checkpoint`).
-            .pragma("wal_autocheckpoint", "0")
-            // A log that grew while readers held it is cut back when it
-            // starts over.
-            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
             // A batch's statement journal (its INSERT may fail halfway in
             // a transaction of several statements) stays in memory instead
             // of a temporary file created and deleted per batch.

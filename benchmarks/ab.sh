@@ -3,7 +3,8 @@
 # one run (these machines swing by 2x within an hour, so only side-by-side
 # medians mean anything). Each round runs fan-out as fast as it goes, then
 # 4 and 16 publishers x 32 acked publishes in flight (with the server's CPU
-# per acked publish), on a fresh process and database per build. Server on core 0, generator on core 1; loopback only.
+# per acked publish), on a fresh process and database per build. Server on
+# core 0, generator on core 1; loopback only.
 #
 #   benchmarks/ab.sh BASE_DIR NEW_DIR [ROUNDS]
 #

@@ -639,7 +639,7 @@ impl Channel {
             let n_sent = self.fan_out(frames, seqs, ctx) as i32;
             let corrections: Vec<(Uuid, i32)> = delivered
                 .iter()
-                .filter_map(|(id, .., stored)| Some((*id, n_sent - (*stored)?)))
+                .filter_map(|(id, .., stored_audience)| Some((*id, n_sent - (*stored_audience)?)))
                 .filter(|(_, difference)| *difference != 0)
                 .collect();
             if !corrections.is_empty() {
@@ -717,9 +717,7 @@ impl Channel {
             payload: Value::Object(message.payload),
             sender_type: message.sender.sender_type.as_str().to_owned(),
             sender_id: message.sender.sender_id,
-            // Who should get it; delivery corrects the count if that
-            // changes before the message is durable.
-            ws_audience_count: self.subscribers.len() as i32,
+            ws_audience_count: 0,
             wh_audience_count: n_webhooks as i32,
             wh_delivered_count: 0,
             created_at,
@@ -1062,10 +1060,15 @@ impl Handler<Publish> for Channel {
             Webhook::Ready(webhook, message.channel.clone())
         };
         // Its webhook audience is also what puts it in the webhook backlog.
-        let row = self.row_of(id, created_at, message, n_webhooks);
+        // Stored with who should get it; delivery records a difference
+        // if that changes before the message is durable.
+        let stored_audience = self.subscribers.len() as i32;
+        let row = messages::Model {
+            ws_audience_count: stored_audience,
+            ..self.row_of(id, created_at, message, n_webhooks)
+        };
         METRICS.messages_accepted.inc();
         let kept = matches!(reply, Reply::Http(_)).then(|| row.clone());
-        let stored_audience = row.ws_audience_count;
         self.writer.do_send(Persist {
             row,
             notify: self

@@ -354,6 +354,7 @@ impl MessageWriter {
         let node = self.node.clone();
         let hands_on = self.registry.is_some();
         let refused = self.refused();
+        let publish_timeout = self.publish_timeout;
         let write = async move {
             let attempt = async {
                 if !counts_apart {
@@ -404,7 +405,7 @@ impl MessageWriter {
             let first = batch.first().and_then(|queued| queued.row.seq);
             let gap = match (&written, first) {
                 (Ok(()), Some(first)) if hands_on && first > cursor + 1 => {
-                    read_gap(&db, cursor, first, &refused).await
+                    read_gap(&db, cursor, first, &refused, publish_timeout).await
                 }
                 _ => Vec::new(),
             };
@@ -489,23 +490,8 @@ impl MessageWriter {
         let db = self.db.clone();
         let after = self.cursor;
         let refused = self.refused();
-        // Bounded like a batch: rows that come meanwhile wait behind the
-        // read, and must still be stored or refused by their deadline
-        // when the database stops answering (a partition).
         let timeout = self.publish_timeout;
-        let read = async move {
-            match tokio::time::timeout(
-                timeout,
-                hand_on::rows_to_hand_on(&db, after, None, &refused),
-            )
-            .await
-            {
-                Ok(read) => read,
-                Err(_) => Err(PersistenceError::Database(sea_orm::DbErr::Custom(
-                    "no answer within database.publish_timeout_ms".into(),
-                ))),
-            }
-        };
+        let read = async move { rows_in_time(&db, after, None, &refused, timeout).await };
         ctx.spawn(read.into_actor(self).map(|read, writer, ctx| match read {
             Ok(rows) if !rows.is_empty() => {
                 let last = rows.last().and_then(|row| row.seq);
@@ -836,20 +822,44 @@ async fn write_with_retries(
     }
 }
 
+/// [`hand_on::rows_to_hand_on`], given up after `timeout`: rows that come
+/// to the writer meanwhile wait behind the read, and must still be stored
+/// or refused by their deadline when the database stops answering (a
+/// network partition).
+async fn rows_in_time(
+    db: &DatabaseConnection,
+    after: i64,
+    before: Option<i64>,
+    refused: &HashSet<Uuid>,
+    timeout: Duration,
+) -> Result<Vec<messages::Model>, PersistenceError> {
+    tokio::time::timeout(
+        timeout,
+        hand_on::rows_to_hand_on(db, after, before, refused),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(PersistenceError::Database(sea_orm::DbErr::Custom(
+            "no answer within database.publish_timeout_ms".into(),
+        )))
+    })
+}
+
 /// The rows between the cursor and a batch that just committed from
 /// `first`: all committed (their numbers were given under the lock the
-/// batch then took). A failure is retried a little; past that the batch
-/// goes on without them (logged), as holding a durable message back would
-/// not bring them either.
+/// batch then took). A failure (or no answer within `timeout`) is retried
+/// a little; past that the batch goes on without them (logged), as
+/// holding a durable message back would not bring them either.
 async fn read_gap(
     db: &DatabaseConnection,
     cursor: i64,
     first: i64,
     refused: &HashSet<Uuid>,
+    timeout: Duration,
 ) -> Vec<messages::Model> {
     for delay_ms in [0, 50, 200] {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        match hand_on::rows_to_hand_on(db, cursor, Some(first), refused).await {
+        match rows_in_time(db, cursor, Some(first), refused, timeout).await {
             Ok(rows) => return rows,
             Err(err) => {
                 tracing::warn!(error = %err, cursor, first, "cannot read the messages before a batch; retrying");

@@ -22,6 +22,7 @@ use crate::cluster::{self, ChannelLinks, NodeAgent, Peers};
 use crate::config::{LimitSettings, RecoverySettings, Settings};
 use crate::db_listener::DatabaseListener;
 use crate::permissions::{PermissionHook, PostgresPolicies, SqlitePolicies};
+use crate::persistence::checkpoint::Checkpointer;
 use crate::persistence::hand_on::ConnectRegistry;
 use crate::persistence::writer::{CommittedSeq, Drain, MessageWriter, WriterHealth};
 use crate::persistence::PersistenceError;
@@ -76,8 +77,8 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// Loads the catalog and starts the writer and registry actors. Must run
-    /// inside an actix system.
+    /// Loads the catalog and starts the writer and registry actors (and, on
+    /// SQLite, the WAL checkpointer). Must run inside an actix system.
     ///
     /// # Errors
     /// The channel table cannot be read.
@@ -96,7 +97,7 @@ impl Realtime {
         );
         // This process among the nodes that share the database.
         let node: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-        let writer = MessageWriter::new(
+        let mut writer = MessageWriter::new(
             db.clone(),
             database.batch_size,
             Duration::from_millis(database.batch_window_ms),
@@ -104,6 +105,11 @@ impl Realtime {
         )
         .with_publish_timeout(Duration::from_millis(database.publish_timeout_ms))
         .with_node(node.clone());
+        // SQLite: the log is copied into the file off the writer's path.
+        if let Some((checkpointer, start_over)) = Checkpointer::new(db) {
+            checkpointer.start();
+            writer = writer.with_log_start_over(start_over);
+        }
         let writes = writer.health();
         let writer = MessageWriter::start_in_arbiter(&actix::Arbiter::new().handle(), |_| writer);
         let webhooks = WebhookDispatcher::start(

@@ -630,3 +630,54 @@ async fn messages_are_numbered_in_the_order_they_were_stored(backend: Backend) {
         assert_eq!(payload["n"], n as i64, "row {n}");
     }
 }
+
+/// SQLite's log is copied into the database file while the server runs
+/// (its own checkpointer; SQLite's in-commit one is off), and starts over
+/// instead of growing with the history.
+#[actix_rt::test]
+async fn sqlite_copies_its_log_into_the_file_and_starts_it_over() {
+    let server = TestServer::start_with(Backend::Sqlite, "[limits]\npublish_rate = 0\n").await;
+    let file = server
+        .database_url
+        .strip_prefix("sqlite://")
+        .unwrap()
+        .to_owned();
+    let log = format!("{file}-wal");
+    create_channel(&server, "big").await;
+    let mut client = anon(&server).await;
+    subscribe(&mut client, "big").await;
+    // About 24 MB of rows, more than twice the pages after which the log
+    // starts over.
+    let filler = "x".repeat(3000);
+    for burst in 0..40 {
+        for id in 0..200u64 {
+            let packet = json!(["realtime:publish", { "channel": "big", "event": "e", "payload": { "n": id, "filler": filler } }]);
+            client
+                .ws
+                .send_text(&format!("42{}{packet}", burst * 1000 + id))
+                .await;
+        }
+        let mut acked = 0;
+        while acked < 200 {
+            if let common::wire::WsFrame::Text(text) = client.ws.recv_skipping_pings().await {
+                if text.starts_with("43") {
+                    assert!(text.contains("\"ok\":true"), "{text}");
+                    acked += 1;
+                }
+            }
+        }
+    }
+    let written: u64 = 8000 * 3000;
+    // Copied into the file while the server runs, not only at close.
+    wait_until("the log is copied into the database file", || async {
+        std::fs::metadata(&file).unwrap().len() > written
+    })
+    .await;
+    // The log's header counts the times it started over (its checkpoint
+    // sequence number, bytes 12..16); the file is reused, not grown.
+    let header = std::fs::read(&log).unwrap();
+    let restarts = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    assert!(restarts >= 1, "the log never started over");
+    let log_bytes = std::fs::metadata(&log).unwrap().len();
+    assert!(log_bytes < written, "the log grew to {log_bytes} bytes");
+}

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`channels`]: channel definitions.
+//! - [`checkpoint`]: SQLite: copying the write-ahead log into the database
+//!   file off the writer's path.
 //! - [`envelope`]: packing items into notification payloads.
 //! - [`hand_on`]: handing durable messages to channels in `seq` order.
 //! - [`messages`]: history listing, clearing and statistics.
@@ -23,6 +25,7 @@
 //! - [`writer`]: the `MessageWriter` actor, group commit of messages.
 
 pub mod channels;
+pub mod checkpoint;
 pub mod envelope;
 pub mod ephemeral;
 pub mod hand_on;
@@ -125,8 +128,36 @@ pub(crate) fn database_error(err: &DbErr) -> Option<(String, String)> {
     }
 }
 
+/// Whether a SQLite connection given back to the pool may be kept: not if
+/// it is still counted as inside a transaction once its queued rollback
+/// (of a transaction dropped unfinished) has run. That happens when SQLite
+/// already ended the transaction itself (a write failing with an I/O error
+/// or a full disk rolls it back): sqlx's `ROLLBACK` then fails, its count
+/// stays at one, and the connection's next transaction would be a
+/// `SAVEPOINT` that a failed write rolls back to without ending, leaving
+/// the write lock held and every other writer `database is locked`
+/// (tests/sqlite_disk_full.rs). Closing the connection ends whatever it
+/// holds; the pool opens a fresh one.
+async fn leaves_no_transaction_open(
+    conn: &mut sea_orm::sqlx::SqliteConnection,
+) -> Result<bool, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::{Connection, Sqlite, TransactionManager};
+    type Transactions = <Sqlite as sea_orm::sqlx::Database>::TransactionManager;
+    if Transactions::get_transaction_depth(conn) == 0 {
+        return Ok(true);
+    }
+    // Runs the queued rollback, if any.
+    conn.ping().await?;
+    if Transactions::get_transaction_depth(conn) == 0 {
+        return Ok(true);
+    }
+    tracing::warn!("a database connection still in a transaction is closed, not reused");
+    Ok(false)
+}
+
 /// Opens the pool for `settings.url`. SQLite files (and their folder) are
-/// created if missing and run in WAL mode; PostgreSQL connections get
+/// created if missing and run in WAL mode, checkpointed by
+/// [`checkpoint::start`] (not by SQLite in a commit); PostgreSQL connections get
 /// `search_path = realtime, public` so the schema-less entities find
 /// InsForge's tables.
 ///
@@ -143,6 +174,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(acquire_timeout)
+            // The server checkpoints off the writer's path (`checkpoint`).
+            .pragma("wal_autocheckpoint", "0")
+            // A log that grew while readers held it is cut back when it
+            // starts over.
+            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
             // A batch's statement journal (its INSERT may fail halfway in
             // a transaction of several statements) stays in memory instead
             // of a temporary file created and deleted per batch.
@@ -153,6 +189,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.pool_size)
             .acquire_timeout(acquire_timeout)
+            .after_release(|conn, _| Box::pin(leaves_no_transaction_open(conn)))
             .connect_with(options)
             .await
             .map_err(|err| DbErr::Custom(format!("cannot open {url}: {err}")))?;
@@ -198,4 +235,74 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// databases keep, so a value read back equals the value written.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, Statement, TransactionTrait};
+
+    use super::*;
+
+    fn sqlite_settings(dir: &Path) -> DatabaseSettings {
+        DatabaseSettings {
+            url: format!("sqlite://{}", dir.join("pool.db").display()),
+            pool_size: 1,
+            acquire_timeout_ms: 500,
+            batch_size: 64,
+            batch_window_ms: 1,
+            publish_timeout_ms: 5000,
+            sql_publish: false,
+            sql_publish_poll_ms: 1000,
+        }
+    }
+
+    /// A transaction SQLite ended by itself (as it does when a write fails
+    /// on a full disk) must not leave its connection in the pool holding
+    /// the write lock for everyone else.
+    #[actix_rt::test]
+    async fn a_connection_left_inside_a_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = sqlite_settings(dir.path());
+        let db = connect(&settings).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        // The transaction ends behind sqlx's back, so its rollback on drop
+        // fails and sqlx still counts the connection inside a transaction.
+        let ended = db.begin().await.unwrap();
+        ended
+            .execute_unprepared("INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        ended.execute_unprepared("ROLLBACK").await.unwrap();
+        drop(ended);
+        // The pool's one connection: a transaction that writes, fails and
+        // is dropped. Reused as it was, this would be a savepoint rolled
+        // back to, with the transaction and its write lock left open.
+        let failed = db.begin().await.unwrap();
+        failed
+            .execute_unprepared("INSERT INTO t VALUES (2)")
+            .await
+            .unwrap();
+        assert!(failed
+            .execute_unprepared("INSERT INTO t VALUES (2)")
+            .await
+            .is_err());
+        drop(failed);
+        // Another connection to the file can write: no lock is left held.
+        let other = connect(&settings).await.unwrap();
+        other
+            .execute_unprepared("INSERT INTO t VALUES (3)")
+            .await
+            .expect("the file is not left locked");
+        let count = db
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT COUNT(*) FROM t",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(count.try_get_by_index::<i64>(0).unwrap(), 1, "only row 3 stays");
+    }
 }

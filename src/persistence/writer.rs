@@ -30,6 +30,7 @@ use entity::messages;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
+use super::checkpoint::{self, LogStartOver};
 use super::hand_on::{self, CatchUp, ConnectRegistry, HandOn};
 use super::webhooks::{self as webhook_queries, WebhookOutcome};
 use super::{messages as queries, retention, PersistenceError};
@@ -227,6 +228,9 @@ pub struct MessageWriter {
     catch_up_wanted: bool,
     /// This node, as its batches' notifications name it.
     node: Arc<str>,
+    /// SQLite: the checkpointer asks for a checkpoint between two batches,
+    /// after which the log starts over ([`checkpoint`]).
+    log_start_over: Option<LogStartOver>,
 }
 
 impl MessageWriter {
@@ -262,7 +266,15 @@ impl MessageWriter {
             registry: None,
             catch_up_wanted: false,
             node: Uuid::new_v4().to_string().into(),
+            log_start_over: None,
         }
+    }
+
+    /// SQLite: lets the log start over when `request` asks, between two
+    /// batches.
+    pub fn with_log_start_over(mut self, request: LogStartOver) -> Self {
+        self.log_start_over = Some(request);
+        self
     }
 
     /// This node's id, as the notifications of its batches carry it.
@@ -707,6 +719,9 @@ impl MessageWriter {
     /// A write finished: release drain waiters once idle, start the next,
     /// undo writes in doubt.
     fn after_write(&mut self, ctx: &mut Context<Self>) {
+        if self.log_start_over.as_ref().is_some_and(LogStartOver::take) {
+            return self.let_log_start_over(ctx);
+        }
         if self.is_idle() {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
@@ -714,6 +729,23 @@ impl MessageWriter {
         }
         self.schedule(ctx);
         self.check_database(ctx);
+    }
+
+    /// A passive checkpoint between two batches: nothing is written while
+    /// it copies what came since the checkpointer's last one, so the next
+    /// batch finds the log all copied and starts it over.
+    fn let_log_start_over(&mut self, ctx: &mut Context<Self>) {
+        self.flushing = true;
+        let db = self.db.clone();
+        let copy = async move { checkpoint::passive(&db).await };
+        ctx.spawn(copy.into_actor(self).map(|copied, writer, ctx| {
+            match copied {
+                Ok(done) => tracing::debug!(?done, "WAL checkpoint between batches"),
+                Err(err) => tracing::warn!(error = %err, "WAL checkpoint between batches failed"),
+            }
+            writer.flushing = false;
+            writer.after_write(ctx);
+        }));
     }
 }
 

@@ -57,9 +57,12 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Largest write buffer kept for reuse.
 const MAX_SPARE: usize = 256 * 1024;
 
+/// Longest header of a server frame (no mask).
+const MAX_HEADER: usize = 10;
+
 /// Appends one unmasked, unfragmented server frame to `out`.
 fn encode_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
-    out.reserve(payload.len() + 10);
+    out.reserve(payload.len() + MAX_HEADER);
     out.put_u8(0x80 | opcode);
     match payload.len() {
         len @ 0..=125 => out.put_u8(len as u8),
@@ -229,6 +232,10 @@ impl WsLink {
             if state.frames + frames.len() > self.max_frames {
                 return Err(PushError::Full);
             }
+            // Room for all of them at once: growing frame by frame copied
+            // the queued bytes again at every doubling.
+            let headers = frames.len() * MAX_HEADER;
+            state.bytes.reserve(frames.iter().map(Frame::len).sum::<usize>() + headers);
             for frame in frames {
                 match frame {
                     Frame::Text(text) => encode_frame(&mut state.bytes, OP_TEXT, text.as_bytes()),

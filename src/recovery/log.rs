@@ -156,14 +156,32 @@ impl DeliveryLog {
             self.unconfirmed.push_back((seq, slot));
             self.n_logged += 1;
         }
+        // The highest dropped `seq` of each run of entries of one channel,
+        // raised once per run (a full log drops one per delivery).
+        let mut run: Option<(u32, i64)> = None;
         while self.unconfirmed.len() > self.max_unconfirmed {
             // unwrap: longer than the bound, so not empty.
             let (seq, slot) = self.unconfirmed.pop_front().unwrap();
             self.dropped_through = self.n_logged - self.unconfirmed.len() as u64;
             self.last_dropped = Some(seq);
-            if let Some(mark) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
-                mark.provisional = Some(mark.provisional.map_or(seq, |p| p.max(seq)));
+            match &mut run {
+                Some((run_slot, highest)) if *run_slot == slot => *highest = (*highest).max(seq),
+                _ => {
+                    if let Some((run_slot, highest)) = run.replace((slot, seq)) {
+                        self.raise_provisional(run_slot, highest);
+                    }
+                }
             }
+        }
+        if let Some((run_slot, highest)) = run {
+            self.raise_provisional(run_slot, highest);
+        }
+    }
+
+    /// Messages of the channel in `slot` up to `seq` were dropped for room.
+    fn raise_provisional(&mut self, slot: u32, seq: i64) {
+        if let Some(mark) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
+            mark.provisional = Some(mark.provisional.map_or(seq, |p| p.max(seq)));
         }
     }
 
@@ -428,6 +446,33 @@ mod tests {
         assert_eq!(state.last_confirmed, Some(3));
         let missed = state.missed(Some(3)).unwrap();
         assert_eq!(floors(&missed), [("a".into(), 2), ("b".into(), 3)]);
+    }
+
+    #[test]
+    fn entries_of_several_channels_dropped_at_once_raise_each_channel_s_mark() {
+        let mut log = DeliveryLog::new(3);
+        log.subscribed(&name("a"), 0);
+        log.subscribed(&name("b"), 0);
+        log.delivered("a", [2, 1]);
+        log.delivered("b", [3]);
+        // Drops a's 2 and 1, then b's 3: two runs in one delivery.
+        log.delivered("a", [4, 5, 6]);
+        let provisional = |state: &LogState, channel: &str| {
+            state
+                .channels
+                .iter()
+                .find(|mark| mark.name == channel)
+                .unwrap()
+                .provisional
+        };
+        let state = log.state();
+        assert_eq!(provisional(&state, "a"), Some(2), "the highest of its run");
+        assert_eq!(provisional(&state, "b"), Some(3));
+        // The next delivery drops a's 4: its mark rises.
+        log.delivered("b", [0]);
+        let state = log.state();
+        assert_eq!(provisional(&state, "a"), Some(4));
+        assert_eq!(state.unconfirmed.len(), 3);
     }
 
     #[test]

@@ -273,6 +273,10 @@ pub struct PresenceSettings {
     /// present, so a reconnect within it shows the others no leave and no
     /// join. 0 turns it off. Defaults to 10000 ms.
     pub leave_grace_ms: u64,
+    /// How long a channel gathers presence events before sending them (one
+    /// write per member for all of them); never later than its next
+    /// message. 0: at the end of each turn. Defaults to 100 ms.
+    pub batch_ms: u64,
 }
 
 /// The `[cluster]` section: several server processes sharing one
@@ -587,6 +591,9 @@ impl Settings {
                 "recovery.max_unconfirmed",
                 "must be at least 16",
             ));
+        }
+        if self.presence.batch_ms > 1000 {
+            return Err(ConfigError::new("presence.batch_ms", "must be at most 1000"));
         }
         if self.presence.leave_grace_ms > recovery.window_ms {
             return Err(ConfigError::new(

@@ -133,6 +133,7 @@ impl Realtime {
                 max_pending: settings.limits.max_pending_per_channel,
                 offsets: settings.recovery.enabled,
                 leave_grace: Duration::from_millis(settings.presence.leave_grace_ms),
+                presence_batch: Duration::from_millis(settings.presence.batch_ms),
                 max_members: settings.limits.max_presence_members,
             },
             committed.clone(),

@@ -304,6 +304,8 @@ pub struct Channel {
     offsets: bool,
     /// How long a member whose connection dropped stays present.
     leave_grace: std::time::Duration,
+    /// How long presence events gather before they are sent.
+    presence_batch: std::time::Duration,
     /// A [`DeliverReady`] is on its way.
     delivery_scheduled: bool,
     /// Publish outcomes for sockets, sent at the end of the turn in one
@@ -344,6 +346,9 @@ pub struct ChannelSettings {
     /// How long a member whose connection dropped stays present
     /// (`presence.leave_grace_ms`).
     pub leave_grace: std::time::Duration,
+    /// How long presence events gather before they are sent
+    /// (`presence.batch_ms`).
+    pub presence_batch: std::time::Duration,
     /// Most presence members (`limits.max_presence_members`).
     pub max_members: usize,
 }
@@ -392,6 +397,7 @@ impl Channel {
             last_seq: committed_seq,
             offsets: settings.offsets,
             leave_grace: settings.leave_grace,
+            presence_batch: settings.presence_batch,
             delivery_scheduled: false,
             socket_replies: HashMap::new(),
             max_members: settings.max_members,
@@ -498,6 +504,9 @@ impl Channel {
         seqs: Vec<Option<i64>>,
         ctx: &mut Context<Self>,
     ) -> usize {
+        // Presence events gathered so far go first: a message never
+        // overtakes the join of its sender.
+        self.flush_presence(ctx);
         let n = frames.len() as u64;
         let messages = Arc::new(Delivered {
             channel: self.name.clone(),
@@ -511,7 +520,9 @@ impl Channel {
         n_sent
     }
 
-    /// Queues a presence event; the first one of a turn schedules the flush.
+    /// Queues a presence event; the first one schedules the flush, at the
+    /// end of the batch time (or of this turn). Members of a busy room then
+    /// get a burst of joins in one write each.
     fn queue_presence(&mut self, frame: Frame, except: Option<u64>, ctx: &mut Context<Self>) {
         self.presence_seq += 1;
         self.presence_outbox.push(PresenceEvent {
@@ -520,7 +531,11 @@ impl Channel {
             except,
         });
         if self.presence_outbox.len() == 1 {
-            ctx.notify(FlushPresence);
+            if self.presence_batch.is_zero() {
+                ctx.notify(FlushPresence);
+            } else {
+                ctx.notify_later(FlushPresence, self.presence_batch);
+            }
         }
     }
 
@@ -934,6 +949,15 @@ impl Handler<FlushPresence> for Channel {
     type Result = ();
 
     fn handle(&mut self, _: FlushPresence, ctx: &mut Context<Self>) {
+        self.flush_presence(ctx);
+    }
+}
+
+impl Channel {
+    /// Sends the queued presence events (if any): all of them, shared, to
+    /// those here before the first; to those who joined meanwhile, what
+    /// came after their join, minus their own.
+    fn flush_presence(&mut self, ctx: &mut Context<Self>) {
         let events = std::mem::take(&mut self.presence_outbox);
         let Some(first_seq) = events.first().map(|event| event.seq) else {
             return;

@@ -24,6 +24,7 @@ const SETTINGS: ChannelSettings = ChannelSettings {
     max_pending: 1000,
     offsets: true,
     leave_grace: Duration::ZERO,
+    presence_batch: Duration::ZERO,
     max_members: 10_000,
 };
 
@@ -188,12 +189,16 @@ impl Setup {
     }
 
     fn channel(&self, name: &str) -> Addr<Channel> {
+        self.channel_with(name, SETTINGS)
+    }
+
+    fn channel_with(&self, name: &str, settings: ChannelSettings) -> Addr<Channel> {
         Channel::new(
             name.into(),
             self.registry.clone(),
             self.writer.clone(),
             self.webhooks.clone(),
-            SETTINGS,
+            settings,
             0,
             None,
         )
@@ -476,6 +481,52 @@ async fn a_burst_of_joins_reaches_each_subscriber_as_one_push() {
     }
     channel.send(Barrier).await.unwrap();
     assert!(gone.nothing_pending(), "d heard nothing after it left");
+}
+
+#[actix::test]
+async fn joins_gathered_over_the_batch_time_go_out_in_one_push_ahead_of_the_next_message() {
+    let mut setup = Setup::new().await;
+    let channel = setup.channel_with(
+        "room:batch",
+        ChannelSettings {
+            presence_batch: Duration::from_secs(2),
+            ..SETTINGS
+        },
+    );
+    let mut first = setup.probe("first", 256, None);
+    channel.do_send(Join(first.subscriber()));
+    assert_eq!(first.joined().await.len(), 1);
+    // Two joins in separate turns of the channel, within the batch time.
+    let mut b = setup.probe("b", 256, None);
+    channel.do_send(Join(b.subscriber()));
+    assert_eq!(b.joined().await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = setup.probe("c", 256, None);
+    channel.do_send(Join(c.subscriber()));
+    assert_eq!(c.joined().await.len(), 3);
+    channel.send(Barrier).await.unwrap();
+    assert!(first.nothing_pending(), "the joins wait for the batch time");
+    // A message goes out long before the batch time ends, and the joins
+    // go ahead of it, together.
+    let sent = std::time::Instant::now();
+    setup.publish(&channel, 1).await.unwrap().unwrap();
+    let joins = first.frames().await;
+    let ids: Vec<&Value> = joins
+        .iter()
+        .map(|(_, body)| &body["member"]["presenceId"])
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    let message = first.frames().await;
+    assert_eq!(message[0].0, "e");
+    assert!(sent.elapsed() < Duration::from_secs(1), "{:?}", sent.elapsed());
+    assert_eq!(b.frames().await[0].1["member"]["presenceId"], "c");
+    // With no message to push them out, they go when the time is up.
+    let mut d = setup.probe("d", 256, None);
+    channel.do_send(Join(d.subscriber()));
+    d.joined().await;
+    let joins = first.frames().await;
+    assert_eq!(joins.len(), 1);
+    assert_eq!(joins[0].1["member"]["presenceId"], "d");
 }
 
 #[actix::test]

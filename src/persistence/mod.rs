@@ -156,10 +156,10 @@ async fn leaves_no_transaction_open(
 }
 
 /// Opens the pool for `settings.url`. SQLite files (and their folder) are
-/// created if missing and run in WAL mode, checkpointed by
-/// [`checkpoint::start`] (not by SQLite in a commit); PostgreSQL connections get
-/// `search_path = realtime, public` so the schema-less entities find
-/// InsForge's tables.
+/// created if missing and run in WAL mode, checkpointed by the
+/// [`checkpoint::Checkpointer`] (not by SQLite inside a commit);
+/// PostgreSQL connections get `search_path = realtime, public` so the
+/// schema-less entities find InsForge's tables.
 ///
 /// # Errors
 /// A malformed URL or a database that cannot be reached.

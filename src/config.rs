@@ -593,7 +593,10 @@ impl Settings {
             ));
         }
         if self.presence.batch_ms > 1000 {
-            return Err(ConfigError::new("presence.batch_ms", "must be at most 1000"));
+            return Err(ConfigError::new(
+                "presence.batch_ms",
+                "must be at most 1000",
+            ));
         }
         if self.presence.leave_grace_ms > recovery.window_ms {
             return Err(ConfigError::new(

@@ -518,7 +518,11 @@ async fn joins_gathered_over_the_batch_time_go_out_in_one_push_ahead_of_the_next
     assert_eq!(ids, ["b", "c"]);
     let message = first.frames().await;
     assert_eq!(message[0].0, "e");
-    assert!(sent.elapsed() < Duration::from_secs(1), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
     assert_eq!(b.frames().await[0].1["member"]["presenceId"], "c");
     // With no message to push them out, they go when the time is up.
     let mut d = setup.probe("d", 256, None);

@@ -235,7 +235,9 @@ impl WsLink {
             // Room for all of them at once: growing frame by frame copied
             // the queued bytes again at every doubling.
             let headers = frames.len() * MAX_HEADER;
-            state.bytes.reserve(frames.iter().map(Frame::len).sum::<usize>() + headers);
+            state
+                .bytes
+                .reserve(frames.iter().map(Frame::len).sum::<usize>() + headers);
             for frame in frames {
                 match frame {
                     Frame::Text(text) => encode_frame(&mut state.bytes, OP_TEXT, text.as_bytes()),

@@ -303,6 +303,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(count.try_get_by_index::<i64>(0).unwrap(), 1, "only row 3 stays");
+        assert_eq!(
+            count.try_get_by_index::<i64>(0).unwrap(),
+            1,
+            "only row 3 stays"
+        );
     }
 }

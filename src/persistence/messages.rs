@@ -689,6 +689,7 @@ pub async fn delete_expired(
         }
     }
     let txn = db.begin().await?;
+    super::write_lock_first(&txn).await?;
     let deleted_through: Option<Option<i64>> = Messages::find()
         .select_only()
         .column_as(Column::Seq.max(), "max")
@@ -779,6 +780,7 @@ pub async fn clear(db: &DatabaseConnection) -> Result<u64, PersistenceError> {
         txn.execute_unprepared("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
             .await?;
     }
+    super::write_lock_first(&txn).await?;
     let deleted_through = max_seq(&txn).await?;
     let deleted = Messages::delete_many().exec(&txn).await?.rows_affected;
     if let Some(seq) = deleted_through {

@@ -155,6 +155,23 @@ async fn leaves_no_transaction_open(
     Ok(false)
 }
 
+/// SQLite: takes the write lock as `txn`'s first step, waiting for it as
+/// for any write (the busy timeout). A transaction that reads first and
+/// writes later would instead fail at once with `database is locked` if
+/// another connection wrote meanwhile: SQLite does not wait to turn a read
+/// transaction into a write one. Nothing on PostgreSQL.
+///
+/// # Errors
+/// The database's.
+pub(crate) async fn write_lock_first<C: ConnectionTrait>(txn: &C) -> Result<(), DbErr> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        // A write that matches no row still begins the write transaction.
+        txn.execute_unprepared("UPDATE messages SET seq = seq WHERE 0")
+            .await?;
+    }
+    Ok(())
+}
+
 /// Opens the pool for `settings.url`. SQLite files (and their folder) are
 /// created if missing and run in WAL mode, checkpointed by the
 /// [`checkpoint::Checkpointer`] (not by SQLite inside a commit);
@@ -254,6 +271,28 @@ mod tests {
             sql_publish: false,
             sql_publish_poll_ms: 1000,
         }
+    }
+
+    /// Clearing history reads the highest `seq`, then deletes: it must wait
+    /// for another connection's write, not fail at once as a read
+    /// transaction turned into a write one would.
+    #[actix_rt::test]
+    async fn clearing_history_waits_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = sqlite_settings(dir.path());
+        let db = connect(&settings).await.unwrap();
+        migrate(&db).await.unwrap();
+        let other = connect(&settings).await.unwrap();
+        let holder = other.begin().await.unwrap();
+        write_lock_first(&holder).await.unwrap();
+        let released = actix_rt::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            holder.commit().await.unwrap();
+        });
+        messages::clear(&db)
+            .await
+            .expect("waits for the write lock");
+        released.await.unwrap();
     }
 
     /// A transaction SQLite ended by itself (as it does when a write fails

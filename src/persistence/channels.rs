@@ -268,6 +268,7 @@ pub async fn set_options(
     changes: OptionChanges,
 ) -> Result<ChannelOptions, PersistenceError> {
     let txn = db.begin().await?;
+    super::write_lock_first(&txn).await?;
     let mut current = options(&txn, id).await?;
     if let Some(ephemeral) = changes.ephemeral {
         current.ephemeral = ephemeral;

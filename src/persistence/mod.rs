@@ -273,26 +273,72 @@ mod tests {
         }
     }
 
-    /// Clearing history reads the highest `seq`, then deletes: it must wait
-    /// for another connection's write, not fail at once as a read
-    /// transaction turned into a write one would.
+    /// Transactions that read, then write (clearing history reads the
+    /// highest `seq`; changing a channel's options reads the current ones;
+    /// creating a policy tries its condition) must wait for another
+    /// connection's write, not fail at once as a read transaction turned
+    /// into a write one would.
     #[actix_rt::test]
-    async fn clearing_history_waits_for_another_writer() {
+    async fn transactions_that_read_then_write_wait_for_another_writer() {
         let dir = tempfile::tempdir().unwrap();
         let settings = sqlite_settings(dir.path());
         let db = connect(&settings).await.unwrap();
         migrate(&db).await.unwrap();
+        let channel = channels::create(
+            &db,
+            channels::NewChannel {
+                pattern: "order:%".into(),
+                description: None,
+                webhook_urls: None,
+                enabled: true,
+            },
+        )
+        .await
+        .unwrap();
         let other = connect(&settings).await.unwrap();
-        let holder = other.begin().await.unwrap();
-        write_lock_first(&holder).await.unwrap();
-        let released = actix_rt::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            holder.commit().await.unwrap();
-        });
-        messages::clear(&db)
-            .await
-            .expect("waits for the write lock");
-        released.await.unwrap();
+        for attempt in ["clear", "set_options", "create policy"] {
+            let holder = other.begin().await.unwrap();
+            write_lock_first(&holder).await.unwrap();
+            let released = actix_rt::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                holder.commit().await.unwrap();
+            });
+            let outcome = match attempt {
+                "clear" => messages::clear(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|err| err.to_string()),
+                "set_options" => channels::set_options(
+                    &db,
+                    channel.id,
+                    channels::OptionChanges {
+                        ephemeral: Some(true),
+                        retention: None,
+                    },
+                )
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string()),
+                _ => policies::create(
+                    &db,
+                    &policies::NewPolicy {
+                        name: "members".into(),
+                        action: policies::PolicyAction::Subscribe,
+                        roles: vec!["authenticated".into()],
+                        // Reads a table: the transaction reads before it writes.
+                        condition: "EXISTS (SELECT 1 FROM channels WHERE pattern = 'order:%')"
+                            .into(),
+                    },
+                )
+                .await
+                .map_err(|err| err.to_string()),
+            };
+            assert!(
+                outcome.is_ok(),
+                "{attempt} waits for the write lock: {outcome:?}"
+            );
+            released.await.unwrap();
+        }
     }
 
     /// A transaction SQLite ended by itself (as it does when a write fails

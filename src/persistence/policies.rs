@@ -145,6 +145,9 @@ pub async fn create(db: &DatabaseConnection, policy: &NewPolicy) -> Result<(), P
         .map_err(PersistenceError::from)?;
     } else {
         check_sqlite_condition(&policy.condition)?;
+        super::write_lock_first(&txn)
+            .await
+            .map_err(PersistenceError::from)?;
         evaluate_sqlite(&txn, &policy.condition, &SqliteRequest::example())
             .await
             .map_err(|err| match database_error(&err) {

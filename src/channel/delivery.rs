@@ -6,6 +6,8 @@
 //! known only once the message is durable, so a message is encoded open
 //! ([`OpenFrame`]) and sealed with it then.
 
+use std::io::Write;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -16,22 +18,72 @@ use entity::messages;
 
 /// `meta` of a delivered message or presence event: `{channel, messageId,
 /// senderType, senderId?, timestamp}`.
-pub fn meta(channel: &str, message_id: Uuid, sender: &Sender, timestamp: DateTime<Utc>) -> Value {
-    let mut meta = Map::new();
-    meta.insert("channel".into(), Value::String(channel.to_owned()));
-    meta.insert("messageId".into(), Value::String(message_id.to_string()));
-    meta.insert(
-        "senderType".into(),
-        Value::String(sender.sender_type.as_str().into()),
-    );
-    if let Some(sender_id) = sender.sender_id {
-        meta.insert("senderId".into(), Value::String(sender_id.to_string()));
+#[derive(Clone, Copy, Debug)]
+pub struct Meta<'a> {
+    /// The resolved channel name.
+    pub channel: &'a str,
+    /// The message's id.
+    pub message_id: Uuid,
+    /// Who sent it.
+    pub sender: &'a Sender,
+    /// When it was published.
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Meta<'_> {
+    /// As a JSON value.
+    pub fn to_value(&self) -> Value {
+        let mut meta = Map::new();
+        meta.insert("channel".into(), Value::String(self.channel.to_owned()));
+        meta.insert(
+            "messageId".into(),
+            Value::String(self.message_id.to_string()),
+        );
+        meta.insert(
+            "senderType".into(),
+            Value::String(self.sender.sender_type.as_str().into()),
+        );
+        if let Some(sender_id) = self.sender.sender_id {
+            meta.insert("senderId".into(), Value::String(sender_id.to_string()));
+        }
+        meta.insert(
+            "timestamp".into(),
+            Value::String(self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        );
+        Value::Object(meta)
     }
-    meta.insert(
-        "timestamp".into(),
-        Value::String(timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)),
-    );
-    Value::Object(meta)
+
+    /// Appends the JSON text of [`Meta::to_value`] to `out`, without
+    /// building the value (a publish's frame is written in one buffer).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut id = uuid::Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"channel\":");
+        write_json_str(out, self.channel);
+        out.extend_from_slice(b",\"messageId\":\"");
+        out.extend_from_slice(
+            self.message_id
+                .hyphenated()
+                .encode_lower(&mut id)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"senderType\":");
+        write_json_str(out, self.sender.sender_type.as_str());
+        if let Some(sender_id) = self.sender.sender_id {
+            out.extend_from_slice(b",\"senderId\":\"");
+            out.extend_from_slice(sender_id.hyphenated().encode_lower(&mut id).as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"timestamp\":\"");
+        // What `to_rfc3339_opts(Millis, true)` writes for years 0 to 9999.
+        let _ = write!(out, "{}", self.timestamp.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        out.extend_from_slice(b"\"}");
+    }
+}
+
+/// Appends `text` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
 }
 
 /// Encodes an event once, as the Engine.IO message every subscriber gets:
@@ -66,35 +118,53 @@ impl OpenFrame {
 
 /// Encodes a delivered message once: the payload's fields plus `meta`,
 /// spliced into the payload's own serialization instead of copying the
-/// payload into a new map (`{"a":1}` + meta → `{"a":1,"meta":{…}}`). A
-/// payload key named `meta` is replaced, as a map insert would.
-pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> OpenFrame {
+/// payload into a new map (`{"a":1}` + meta → `{"a":1,"meta":{…}}`), all
+/// written into the frame's one buffer. A payload key named `meta` is
+/// replaced, as a map insert would.
+pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Meta<'_>) -> OpenFrame {
     if payload.contains_key("meta") {
         let mut body = payload.clone();
-        body.insert("meta".into(), meta.clone());
+        body.insert("meta".into(), meta.to_value());
         return open_event(event, &[&Value::Object(body).to_string()]);
     }
-    // unwrap: a map of JSON values always serializes.
-    let body = serde_json::to_string(payload).unwrap();
-    // `body` is `{…}`: drop its closing brace, then add meta and close.
-    let separator = if payload.is_empty() {
-        "\"meta\":"
-    } else {
-        ",\"meta\":"
-    };
-    open_event(
-        event,
-        &[&body[..body.len() - 1], separator, &meta.to_string(), "}"],
+    let mut out = Vec::with_capacity(event.len() + 3 * payload.len() + 256 + SEAL_ROOM);
+    out.extend_from_slice(b"42[");
+    write_json_str(&mut out, event);
+    out.push(b',');
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, payload);
+    // The payload is `{…}`: drop its closing brace, then add meta and close.
+    out.pop();
+    if !payload.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"meta\":");
+    meta.write_json(&mut out);
+    out.push(b'}');
+    // Every part is JSON text, so UTF-8.
+    OpenFrame(
+        String::from_utf8(out)
+            .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()),
     )
 }
 
 /// `meta` of a stored row: its channel, id, sender and time.
 pub fn stored_meta(row: &messages::Model) -> Value {
+    with_stored_meta(row, |meta| meta.to_value())
+}
+
+/// Calls `f` with the `meta` of a stored row.
+fn with_stored_meta<T>(row: &messages::Model, f: impl FnOnce(&Meta<'_>) -> T) -> T {
     let sender = Sender {
         sender_type: SenderType::parse(&row.sender_type),
         sender_id: row.sender_id,
     };
-    meta(&row.channel_name, row.id, &sender, row.created_at)
+    f(&Meta {
+        channel: &row.channel_name,
+        message_id: row.id,
+        sender: &sender,
+        timestamp: row.created_at,
+    })
 }
 
 /// A stored row as its subscribers get it (its id and time kept). A
@@ -103,11 +173,11 @@ pub fn stored_meta(row: &messages::Model) -> Value {
 pub fn open_stored(row: &messages::Model) -> OpenFrame {
     let empty = Map::new();
     let payload = row.payload.as_object().unwrap_or(&empty);
-    open_delivery(&row.event_name, payload, &stored_meta(row))
+    with_stored_meta(row, |meta| open_delivery(&row.event_name, payload, meta))
 }
 
 /// [`open_delivery`], sealed without an offset.
-pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+pub fn encode_delivery(event: &str, payload: &Map<String, Value>, meta: &Meta<'_>) -> Frame {
     open_delivery(event, payload, meta).seal(None)
 }
 
@@ -133,18 +203,27 @@ fn event_frame(event: &str, body_parts: &[&str]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
     use serde_json::json;
 
     /// The straightforward encoding the spliced one must equal.
-    fn oracle(event: &str, payload: &Map<String, Value>, meta: &Value) -> Frame {
+    fn oracle(event: &str, payload: &Map<String, Value>, meta: &Meta<'_>) -> Frame {
         let mut body = payload.clone();
-        body.insert("meta".into(), meta.clone());
+        body.insert("meta".into(), meta.to_value());
         encode_event(event, &Value::Object(body))
     }
 
     #[test]
     fn delivery_encoding_equals_payload_plus_meta() {
-        let meta = json!({ "channel": "order:1", "messageId": "x", "senderType": "user" });
+        let user = Sender {
+            sender_type: SenderType::User,
+            sender_id: Some(Uuid::new_v4()),
+        };
+        let times = [
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            Utc.timestamp_micros(1_780_000_000_123_456).unwrap(),
+            Utc::now(),
+        ];
         for payload in [
             json!({}),
             json!({ "a": 1 }),
@@ -154,7 +233,22 @@ mod tests {
             let Value::Object(payload) = payload else {
                 unreachable!()
             };
-            for event in ["status", "with \"quotes\" and é"] {
+            for (event, channel, sender, timestamp) in [
+                ("status", "order:1", &user, times[0]),
+                (
+                    "with \"quotes\" and é",
+                    "room:\"é\"\\",
+                    &Sender::SYSTEM,
+                    times[1],
+                ),
+                ("e", "chat:lobby", &user, times[2]),
+            ] {
+                let meta = Meta {
+                    channel,
+                    message_id: Uuid::now_v7(),
+                    sender,
+                    timestamp,
+                };
                 assert_eq!(
                     encode_delivery(event, &payload, &meta),
                     oracle(event, &payload, &meta),
@@ -162,18 +256,26 @@ mod tests {
                 );
             }
         }
-        assert_eq!(
-            encode_delivery("e", &Map::new(), &json!({ "m": 1 })),
-            Frame::Text(r#"42["e",{"meta":{"m":1}}]"#.into())
-        );
     }
 
     #[test]
     fn a_sealed_frame_ends_with_its_offset_as_a_string() {
-        let open = open_delivery("e", &Map::new(), &json!({ "m": 1 }));
+        let id = Uuid::nil();
+        let meta = Meta {
+            channel: "c",
+            message_id: id,
+            sender: &Sender::SYSTEM,
+            timestamp: Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap(),
+        };
+        let open = open_delivery("e", &Map::new(), &meta);
         assert_eq!(
             open.seal(Some(9_007_199_254_740_993)),
-            Frame::Text(r#"42["e",{"meta":{"m":1}},"9007199254740993"]"#.into())
+            Frame::Text(
+                format!(
+                    r#"42["e",{{"meta":{{"channel":"c","messageId":"{id}","senderType":"system","timestamp":"2026-12-03T04:05:06.000Z"}}}},"9007199254740993"]"#
+                )
+                .into()
+            )
         );
     }
 }

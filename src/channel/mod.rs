@@ -43,7 +43,7 @@ use crate::cluster::presence::{PresenceLink, RemoteMembers};
 use crate::cluster::relay::{RelayDone, RelayLink};
 use crate::cluster::ChannelLinks;
 use crate::metrics::METRICS;
-use crate::persistence::writer::{MessageWriter, Persist, Persisted, RecordAudience};
+use crate::persistence::writer::{MessageWriter, Persist, Persisted, PersistedTo, RecordAudience};
 use crate::protocol::engineio::Frame;
 use crate::publish::{Outgoing, PublishError, Sender};
 use crate::webhooks::{WebhookMessage, Webhooks};
@@ -291,7 +291,7 @@ pub struct Channel {
     n_received: u64,
     /// This channel as the writer's recipient of `Persisted`; made once,
     /// not per message.
-    persisted_to: Option<Recipient<Persisted>>,
+    persisted_to: Option<PersistedTo>,
     /// Messages delivered since the actor started (for inspection).
     n_delivered: u64,
     /// When the actor started, and last handled a join, leave or message.
@@ -450,8 +450,13 @@ impl Channel {
     }
 
     fn presence_frame(&self, event: &str, member: &Value) -> Frame {
-        let meta = delivery::meta(&self.name, Uuid::new_v4(), &Sender::SYSTEM, Utc::now());
-        encode_event(event, &json!({ "member": member, "meta": meta }))
+        let meta = delivery::Meta {
+            channel: &self.name,
+            message_id: Uuid::new_v4(),
+            sender: &Sender::SYSTEM,
+            timestamp: Utc::now(),
+        };
+        encode_event(event, &json!({ "member": member, "meta": meta.to_value() }))
     }
 
     /// Pushes to each subscriber the event `event_for` picks for it (none
@@ -1063,7 +1068,12 @@ impl Handler<Publish> for Channel {
         }
         let id = Uuid::now_v7();
         let created_at = crate::persistence::now();
-        let meta = delivery::meta(&self.name, id, &message.sender, created_at);
+        let meta = delivery::Meta {
+            channel: &self.name,
+            message_id: id,
+            sender: &message.sender,
+            timestamp: created_at,
+        };
         let frame = open_delivery(&message.event, &message.payload, &meta);
         if message.channel.ephemeral {
             return self.publish_ephemeral(id, created_at, message, frame, reply, ctx);
@@ -1097,7 +1107,7 @@ impl Handler<Publish> for Channel {
             row,
             notify: self
                 .persisted_to
-                .get_or_insert_with(|| ctx.address().recipient())
+                .get_or_insert_with(|| Arc::new(ctx.address().recipient()))
                 .clone(),
         });
         self.pending.push_back(Pending {

@@ -2,7 +2,7 @@
 //! parse, the subscription and permission checks, then straight to the
 //! channel actor; the ack comes back once the message is durable.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use std::time::Instant;
 
@@ -231,11 +231,9 @@ impl Client {
         match published.result {
             Ok(message_id) => {
                 if let Some(ack_id) = published.ack_id {
-                    socket.ack(
-                        NAMESPACE,
-                        ack_id,
-                        vec![json!({ "ok": true, "messageId": message_id })],
-                    );
+                    // Written as text: every acked publish answers this.
+                    let answer = format!(r#"[{{"ok":true,"messageId":"{message_id}"}}]"#);
+                    socket.ack_encoded(NAMESPACE, ack_id, &answer);
                 }
             }
             Err(err) => {

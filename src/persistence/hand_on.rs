@@ -14,7 +14,7 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::messages::log_after;
-use super::writer::Persisted;
+use super::writer::{Persisted, PersistedTo};
 use super::PersistenceError;
 
 /// Rows read from the log per query.
@@ -31,7 +31,7 @@ pub struct HandOn {
     /// Rows this node did not write, in `seq` order.
     pub stored: Vec<messages::Model>,
     /// The writer's own batch, by channel, to deliver after them.
-    pub persisted: Vec<(Recipient<Persisted>, Persisted)>,
+    pub persisted: Vec<(PersistedTo, Persisted)>,
 }
 
 /// Tells the writer that rows it did not write may be waiting in the log.

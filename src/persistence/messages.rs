@@ -13,7 +13,6 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::webhooks::WebhookOutcome;
 use super::PersistenceError;
 
 /// Filters shared by listing and statistics.
@@ -73,7 +72,7 @@ pub async fn insert_batch<'a>(
             .await
             .map(|_| ());
     }
-    insert_rows(db, rows, false).await
+    insert_rows(db, rows).await
 }
 
 /// The highest `seq` stored (SQLite: the writer numbers on from it).
@@ -88,31 +87,6 @@ pub async fn max_seq<C: ConnectionTrait>(db: &C) -> Result<Option<i64>, Persiste
         .one(db)
         .await?;
     Ok(max.flatten())
-}
-
-/// The writer's batch on SQLite: inserts `batch` (rows with webhook URLs
-/// marked as the webhook backlog) and records `audience` counts and
-/// finished `webhooks` (of messages written earlier) in one transaction,
-/// so pages they touch are written to the log once and committed once. SQLite runs
-/// in-process, where preparing a statement for each batch size cost more
-/// than executing it, so rows and ids go in chunks of power-of-two sizes
-/// whose few statements stay prepared.
-///
-/// # Errors
-/// Database failures (nothing is written); [`PersistenceError::Duplicate`]
-/// if an id exists.
-pub async fn write_batch_in_one_transaction(
-    db: &DatabaseConnection,
-    batch: &[&messages::Model],
-    audience: &[(Uuid, i32)],
-    webhooks: &[WebhookOutcome],
-) -> Result<(), PersistenceError> {
-    let txn = db.begin().await.map_err(PersistenceError::from_write)?;
-    insert_rows(&txn, batch.iter().copied(), true).await?;
-    update_counts(&txn, Column::WsAudienceCount, audience, true, Count::Add).await?;
-    super::webhooks::finish(&txn, webhooks).await?;
-    txn.commit().await.map_err(PersistenceError::from_write)?;
-    Ok(())
 }
 
 /// The writer's batch on PostgreSQL: one statement numbers the rows,
@@ -327,30 +301,17 @@ pub async fn log_after(
         .await?)
 }
 
-async fn insert_rows<'a, C: ConnectionTrait>(
+async fn insert_rows<C: ConnectionTrait>(
     conn: &C,
-    batch: impl IntoIterator<Item = &'a messages::Model>,
-    chunked: bool,
+    rows: Vec<&messages::Model>,
 ) -> Result<(), PersistenceError> {
-    let rows: Vec<&messages::Model> = batch.into_iter().collect();
     if rows.is_empty() {
         return Ok(());
     }
-    if !chunked {
-        Messages::insert_many(rows.iter().map(|row| active_model(row)))
-            .exec_without_returning(conn)
-            .await
-            .map_err(PersistenceError::from_write)?;
-        return Ok(());
-    }
-    let mut rest = &rows[..];
-    for size in statement_sizes(rows.len(), true) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        conn.execute(sqlite_insert(chunk))
-            .await
-            .map_err(PersistenceError::from_write)?;
-    }
+    Messages::insert_many(rows.iter().map(|row| active_model(row)))
+        .exec_without_returning(conn)
+        .await
+        .map_err(PersistenceError::from_write)?;
     Ok(())
 }
 
@@ -371,81 +332,37 @@ fn active_model(message: &messages::Model) -> messages::ActiveModel {
     }
 }
 
-/// The INSERT of `rows` (a power-of-two count) on SQLite, each row with
-/// its webhook backlog mark (`wh_pending`: 1 when it has webhook URLs; the
-/// column is SQLite's own, so not in the entity). sea-query writes the
-/// statement text once per size; later batches of that size only bind
-/// their values (building the text again for every batch was ~10% of the
-/// publish profile).
-fn sqlite_insert(rows: &[&messages::Model]) -> Statement {
+/// The text of the writer's INSERT of `n_rows` rows (a power of two) on
+/// SQLite: the entity's columns in its order, then the webhook backlog
+/// mark (`wh_pending`, SQLite's own column, so not in the entity). Written
+/// once per size; later batches only bind their values (building the text
+/// again for every batch was ~10% of the publish profile).
+pub(super) fn sqlite_insert_text(n_rows: usize) -> &'static str {
     static TEXTS: [OnceLock<String>; usize::BITS as usize] =
         [const { OnceLock::new() }; usize::BITS as usize];
-    debug_assert!(rows.len().is_power_of_two());
-    let sql =
-        TEXTS[rows.len().trailing_zeros() as usize].get_or_init(|| sqlite_insert_built(rows).sql);
-    Statement::from_sql_and_values(
-        DbBackend::Sqlite,
-        sql.as_str(),
-        rows.iter().flat_map(|row| sqlite_row_values(row)),
-    )
-}
-
-/// The statement [`sqlite_insert`] keeps the text of, built afresh.
-fn sqlite_insert_built(rows: &[&messages::Model]) -> Statement {
-    let mut insert = sea_orm::sea_query::Query::insert();
-    insert.into_table(Messages).columns(
-        <Column as sea_orm::Iterable>::iter()
-            .map(sea_orm::sea_query::IntoIden::into_iden)
-            .chain([sea_orm::sea_query::IntoIden::into_iden(
-                sea_orm::sea_query::Alias::new("wh_pending"),
-            )]),
-    );
-    for row in rows {
-        insert.values_panic(sqlite_row_values(row).map(Into::into));
-    }
-    DbBackend::Sqlite.build(&insert)
-}
-
-/// A row's values on SQLite: the entity's, then the backlog mark.
-fn sqlite_row_values(message: &messages::Model) -> [sea_orm::Value; 13] {
-    // SQLite keeps JSON as text: serialized from the row's payload here
-    // rather than cloned whole for sqlx to serialize (the clone and its
-    // drop were 1.5% of the publish profile).
-    // unwrap: a JSON value always serializes.
-    let text = serde_json::to_string(&message.payload).unwrap();
-    let [id, event, channel_id, channel, payload, sender_type, sender_id, ws, wh, delivered, created_at, seq] =
-        row_values_with(message, text.into());
-    let pending = (message.wh_audience_count > 0).then_some(1i32);
-    [
-        id,
-        event,
-        channel_id,
-        channel,
-        payload,
-        sender_type,
-        sender_id,
-        ws,
-        wh,
-        delivered,
-        created_at,
-        seq,
-        pending.into(),
-    ]
+    debug_assert!(n_rows.is_power_of_two());
+    TEXTS[n_rows.trailing_zeros() as usize].get_or_init(|| {
+        let columns: Vec<String> = <Column as sea_orm::Iterable>::iter()
+            .map(|column| format!("\"{}\"", sea_orm::IdenStatic::as_str(&column)))
+            .chain(["\"wh_pending\"".to_owned()])
+            .collect();
+        let row = format!("({})", vec!["?"; columns.len()].join(", "));
+        format!(
+            "INSERT INTO \"messages\" ({}) VALUES {}",
+            columns.join(", "),
+            vec![row; n_rows].join(", ")
+        )
+    })
 }
 
 /// A row's values in the entity's column order.
 fn row_values(message: &messages::Model) -> [sea_orm::Value; 12] {
-    row_values_with(message, message.payload.clone().into())
-}
-
-/// [`row_values`] with the payload's value given.
-fn row_values_with(message: &messages::Model, payload: sea_orm::Value) -> [sea_orm::Value; 12] {
     [
         message.id.into(),
         message.event_name.clone().into(),
         message.channel_id.into(),
         message.channel_name.clone().into(),
-        payload,
+        message.payload.clone().into(),
         message.sender_type.clone().into(),
         message.sender_id.into(),
         message.ws_audience_count.into(),
@@ -456,13 +373,10 @@ fn row_values_with(message: &messages::Model, payload: sea_orm::Value) -> [sea_o
     ]
 }
 
-/// How many rows (or ids) each statement takes for `n` of them: all at once,
-/// or, `chunked`, the powers of two that add up to `n` (the bits of `n`),
-/// largest first, so that only a few distinct statements are ever prepared.
-fn statement_sizes(n: usize, chunked: bool) -> Vec<usize> {
-    if !chunked {
-        return if n == 0 { Vec::new() } else { vec![n] };
-    }
+/// How many rows (or ids) each statement takes for `n` of them: the powers
+/// of two that add up to `n` (the bits of `n`), largest first, so that only
+/// a few distinct statements are ever prepared.
+pub(super) fn statement_sizes(n: usize) -> Vec<usize> {
     (0..usize::BITS)
         .rev()
         .map(|bit| 1usize << bit)
@@ -484,7 +398,7 @@ pub async fn add_audience(
     counts: &[(Uuid, i32)],
 ) -> Result<u64, PersistenceError> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return update_counts(db, Column::WsAudienceCount, counts, false, Count::Add).await;
+        return update_counts(db, Column::WsAudienceCount, counts, Count::Add).await;
     }
     // Every node adds to the same rows at once: each statement locks its
     // rows in id order (so two nodes' statements cannot deadlock), and one
@@ -554,27 +468,21 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
     conn: &C,
     column: Column,
     counts: &[(Uuid, i32)],
-    chunked: bool,
     how: Count,
 ) -> Result<u64, PersistenceError> {
     let mut changed = 0;
     for (count, ids) in by_count(counts) {
         for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
-            let mut rest = chunk;
-            for size in statement_sizes(chunk.len(), chunked) {
-                let (ids, tail) = rest.split_at(size);
-                rest = tail;
-                let value = match how {
-                    Count::Set => Expr::value(count),
-                    Count::Add => Expr::col(column).add(count),
-                };
-                let result = Messages::update_many()
-                    .col_expr(column, value)
-                    .filter(Column::Id.is_in(ids.iter().copied()))
-                    .exec(conn)
-                    .await?;
-                changed += result.rows_affected;
-            }
+            let value = match how {
+                Count::Set => Expr::value(count),
+                Count::Add => Expr::col(column).add(count),
+            };
+            let result = Messages::update_many()
+                .col_expr(column, value)
+                .filter(Column::Id.is_in(chunk.iter().copied()))
+                .exec(conn)
+                .await?;
+            changed += result.rows_affected;
         }
     }
     Ok(changed)
@@ -582,7 +490,7 @@ pub(super) async fn update_counts<C: ConnectionTrait>(
 
 /// The ids of `counts` grouped by count: one statement sets (or adds) the
 /// same value to all of a group.
-fn by_count(counts: &[(Uuid, i32)]) -> BTreeMap<i32, Vec<Uuid>> {
+pub(super) fn by_count(counts: &[(Uuid, i32)]) -> BTreeMap<i32, Vec<Uuid>> {
     let mut groups: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
     for (id, count) in counts {
         groups.entry(*count).or_default().push(*id);
@@ -591,7 +499,7 @@ fn by_count(counts: &[(Uuid, i32)]) -> BTreeMap<i32, Vec<Uuid>> {
 }
 
 /// Most ids bound in one `IN (…)`, under SQLite's parameter limit.
-const MAX_IDS_PER_UPDATE: usize = 1000;
+pub(super) const MAX_IDS_PER_UPDATE: usize = 1000;
 
 /// The messages with these ids (those that still exist), in no order.
 ///
@@ -863,69 +771,14 @@ pub async fn history_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::QueryTrait;
-
-    fn message(n: u8) -> messages::Model {
-        messages::Model {
-            id: Uuid::now_v7(),
-            event_name: format!("event-{n}"),
-            channel_id: (n % 2 == 0).then(Uuid::new_v4),
-            channel_name: "order:1".into(),
-            payload: serde_json::json!({ "n": n, "text": "it's \"quoted\"" }),
-            sender_type: "user".into(),
-            sender_id: (n % 3 == 0).then(Uuid::new_v4),
-            ws_audience_count: i32::from(n),
-            wh_audience_count: 2,
-            wh_delivered_count: 1,
-            created_at: Utc::now(),
-            seq: None,
-        }
-    }
-
-    #[test]
-    fn cached_sqlite_inserts_bind_what_sea_query_would() {
-        for size in [1, 2, 4, 8] {
-            let models: Vec<_> = (0..size).map(message).collect();
-            let rows: Vec<&messages::Model> = models.iter().collect();
-            // Twice: the first call writes the text, the second reuses it.
-            for _ in 0..2 {
-                let expected = sqlite_insert_built(&rows);
-                let ours = sqlite_insert(&rows);
-                assert_eq!(ours.sql, expected.sql, "{size} rows");
-                assert_eq!(ours.values, expected.values, "{size} rows");
-            }
-        }
-        // The entity's columns, in its order, then the mark.
-        let model = message(1);
-        let entity = Messages::insert_many([active_model(&model)]).build(DbBackend::Sqlite);
-        let ours = sqlite_insert_built(&[&model]);
-        let columns = |sql: &str| sql[..sql.find(" VALUES").unwrap()].to_owned();
-        assert_eq!(
-            columns(&ours.sql),
-            columns(&entity.sql).replace(r#""seq")"#, r#""seq", "wh_pending")"#)
-        );
-        let (Some(ours), Some(entity)) = (ours.values, entity.values) else {
-            panic!("values are bound");
-        };
-        // The payload goes as its JSON text, which is what sqlx stores
-        // for a JSON value on SQLite.
-        assert_eq!(ours.0[..4], entity.0[..4]);
-        assert_eq!(ours.0[5..12], entity.0[5..]);
-        let sea_orm::Value::Json(Some(payload)) = &entity.0[4] else {
-            panic!("the entity binds its payload as JSON");
-        };
-        assert_eq!(ours.0[4], sea_orm::Value::from(payload.to_string()));
-        assert_eq!(ours.0[12], sea_orm::Value::from(Some(1i32)));
-    }
 
     #[test]
     fn statement_sizes_add_up_in_powers_of_two() {
-        assert_eq!(statement_sizes(0, true), Vec::<usize>::new());
-        assert_eq!(statement_sizes(13, true), vec![8, 4, 1]);
-        assert_eq!(statement_sizes(512, true), vec![512]);
-        assert_eq!(statement_sizes(13, false), vec![13]);
+        assert_eq!(statement_sizes(0), Vec::<usize>::new());
+        assert_eq!(statement_sizes(13), vec![8, 4, 1]);
+        assert_eq!(statement_sizes(512), vec![512]);
         for n in 0..1100 {
-            let sizes = statement_sizes(n, true);
+            let sizes = statement_sizes(n);
             assert_eq!(sizes.iter().sum::<usize>(), n);
             assert!(sizes.iter().all(|size| size.is_power_of_two()));
         }

@@ -37,6 +37,7 @@ pub mod presence;
 pub mod recovery;
 pub mod retention;
 pub mod sequencer;
+pub mod sqlite_batch;
 pub mod sweeper;
 pub mod webhooks;
 pub mod writer;

@@ -113,15 +113,8 @@ pub async fn finish<C: ConnectionTrait>(
         .iter()
         .map(|outcome| (outcome.message_id, outcome.delivered))
         .collect();
-    update_counts(conn, Column::WhAudienceCount, &audience, false, Count::Set).await?;
-    update_counts(
-        conn,
-        Column::WhDeliveredCount,
-        &delivered,
-        false,
-        Count::Set,
-    )
-    .await?;
+    update_counts(conn, Column::WhAudienceCount, &audience, Count::Set).await?;
+    update_counts(conn, Column::WhDeliveredCount, &delivered, Count::Set).await?;
     let postgres = conn.get_database_backend() == DbBackend::Postgres;
     for chunk in outcomes.chunks(MAX_IDS) {
         let ids = chunk.iter().map(|outcome| outcome.message_id);

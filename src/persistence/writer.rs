@@ -49,6 +49,10 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// timeout, so this is hours of a dead database at full batches.
 const MAX_IN_DOUBT: usize = 100_000;
 
+/// Where a channel hears that its messages are durable: shared, so a
+/// publish clones a pointer rather than boxing a new recipient.
+pub type PersistedTo = Arc<Recipient<Persisted>>;
+
 /// Persist one message, then tell `notify`.
 #[derive(actix::Message)]
 #[rtype(result = "()")]
@@ -56,7 +60,7 @@ pub struct Persist {
     /// The row, with its id and timestamp already set.
     pub row: messages::Model,
     /// The channel that waits for it.
-    pub notify: Recipient<Persisted>,
+    pub notify: PersistedTo,
 }
 
 /// Messages of one channel whose batch committed, or failed for good.
@@ -107,7 +111,7 @@ type Finished = (Vec<WebhookOutcome>, Recipient<WebhooksRecorded>);
 /// A message waiting for its batch.
 struct Queued {
     row: messages::Model,
-    notify: Recipient<Persisted>,
+    notify: PersistedTo,
     /// Stored by then, or refused.
     deadline: Instant,
 }
@@ -463,7 +467,7 @@ impl MessageWriter {
     fn hand_on(
         &mut self,
         stored: Vec<messages::Model>,
-        persisted: Vec<(Recipient<Persisted>, Persisted)>,
+        persisted: Vec<(PersistedTo, Persisted)>,
         last: Option<i64>,
         ctx: &mut Context<Self>,
     ) {
@@ -813,14 +817,11 @@ async fn write_with_retries(
     let mut maybe_stored = false;
     loop {
         let written = match updates {
-            Some(updates) => queries::write_batch_in_one_transaction(
-                db,
-                rows,
-                updates.audience,
-                updates.webhooks,
-            )
-            .await
-            .map(|()| Written::Numbered),
+            Some(updates) => {
+                super::sqlite_batch::write(db, rows, updates.audience, updates.webhooks)
+                    .await
+                    .map(|()| Written::Numbered)
+            }
             None => queries::insert_batch_with_webhooks(db, rows, stored_before, node)
                 .await
                 .map(|first| first.map_or(Written::Numbered, Written::From)),
@@ -960,8 +961,8 @@ fn notify_channels(batch: Vec<Queued>, result: Result<(), PublishError>) {
 fn by_channel(
     batch: Vec<Queued>,
     result: Result<(), PublishError>,
-) -> Vec<(Recipient<Persisted>, Persisted)> {
-    type Numbered = (Recipient<Persisted>, Vec<Uuid>, Vec<Option<i64>>);
+) -> Vec<(PersistedTo, Persisted)> {
+    type Numbered = (PersistedTo, Vec<Uuid>, Vec<Option<i64>>);
     let mut by_channel: HashMap<String, Numbered> = HashMap::new();
     let ok = result.is_ok();
     for Queued { row, notify, .. } in batch {

@@ -225,7 +225,9 @@ impl Packet {
             out.push(',');
         }
         if let Some(id) = ack_id {
-            out.push_str(&id.to_string());
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{id}");
         }
     }
 

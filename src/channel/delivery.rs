@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -74,8 +74,20 @@ impl Meta<'_> {
             out.push(b'"');
         }
         out.extend_from_slice(b",\"timestamp\":\"");
-        // What `to_rfc3339_opts(Millis, true)` writes for years 0 to 9999.
-        let _ = write!(out, "{}", self.timestamp.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        // What `to_rfc3339_opts(Millis, true)` writes for years 0 to 9999
+        // (chrono's `format` parses its pattern on every call).
+        let (date, time) = (self.timestamp.date_naive(), self.timestamp.time());
+        let _ = write!(
+            out,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            date.year(),
+            date.month(),
+            date.day(),
+            time.hour(),
+            time.minute(),
+            time.second(),
+            time.nanosecond() / 1_000_000,
+        );
         out.extend_from_slice(b"\"}");
     }
 }

@@ -59,8 +59,9 @@ pub enum Reply {
     /// The publishing socket: told if it asked for an ack, or if the
     /// publish failed.
     Socket {
-        /// The publishing socket's events.
-        to: Recipient<SubscriberEvent>,
+        /// The publishing socket's events (shared: a socket sends the same
+        /// one with each publish).
+        to: Arc<Recipient<SubscriberEvent>>,
         /// The Socket.IO ack id to answer, if any.
         ack_id: Option<u64>,
     },
@@ -311,7 +312,7 @@ pub struct Channel {
     /// Publish outcomes for sockets, sent at the end of the turn in one
     /// event per socket: one event per ack filled a busy publisher's
     /// mailbox and evicted it.
-    socket_replies: HashMap<Recipient<SubscriberEvent>, Vec<Published>>,
+    socket_replies: HashMap<Arc<Recipient<SubscriberEvent>>, Vec<Published>>,
     /// Most presence members.
     max_members: usize,
     /// Cluster presence (PostgreSQL): where this node's members are

@@ -713,7 +713,7 @@ async fn a_publisher_with_many_acks_waiting_is_not_taken_for_a_slow_subscriber()
     // own publishes are answered: one event per ack would fill it.
     let mut publisher = setup.probe("publisher", 16, Some(Duration::from_millis(1000)));
     channel.do_send(Join(publisher.subscriber()));
-    let to: Recipient<SubscriberEvent> = publisher.addr.clone().recipient();
+    let to: Arc<Recipient<SubscriberEvent>> = Arc::new(publisher.addr.clone().recipient());
     for n in 0..30u64 {
         channel.do_send(Publish {
             message: Outgoing {

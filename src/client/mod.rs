@@ -149,6 +149,8 @@ pub struct Client {
     history_in_flight: usize,
     /// This socket's place among its user's sockets, given back on drop.
     _user_socket: Option<connection::UserSocket>,
+    /// Where channels answer this socket's publishes, made at its first.
+    reply_to: Option<Arc<actix::Recipient<SubscriberEvent>>>,
 }
 
 impl Client {
@@ -174,6 +176,7 @@ impl Client {
             handed_over: false,
             history_in_flight: 0,
             _user_socket: None,
+            reply_to: None,
         }
     }
 

@@ -4,11 +4,14 @@
 
 use serde_json::Value;
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use actix::Recipient;
 
 use super::{Client, ClientEvent, NAMESPACE};
 use crate::channel::catalog::ChannelDef;
-use crate::channel::{Publish, Published, Reply};
+use crate::channel::{Publish, Published, Reply, SubscriberEvent};
 use crate::engineio::SessionEvent;
 use crate::metrics::METRICS;
 use crate::permissions::{Action, Decision, Request};
@@ -95,6 +98,7 @@ impl Client {
         let generation = self.hub.permissions.generation();
         let quick = self.hub.permissions.quick(principal, Action::Publish);
         let cache = self.hub.publish_cache;
+        let reply_to = self.reply_to(socket);
         let Some((channel, gate)) = self.joined(&name) else {
             return;
         };
@@ -105,7 +109,7 @@ impl Client {
                     return channel.do_send(Publish {
                         message,
                         reply: Reply::Socket {
-                            to: socket.address().recipient(),
+                            to: reply_to,
                             ack_id,
                         },
                         via_registry: false,
@@ -195,12 +199,13 @@ impl Client {
                 message.channel.clone(),
             )
         });
+        let reply_to = self.reply_to(socket);
         for (message, ack_id) in answered {
             match decision {
                 Decision::Allow => channel.do_send(Publish {
                     message,
                     reply: Reply::Socket {
-                        to: socket.address().recipient(),
+                        to: reply_to.clone(),
                         ack_id,
                     },
                     via_registry: false,
@@ -224,6 +229,15 @@ impl Client {
                 generation,
             );
         }
+    }
+
+    /// Where channels answer this socket's publishes: one recipient, made
+    /// once (making one allocates, and a socket may publish thousands of
+    /// times a second).
+    fn reply_to(&mut self, socket: &Socket<'_, '_, Self>) -> Arc<Recipient<SubscriberEvent>> {
+        self.reply_to
+            .get_or_insert_with(|| Arc::new(socket.address().recipient()))
+            .clone()
     }
 
     /// The channel's answer: the ack, or the failure.

@@ -51,19 +51,18 @@ pub async fn write(
         update(&mut txn, &set, &ids).await?;
     }
     if !webhooks.is_empty() {
-        let audience: Vec<(Uuid, i32)> = webhooks
-            .iter()
-            .map(|outcome| (outcome.message_id, outcome.audience))
-            .collect();
-        for (count, ids) in by_count(&audience) {
-            update(&mut txn, &format!("wh_audience_count = {count}"), &ids).await?;
-        }
-        let delivered: Vec<(Uuid, i32)> = webhooks
-            .iter()
-            .map(|outcome| (outcome.message_id, outcome.delivered))
-            .collect();
-        for (count, ids) in by_count(&delivered) {
-            update(&mut txn, &format!("wh_delivered_count = {count}"), &ids).await?;
+        let columns: [(&str, fn(&WebhookOutcome) -> i32); 2] = [
+            ("wh_audience_count", |outcome| outcome.audience),
+            ("wh_delivered_count", |outcome| outcome.delivered),
+        ];
+        for (column, count_of) in columns {
+            let counts: Vec<(Uuid, i32)> = webhooks
+                .iter()
+                .map(|outcome| (outcome.message_id, count_of(outcome)))
+                .collect();
+            for (count, ids) in by_count(&counts) {
+                update(&mut txn, &format!("{column} = {count}"), &ids).await?;
+            }
         }
         let ids: Vec<Uuid> = webhooks.iter().map(|outcome| outcome.message_id).collect();
         update(&mut txn, "wh_pending = NULL", &ids).await?;

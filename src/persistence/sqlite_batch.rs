@@ -51,7 +51,7 @@ pub async fn write(
         update(&mut txn, &set, &ids).await?;
     }
     if !webhooks.is_empty() {
-        let columns: [(&str, fn(&WebhookOutcome) -> i32); 2] = [
+        let columns: [(&str, CountOf); 2] = [
             ("wh_audience_count", |outcome| outcome.audience),
             ("wh_delivered_count", |outcome| outcome.delivered),
         ];
@@ -71,6 +71,9 @@ pub async fn write(
         .await
         .map_err(|err| PersistenceError::from_write(DbErr::Query(RuntimeErr::SqlxError(err))))
 }
+
+/// Which count of a webhook outcome a column records.
+type CountOf = fn(&WebhookOutcome) -> i32;
 
 /// One INSERT of `rows` (a power-of-two count): the entity's columns in
 /// its order, then the backlog mark (`wh_pending`, 1 when the row has

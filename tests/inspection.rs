@@ -239,7 +239,7 @@ async fn sessions_are_listed_inspected_and_closed(backend: Backend) {
 /// `stale`, the request answers within its deadline, and the other actors
 /// are listed as usual.
 async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
-    use realtime::channel::registry::DeliverStored;
+    use realtime::channel::registry::FindActor;
     use realtime::channel::Stored;
     use std::time::{Duration, Instant};
     let server = TestServer::start(backend).await;
@@ -247,31 +247,18 @@ async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
     let _calm = subscribed(&server, &["room:calm"]).await;
     let _flooded = subscribed(&server, &["room:flood"]).await;
     let channel_id = uuid::Uuid::parse_str(channel["id"].as_str().unwrap()).unwrap();
-    // Messages already in history, straight into the channel's mailbox.
-    for n in 0..200_000 {
-        server.realtime.registry.do_send(DeliverStored(Stored {
-            row: entity::messages::Model {
-                id: uuid::Uuid::now_v7(),
-                event_name: "flood".into(),
-                channel_id: Some(channel_id),
-                channel_name: "room:flood".into(),
-                payload: json!({ "n": n }),
-                sender_type: "system".into(),
-                sender_id: None,
-                ws_audience_count: 0,
-                wh_audience_count: 0,
-                wh_delivered_count: 0,
-                created_at: chrono::Utc::now(),
-                seq: None,
-            },
-            via_registry: false,
-        }));
-    }
-    let started = Instant::now();
-    let (status, actors) = server.admin("GET", "/api/realtime/actors", None).await;
-    let took = started.elapsed();
-    assert_eq!(status, 200, "{actors}");
-    assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+    // Messages already in history, straight into the channel's mailbox:
+    // built first, then sent in a tight loop, so the queue outgrows what
+    // the channel handles meanwhile. A fast machine's channel may still
+    // get through one flood within the inspection deadline (500 ms), so
+    // the flood grows until the channel is behind, four times at most.
+    let flooded = server
+        .realtime
+        .registry
+        .send(FindActor("room:flood".into()))
+        .await
+        .unwrap()
+        .expect("the channel is live");
     let entry = |actors: &Value, name: &str| {
         actors
             .as_array()
@@ -281,7 +268,41 @@ async fn a_flooded_actor_is_stale_and_holds_up_nothing(backend: Backend) {
             .cloned()
             .unwrap()
     };
-    assert_eq!(entry(&actors, "room:flood")["stale"], true, "{actors}");
+    let mut sent = 0;
+    for round in 1..=4 {
+        let rows: Vec<Stored> = (sent..sent + 250_000)
+            .map(|n| Stored {
+                row: entity::messages::Model {
+                    id: uuid::Uuid::now_v7(),
+                    event_name: "flood".into(),
+                    channel_id: Some(channel_id),
+                    channel_name: "room:flood".into(),
+                    payload: json!({ "n": n }),
+                    sender_type: "system".into(),
+                    sender_id: None,
+                    ws_audience_count: 0,
+                    wh_audience_count: 0,
+                    wh_delivered_count: 0,
+                    created_at: chrono::Utc::now(),
+                    seq: None,
+                },
+                via_registry: false,
+            })
+            .collect();
+        sent += rows.len();
+        for stored in rows {
+            flooded.do_send(stored);
+        }
+        let started = Instant::now();
+        let (status, actors) = server.admin("GET", "/api/realtime/actors", None).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{actors}");
+        assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+        if entry(&actors, "room:flood")["stale"] == true {
+            break;
+        }
+        assert!(round < 4, "{sent} messages queued, never stale: {actors}");
+    }
     // (An actor on the same thread as the flooded one may be late too.)
     // Once the flood is delivered, every actor answers again.
     let deadline = Instant::now() + Duration::from_secs(60);

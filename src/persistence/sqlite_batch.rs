@@ -47,32 +47,32 @@ pub async fn write(
         insert(&mut txn, chunk).await?;
     }
     for (count, ids) in by_count(audience) {
-        let set = format!("ws_audience_count = ws_audience_count + {count}");
-        update(&mut txn, &set, &ids).await?;
+        let set = "ws_audience_count = ws_audience_count + ?";
+        update(&mut txn, set, Some(count), &ids).await?;
     }
     if !webhooks.is_empty() {
         let columns: [(&str, CountOf); 2] = [
-            ("wh_audience_count", |outcome| outcome.audience),
-            ("wh_delivered_count", |outcome| outcome.delivered),
+            ("wh_audience_count = ?", |outcome| outcome.audience),
+            ("wh_delivered_count = ?", |outcome| outcome.delivered),
         ];
-        for (column, count_of) in columns {
+        for (set, count_of) in columns {
             let counts: Vec<(Uuid, i32)> = webhooks
                 .iter()
                 .map(|outcome| (outcome.message_id, count_of(outcome)))
                 .collect();
             for (count, ids) in by_count(&counts) {
-                update(&mut txn, &format!("{column} = {count}"), &ids).await?;
+                update(&mut txn, set, Some(count), &ids).await?;
             }
         }
         let ids: Vec<Uuid> = webhooks.iter().map(|outcome| outcome.message_id).collect();
-        update(&mut txn, "wh_pending = NULL", &ids).await?;
+        update(&mut txn, "wh_pending = NULL", None, &ids).await?;
     }
     txn.commit()
         .await
         .map_err(|err| PersistenceError::from_write(DbErr::Query(RuntimeErr::SqlxError(err))))
 }
 
-/// Which count of a webhook outcome a column records.
+/// Which count of a webhook outcome a column's `SET` records.
 type CountOf = fn(&WebhookOutcome) -> i32;
 
 /// One INSERT of `rows` (a power-of-two count): the entity's columns in
@@ -119,10 +119,13 @@ fn bind_row<'q>(
     Ok(())
 }
 
-/// `UPDATE messages SET <set> WHERE id IN (…)` over `ids`, in chunks.
+/// `UPDATE messages SET <set> WHERE id IN (…)` over `ids`, in chunks;
+/// `value`, if any, binds the `?` in `set` (bound, not written into the
+/// text, so each chunk size is one prepared statement whatever the count).
 async fn update(
     txn: &mut SqliteConnection,
     set: &str,
+    value: Option<i32>,
     ids: &[Uuid],
 ) -> Result<(), PersistenceError> {
     for chunk in ids.chunks(MAX_IDS_PER_UPDATE) {
@@ -135,11 +138,15 @@ async fn update(
                 vec!["?"; size].join(", ")
             );
             let mut args = SqliteArguments::default();
-            for id in ids {
-                args.add(id.as_bytes().as_slice()).map_err(|err| {
-                    PersistenceError::Database(DbErr::Custom(format!("cannot bind an id: {err}")))
-                })?;
-            }
+            let bound = value
+                .map_or(Ok(()), |value| args.add(value))
+                .and_then(|()| {
+                    ids.iter()
+                        .try_for_each(|id| args.add(id.as_bytes().as_slice()))
+                });
+            bound.map_err(|err| {
+                PersistenceError::Database(DbErr::Custom(format!("cannot bind an update: {err}")))
+            })?;
             sqlx::query_with::<Sqlite, _>(&sql, args)
                 .execute(&mut *txn)
                 .await

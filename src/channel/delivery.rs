@@ -25,7 +25,7 @@ pub struct Meta<'a> {
     /// The message's id.
     pub message_id: Uuid,
     /// Who sent it.
-    pub sender: &'a Sender,
+    pub sender: Sender,
     /// When it was published.
     pub timestamp: DateTime<Utc>,
 }
@@ -161,22 +161,16 @@ pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Meta<'_>)
 }
 
 /// `meta` of a stored row: its channel, id, sender and time.
-pub fn stored_meta(row: &messages::Model) -> Value {
-    with_stored_meta(row, |meta| meta.to_value())
-}
-
-/// Calls `f` with the `meta` of a stored row.
-fn with_stored_meta<T>(row: &messages::Model, f: impl FnOnce(&Meta<'_>) -> T) -> T {
-    let sender = Sender {
-        sender_type: SenderType::parse(&row.sender_type),
-        sender_id: row.sender_id,
-    };
-    f(&Meta {
+pub fn stored_meta(row: &messages::Model) -> Meta<'_> {
+    Meta {
         channel: &row.channel_name,
         message_id: row.id,
-        sender: &sender,
+        sender: Sender {
+            sender_type: SenderType::parse(&row.sender_type),
+            sender_id: row.sender_id,
+        },
         timestamp: row.created_at,
-    })
+    }
 }
 
 /// A stored row as its subscribers get it (its id and time kept). A
@@ -185,7 +179,7 @@ fn with_stored_meta<T>(row: &messages::Model, f: impl FnOnce(&Meta<'_>) -> T) ->
 pub fn open_stored(row: &messages::Model) -> OpenFrame {
     let empty = Map::new();
     let payload = row.payload.as_object().unwrap_or(&empty);
-    with_stored_meta(row, |meta| open_delivery(&row.event_name, payload, meta))
+    open_delivery(&row.event_name, payload, &stored_meta(row))
 }
 
 /// [`open_delivery`], sealed without an offset.
@@ -246,14 +240,14 @@ mod tests {
                 unreachable!()
             };
             for (event, channel, sender, timestamp) in [
-                ("status", "order:1", &user, times[0]),
+                ("status", "order:1", user, times[0]),
                 (
                     "with \"quotes\" and é",
                     "room:\"é\"\\",
-                    &Sender::SYSTEM,
+                    Sender::SYSTEM,
                     times[1],
                 ),
-                ("e", "chat:lobby", &user, times[2]),
+                ("e", "chat:lobby", user, times[2]),
             ] {
                 let meta = Meta {
                     channel,
@@ -276,7 +270,7 @@ mod tests {
         let meta = Meta {
             channel: "c",
             message_id: id,
-            sender: &Sender::SYSTEM,
+            sender: Sender::SYSTEM,
             timestamp: Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap(),
         };
         let open = open_delivery("e", &Map::new(), &meta);

@@ -454,7 +454,7 @@ impl Channel {
         let meta = delivery::Meta {
             channel: &self.name,
             message_id: Uuid::new_v4(),
-            sender: &Sender::SYSTEM,
+            sender: Sender::SYSTEM,
             timestamp: Utc::now(),
         };
         encode_event(event, &json!({ "member": member, "meta": meta.to_value() }))
@@ -1072,7 +1072,7 @@ impl Handler<Publish> for Channel {
         let meta = delivery::Meta {
             channel: &self.name,
             message_id: id,
-            sender: &message.sender,
+            sender: message.sender,
             timestamp: created_at,
         };
         let frame = open_delivery(&message.event, &message.payload, &meta);

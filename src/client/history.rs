@@ -166,7 +166,7 @@ fn failure(channel: &str, code: &str, message: &str) -> Value {
 /// A stored message as a subscriber got it live: its event, its payload,
 /// its `meta`, and its offset.
 fn as_delivered(row: entity::messages::Model) -> Value {
-    let meta = delivery::stored_meta(&row);
+    let meta = delivery::stored_meta(&row).to_value();
     let payload = match row.payload {
         Value::Object(payload) => Value::Object(payload),
         _ => Value::Object(Map::new()),

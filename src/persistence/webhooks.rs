@@ -12,7 +12,7 @@ use entity::webhook_pending::{self, Entity as Pending};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -93,8 +93,9 @@ pub async fn count_pending(db: &DatabaseConnection) -> Result<u64, PersistenceEr
         .await?)
 }
 
-/// Marks messages' webhooks done: records their counts and takes them out
-/// of the backlog.
+/// Marks messages' webhooks done on PostgreSQL: records their counts and
+/// takes them out of the backlog. (On SQLite the writer's batch does it,
+/// in the same transaction as its rows: [`super::sqlite_batch::write`].)
 ///
 /// # Errors
 /// Database failures.
@@ -115,23 +116,14 @@ pub async fn finish<C: ConnectionTrait>(
         .collect();
     update_counts(conn, Column::WhAudienceCount, &audience, Count::Set).await?;
     update_counts(conn, Column::WhDeliveredCount, &delivered, Count::Set).await?;
-    let postgres = conn.get_database_backend() == DbBackend::Postgres;
     for chunk in outcomes.chunks(MAX_IDS) {
-        let ids = chunk.iter().map(|outcome| outcome.message_id);
-        if postgres {
-            Pending::delete_many()
-                .filter(webhook_pending::Column::MessageId.is_in(ids))
-                .exec(conn)
-                .await?;
-        } else {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            conn.execute(Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                format!("UPDATE messages SET wh_pending = NULL WHERE id IN ({placeholders})"),
-                ids.map(sea_orm::Value::from),
-            ))
+        Pending::delete_many()
+            .filter(
+                webhook_pending::Column::MessageId
+                    .is_in(chunk.iter().map(|outcome| outcome.message_id)),
+            )
+            .exec(conn)
             .await?;
-        }
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ backend_tests!(
     rest_and_socket_publishes_are_checked_alike,
     a_storage_failure_is_503_and_the_server_recovers,
     rest_publish_over_capacity_is_429,
+    a_batch_goes_once_as_many_wait_as_last_time,
     an_app_closes_a_session_through_its_session_table,
     messages_are_numbered_in_the_order_they_were_stored,
 );
@@ -325,15 +326,16 @@ async fn publishes_beyond_the_rate_are_refused(backend: Backend) {
 }
 
 async fn a_channel_refuses_publishes_when_storage_lags(backend: Backend) {
-    // Storage that takes 1.5 s per batch, and room for 3 unstored messages.
+    // Room for 3 unstored messages, and storage that stalls for 1.5 s.
     let server = TestServer::start_with(
         backend,
-        "[database]\nbatch_window_ms = 1500\n[limits]\npublish_rate = 0\nmax_pending_per_channel = 3\n",
+        "[limits]\npublish_rate = 0\nmax_pending_per_channel = 3\n",
     )
     .await;
     create_channel(&server, "lagging").await;
     let mut client = anon(&server).await;
     subscribe(&mut client, "lagging").await;
+    server.stall_message_writes(Duration::from_millis(1500)).await;
     let acks = publish_burst(&mut client, "lagging", 6).await;
     let codes: Vec<_> = acks
         .iter()
@@ -527,13 +529,11 @@ async fn a_storage_failure_is_503_and_the_server_recovers(backend: Backend) {
 }
 
 async fn rest_publish_over_capacity_is_429(backend: Backend) {
-    // Storage that takes 1 s per batch, and room for one unstored message.
-    let server = TestServer::start_with(
-        backend,
-        "[database]\nbatch_window_ms = 1000\n[limits]\nmax_pending_per_channel = 1\n",
-    )
-    .await;
+    // Room for one unstored message, and storage that stalls for 1 s.
+    let server =
+        TestServer::start_with(backend, "[limits]\nmax_pending_per_channel = 1\n").await;
     create_channel(&server, "narrow").await;
+    server.stall_message_writes(Duration::from_secs(1)).await;
     let body = || json!({ "channel": "narrow", "event": "e" });
     let (first, second) =
         futures_util::join!(rest_publish(&server, body()), rest_publish(&server, body()));
@@ -542,6 +542,50 @@ async fn rest_publish_over_capacity_is_429(backend: Backend) {
     assert_eq!(statuses, [201, 429], "{first:?} {second:?}");
     let refused = if first.0 == 429 { first } else { second };
     common::assert_error(&refused, 429, "RATE_LIMITED");
+}
+
+/// The writer sends a batch as soon as as many messages wait as its last
+/// batch held: a lone publisher's message is stored at once, while fewer
+/// than last time still wait out `batch_window_ms` for more to come.
+async fn a_batch_goes_once_as_many_wait_as_last_time(backend: Backend) {
+    let window = Duration::from_secs(3);
+    let server = TestServer::start_with(
+        backend,
+        "[database]\nbatch_window_ms = 3000\n[limits]\npublish_rate = 0\n",
+    )
+    .await;
+    create_channel(&server, "paced").await;
+    let body = || json!({ "channel": "paced", "event": "e" });
+    let started = Instant::now();
+    assert_eq!(rest_publish(&server, body()).await.0, 201);
+    assert!(
+        started.elapsed() < window / 2,
+        "a lone message waited {:?}",
+        started.elapsed()
+    );
+    // While storage stalls, the first of three goes alone and the other
+    // two wait behind it; then they are a batch of two, at once.
+    server.stall_message_writes(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (first, second, third) = futures_util::join!(
+        rest_publish(&server, body()),
+        rest_publish(&server, body()),
+        rest_publish(&server, body())
+    );
+    assert_eq!([first.0, second.0, third.0], [201, 201, 201]);
+    assert!(
+        started.elapsed() < window / 2,
+        "the stalled three took {:?}",
+        started.elapsed()
+    );
+    // One is fewer than the last batch: it waits for company.
+    let started = Instant::now();
+    assert_eq!(rest_publish(&server, body()).await.0, 201);
+    assert!(
+        started.elapsed() >= window - Duration::from_millis(500),
+        "one message after a batch of two went after {:?}",
+        started.elapsed()
+    );
 }
 
 async fn an_app_closes_a_session_through_its_session_table(backend: Backend) {

@@ -123,15 +123,11 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        Setup::with_batch_window(Duration::from_millis(1)).await
-    }
-
-    /// A writer that waits `window` for its batches to fill.
-    async fn with_batch_window(window: Duration) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let settings = DatabaseSettings {
             url: format!("sqlite://{}", dir.path().join("channel.db").display()),
-            pool_size: 2,
+            // The writer, a test's stalling transaction, and one to spare.
+            pool_size: 3,
             acquire_timeout_ms: 5000,
             batch_size: 64,
             batch_window_ms: 1,
@@ -152,7 +148,12 @@ impl Setup {
         )
         .await
         .unwrap();
-        let writer = MessageWriter::new(db.clone(), 64, window, CommittedSeq::default()).start();
+        let writer = MessageWriter::new(
+            db.clone(),
+            64,
+            Duration::from_millis(1),
+            CommittedSeq::default(),
+        ).start();
         let catalog = Arc::new(ChannelCatalog::load(&db).await.unwrap());
         let settings = crate::config::Settings::from_toml_overlay("").unwrap();
         let webhooks = WebhookDispatcher::start(
@@ -186,6 +187,15 @@ impl Setup {
             next_id: 0,
             _dir: dir,
         }
+    }
+
+    /// Takes the database's write lock until the returned transaction
+    /// ends: the writer's batches wait meanwhile, as behind slow storage.
+    async fn stall_writes(&self) -> sea_orm::DatabaseTransaction {
+        use sea_orm::TransactionTrait;
+        let txn = self.db.begin().await.unwrap();
+        persistence::write_lock_first(&txn).await.unwrap();
+        txn
     }
 
     fn channel(&self, name: &str) -> Addr<Channel> {
@@ -325,9 +335,9 @@ async fn each_message_carries_its_stored_seq_as_offset_and_joins_say_where_they_
 
 #[actix::test]
 async fn a_stored_audience_is_corrected_when_subscribers_change_before_delivery() {
-    // Batches wait 300 ms to fill: the subscribers below change while the
-    // messages are still at the writer.
-    let mut setup = Setup::with_batch_window(Duration::from_millis(300)).await;
+    // Storage stalls while the subscribers below change: the messages are
+    // still at the writer.
+    let mut setup = Setup::new().await;
     let channel = setup.channel("room:1");
     let mut stays = setup.probe("a", 256, None);
     let mut leaves = setup.probe("b", 256, None);
@@ -337,12 +347,15 @@ async fn a_stored_audience_is_corrected_when_subscribers_change_before_delivery(
     }
     // Stamped with two subscribers, delivered to one; then stamped with
     // the one, delivered to it (its row is written once).
+    let stall = setup.stall_writes().await;
     let fewer = setup.publish(&channel, 0);
     channel.do_send(Leave {
         subscriber_id: leaves.id,
         dropped: false,
     });
     let same = setup.publish(&channel, 1);
+    channel.send(Barrier).await.unwrap();
+    stall.commit().await.unwrap();
     let mut ids = Vec::new();
     for ack in [fewer, same] {
         let row = ack.await.unwrap().unwrap();
@@ -350,10 +363,12 @@ async fn a_stored_audience_is_corrected_when_subscribers_change_before_delivery(
         ids.push(row.id);
     }
     // Stamped with one, delivered to two.
+    let stall = setup.stall_writes().await;
     let more = setup.publish(&channel, 2);
     let mut joins = setup.probe("c", 256, None);
     channel.do_send(Join(joins.subscriber()));
     joins.joined().await;
+    stall.commit().await.unwrap();
     let row = more.await.unwrap().unwrap();
     assert_eq!(row.ws_audience_count, 2);
     ids.push(row.id);
@@ -374,9 +389,9 @@ async fn a_stored_audience_is_corrected_when_subscribers_change_before_delivery(
 
 #[actix::test]
 async fn a_stored_message_goes_ahead_of_publishes_still_being_written() {
-    // Batches wait 300 ms to fill: the publishes below are all still at
-    // the writer when the stored row arrives.
-    let mut setup = Setup::with_batch_window(Duration::from_millis(300)).await;
+    // Storage stalls: the publishes below are all still at the writer when
+    // the stored row arrives.
+    let mut setup = Setup::new().await;
     let channel = setup.channel("room:1");
     let mut inbox = setup.probe("a", 256, None);
     channel.do_send(Join(inbox.subscriber()));
@@ -390,6 +405,7 @@ async fn a_stored_message_goes_ahead_of_publishes_still_being_written() {
     persistence::messages::insert_batch(&setup.db, [&stored])
         .await
         .unwrap();
+    let stall = setup.stall_writes().await;
     let mut acks = Vec::new();
     for n in 0..25 {
         acks.push(setup.publish(&channel, n));
@@ -401,6 +417,8 @@ async fn a_stored_message_goes_ahead_of_publishes_still_being_written() {
     for n in 25..50 {
         acks.push(setup.publish(&channel, n));
     }
+    channel.send(Barrier).await.unwrap();
+    stall.commit().await.unwrap();
     for ack in acks {
         assert_eq!(ack.await.unwrap().unwrap().ws_audience_count, 1);
     }

@@ -204,6 +204,9 @@ pub struct MessageWriter {
     counting: bool,
     /// The timer that flushes a batch that did not fill up.
     window_timer: Option<SpawnHandle>,
+    /// Rows in the last batch: once as many wait again, the batch goes
+    /// without waiting out the window (see [`MessageWriter::schedule`]).
+    last_batch_rows: usize,
     /// Callers of [`Drain`] waiting for the queues to empty.
     drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     /// SQLite: the `seq` of the next row, read from the database before the
@@ -259,6 +262,7 @@ impl MessageWriter {
             flushing: false,
             counting: false,
             window_timer: None,
+            last_batch_rows: 0,
             drain_waiters: Vec::new(),
             next_seq: None,
             in_doubt: VecDeque::new(),
@@ -312,8 +316,14 @@ impl MessageWriter {
         !self.audience.is_empty() || !self.webhooks.is_empty()
     }
 
-    /// Flushes now if a batch is full (or a drain waits), else makes sure
-    /// the window timer runs.
+    /// Flushes now if a batch is full, as many rows wait as the last batch
+    /// held, or a drain waits; else makes sure the window timer runs.
+    ///
+    /// Publishers that wait for their acks send again about as many
+    /// messages as the last batch acknowledged: once those are here,
+    /// waiting out the window only adds latency. A lone publisher's
+    /// message goes at once; fewer rows than last time wait out the
+    /// window for more to come.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.counts_apart {
             self.write_counts(ctx);
@@ -328,7 +338,10 @@ impl MessageWriter {
             }
             return;
         }
-        if self.rows.len() >= self.batch_size || !self.drain_waiters.is_empty() {
+        let waiting = self.rows.len();
+        if waiting >= self.batch_size.min(self.last_batch_rows.max(1))
+            || !self.drain_waiters.is_empty()
+        {
             self.flush(ctx);
         } else if self.window_timer.is_none() {
             self.window_timer = Some(ctx.run_later(self.batch_window, |writer, ctx| {
@@ -348,6 +361,9 @@ impl MessageWriter {
         self.refuse_late_rows();
         let take = self.rows.len().min(self.batch_size);
         let mut batch: Vec<Queued> = self.rows.drain(..take).collect();
+        if !batch.is_empty() {
+            self.last_batch_rows = batch.len();
+        }
         let (audience, webhooks) = if self.counts_apart {
             (Vec::new(), Vec::new())
         } else {

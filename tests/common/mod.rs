@@ -235,6 +235,25 @@ impl TestServer {
             .unwrap_or_else(|err| panic!("{statements}: {err}"));
     }
 
+    /// Makes the server's message writes wait `hold` from now, as behind
+    /// slow storage: a transaction of the test's takes the message table's
+    /// write lock (once it has it, this returns) and ends after `hold`.
+    pub async fn stall_message_writes(&self, hold: Duration) {
+        use sea_orm::TransactionTrait;
+        let lock = match self.backend {
+            // A write that matches no row still takes the write lock.
+            Backend::Sqlite => "UPDATE messages SET seq = seq WHERE 0",
+            // Conflicts with the INSERT's lock, not with reads.
+            Backend::Postgres => "LOCK TABLE messages IN EXCLUSIVE MODE",
+        };
+        let txn = self.db.begin().await.unwrap();
+        txn.execute_unprepared(lock).await.unwrap();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(hold).await;
+            txn.commit().await.unwrap();
+        });
+    }
+
     /// The first column of the first row of `query`, as an integer.
     pub async fn scalar(&self, query: &str) -> i64 {
         let row = self

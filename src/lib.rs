@@ -33,6 +33,8 @@ pub mod db_listener;
 pub mod engineio;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod list_map;
 pub mod metrics;
 pub mod pattern;
 pub mod permissions;

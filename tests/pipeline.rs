@@ -335,7 +335,9 @@ async fn a_channel_refuses_publishes_when_storage_lags(backend: Backend) {
     create_channel(&server, "lagging").await;
     let mut client = anon(&server).await;
     subscribe(&mut client, "lagging").await;
-    server.stall_message_writes(Duration::from_millis(1500)).await;
+    server
+        .stall_message_writes(Duration::from_millis(1500))
+        .await;
     let acks = publish_burst(&mut client, "lagging", 6).await;
     let codes: Vec<_> = acks
         .iter()
@@ -530,8 +532,7 @@ async fn a_storage_failure_is_503_and_the_server_recovers(backend: Backend) {
 
 async fn rest_publish_over_capacity_is_429(backend: Backend) {
     // Room for one unstored message, and storage that stalls for 1 s.
-    let server =
-        TestServer::start_with(backend, "[limits]\nmax_pending_per_channel = 1\n").await;
+    let server = TestServer::start_with(backend, "[limits]\nmax_pending_per_channel = 1\n").await;
     create_channel(&server, "narrow").await;
     server.stall_message_writes(Duration::from_secs(1)).await;
     let body = || json!({ "channel": "narrow", "event": "e" });
@@ -565,7 +566,9 @@ async fn a_batch_goes_once_as_many_wait_as_last_time(backend: Backend) {
     );
     // While storage stalls, the first of three goes alone and the other
     // two wait behind it; then they are a batch of two, at once.
-    server.stall_message_writes(Duration::from_millis(500)).await;
+    server
+        .stall_message_writes(Duration::from_millis(500))
+        .await;
     let started = Instant::now();
     let (first, second, third) = futures_util::join!(
         rest_publish(&server, body()),

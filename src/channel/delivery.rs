@@ -98,6 +98,21 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(out, text);
 }
 
+/// A presence event, `42[<event>,{"member":<member>,"meta":<meta>}]`, from
+/// the member's JSON text (a channel keeps its members encoded, not as
+/// values).
+pub fn presence_event(event: &str, member: &str, meta: &Meta<'_>) -> Frame {
+    let mut body = Vec::with_capacity(member.len() + 160);
+    body.extend_from_slice(b"{\"member\":");
+    body.extend_from_slice(member.as_bytes());
+    body.extend_from_slice(b",\"meta\":");
+    meta.write_json(&mut body);
+    body.push(b'}');
+    // Both halves are UTF-8: the member's text and JSON written here.
+    let body = String::from_utf8(body).unwrap_or_default();
+    event_frame(event, &[&body])
+}
+
 /// Encodes an event once, as the Engine.IO message every subscriber gets:
 /// `42[<event>,<body>]`, built directly rather than through a Socket.IO
 /// `Packet` so the body is serialized once and never copied.
@@ -217,6 +232,31 @@ mod tests {
         let mut body = payload.clone();
         body.insert("meta".into(), meta.to_value());
         encode_event(event, &Value::Object(body))
+    }
+
+    #[test]
+    fn presence_event_equals_the_member_and_meta_as_values() {
+        let member = json!({
+            "presenceId": "caf\u{e9} \"quoted\"",
+            "type": "anonymous",
+            "joinedAt": "2026-12-03T07:00:00.000Z",
+        });
+        let meta = Meta {
+            channel: "room:\u{1F600}",
+            message_id: Uuid::new_v4(),
+            sender: Sender::SYSTEM,
+            timestamp: Utc.with_ymd_and_hms(2026, 12, 3, 7, 0, 1).unwrap(),
+        };
+        let plain = encode_event(
+            "presence:join",
+            &json!({ "member": member, "meta": meta.to_value() }),
+        );
+        let Frame::Text(plain) = plain else { panic!() };
+        let Frame::Text(spliced) = presence_event("presence:join", &member.to_string(), &meta)
+        else {
+            panic!()
+        };
+        assert_eq!(spliced, plain);
     }
 
     #[test]

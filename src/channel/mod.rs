@@ -248,8 +248,9 @@ impl Handler<DeliverReady> for Channel {
 }
 
 struct PresenceEntry {
-    member: Value,
-    /// `member` as JSON, encoded once for every subscribe ack after it.
+    /// The member (`{presenceId, type, joinedAt}`) as JSON: encoded once,
+    /// for every subscribe ack and presence event after it, and kept only
+    /// as text (a `Value` of it cost about 350 bytes per member).
     encoded: Box<str>,
     /// 0 while the member lingers: its last socket dropped, and it leaves
     /// when the grace ends unless a socket of it joins again.
@@ -450,14 +451,15 @@ impl Channel {
                 .count()
     }
 
-    fn presence_frame(&self, event: &str, member: &Value) -> Frame {
+    /// A presence event about `member` (its JSON text).
+    fn presence_frame(&self, event: &str, member: &str) -> Frame {
         let meta = delivery::Meta {
             channel: &self.name,
             message_id: Uuid::new_v4(),
             sender: Sender::SYSTEM,
             timestamp: Utc::now(),
         };
-        encode_event(event, &json!({ "member": member, "meta": meta.to_value() }))
+        delivery::presence_event(event, member, &meta)
     }
 
     /// Pushes to each subscriber the event `event_for` picks for it (none
@@ -598,16 +600,16 @@ impl Channel {
         }
         // Still present on another node: nobody saw it leave.
         if !self.remote.contains_key(presence_id) {
-            self.tell_presence("presence:leave", &entry.member, None, ctx);
+            self.tell_presence("presence:leave", &entry.encoded, None, ctx);
         }
     }
 
-    /// Queues a presence event for the subscribers (but `except`), if
-    /// there are any.
+    /// Queues a presence event about `member` (its JSON text) for the
+    /// subscribers (but `except`), if there are any.
     fn tell_presence(
         &mut self,
         event: &str,
-        member: &Value,
+        member: &str,
         except: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
@@ -918,19 +920,19 @@ impl Channel {
                         "type": subscriber.member.kind.as_str(),
                         "joinedAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                     });
+                    let encoded: Box<str> = member.to_string().into();
                     if let Some(cluster) = &self.cluster {
-                        cluster.announce(&self.name, &presence_id, Some(member.clone()));
+                        cluster.announce(&self.name, &presence_id, Some(member));
                     }
                     // Present on another node already: nobody sees it join.
                     if !self.remote.contains_key(&presence_id) {
-                        self.tell_presence("presence:join", &member, Some(id), ctx);
+                        self.tell_presence("presence:join", &encoded, Some(id), ctx);
                     }
                     self.members_json = None;
                     self.presence.insert(
                         presence_id,
                         PresenceEntry {
-                            encoded: member.to_string().into(),
-                            member,
+                            encoded,
                             n_sockets: 1,
                             leave_timer: None,
                         },

@@ -78,7 +78,7 @@ impl Channel {
                 continue;
             }
             if let Some(member) = nodes.values().next() {
-                self.tell_presence("presence:leave", member, None, ctx);
+                self.tell_presence("presence:leave", &member.to_string(), None, ctx);
             }
         }
         let appeared: Vec<Value> = self
@@ -90,7 +90,7 @@ impl Channel {
             .filter_map(|(_, nodes)| nodes.values().next().cloned())
             .collect();
         for member in appeared {
-            self.tell_presence("presence:join", &member, None, ctx);
+            self.tell_presence("presence:join", &member.to_string(), None, ctx);
         }
     }
 
@@ -109,7 +109,7 @@ impl Channel {
                     nodes.insert(node.to_string(), member.clone());
                     self.members_json = None;
                     if new && !here {
-                        self.tell_presence("presence:join", &member, None, ctx);
+                        self.tell_presence("presence:join", &member.to_string(), None, ctx);
                     }
                 }
                 None => {
@@ -123,7 +123,7 @@ impl Channel {
                     if nodes.is_empty() {
                         self.remote.remove(&presence_id);
                         if !here {
-                            self.tell_presence("presence:leave", &member, None, ctx);
+                            self.tell_presence("presence:leave", &member.to_string(), None, ctx);
                         }
                     }
                 }

@@ -153,7 +153,8 @@ impl Setup {
             64,
             Duration::from_millis(1),
             CommittedSeq::default(),
-        ).start();
+        )
+        .start();
         let catalog = Arc::new(ChannelCatalog::load(&db).await.unwrap());
         let settings = crate::config::Settings::from_toml_overlay("").unwrap();
         let webhooks = WebhookDispatcher::start(

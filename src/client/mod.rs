@@ -39,7 +39,7 @@ use crate::socketio::{
 };
 pub use connection::UserSockets;
 pub use subscribe::Authorization;
-use subscribe::Subscription;
+use subscribe::Subscriptions;
 
 /// The address of a realtime client session.
 pub type ClientAddr = SocketAddr<Client>;
@@ -125,7 +125,7 @@ pub struct Client {
     /// The Socket.IO socket id, once connected.
     socket_id: Arc<str>,
     /// By channel name, in every state from request to live.
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: Subscriptions,
     /// The socket's publish rate (`limits.publish_rate`, `publish_burst`).
     publish_bucket: TokenBucket,
     /// When the connection was made, and from where (inspection).
@@ -164,7 +164,7 @@ impl Client {
             subscriber_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             member: None,
             socket_id: "".into(),
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             publish_bucket: TokenBucket::new(hub.limits.publish_rate, hub.limits.publish_burst),
             hub,
             connected_at: Utc::now(),

@@ -41,6 +41,10 @@ pub(super) struct PublishGate {
     pub(super) waiting: VecDeque<(Outgoing, Option<u64>)>,
 }
 
+/// A socket's subscriptions by channel name (a list: most sockets hold
+/// one or two, and `limits.max_channels_per_socket` bounds it).
+pub(super) type Subscriptions = crate::list_map::ListMap<Subscription>;
+
 impl Subscription {
     /// Whether the socket is in the channel now.
     pub(super) fn is_live(&self) -> bool {

@@ -31,13 +31,13 @@ struct Polling {
 }
 
 impl Polling {
-    fn new(config: &EngineConfig) -> Self {
-        Polling {
+    fn new(config: &EngineConfig) -> Box<Self> {
+        Box::new(Polling {
             queue: VecDeque::new(),
             waiting: None,
             posting: false,
             requests: TokenBucket::new(config.polling_rate, config.polling_rate.saturating_mul(2)),
-        }
+        })
     }
 
     /// Spends one request of the session's rate.
@@ -72,13 +72,15 @@ impl Polling {
     }
 }
 
+/// The polling side is boxed: most sessions live on a WebSocket, and the
+/// enum is as large as its largest variant in every one of them.
 enum Transport {
-    Polling(Polling),
+    Polling(Box<Polling>),
     WebSocket(WsLink),
     /// A WebSocket joined a polling session; `probed` once it answered
     /// `2probe`. Packets queue on the polling side until the upgrade ends.
     Upgrading {
-        polling: Polling,
+        polling: Box<Polling>,
         ws: WsLink,
         probed: bool,
     },

@@ -352,7 +352,9 @@ pub struct Received {
 #[derive(Debug)]
 pub struct Decoder {
     /// The binary packet being completed and the attachments so far.
-    pending: Option<Received>,
+    /// (Boxed: a decoder is part of every session, and binary packets
+    /// are rare.)
+    pending: Option<Box<Received>>,
     /// Bytes of attachments held for `pending`.
     pending_bytes: usize,
     /// Most attachment bytes one packet may carry in all.
@@ -393,7 +395,7 @@ impl Decoder {
             packet,
         };
         if received.packet.attachments > 0 {
-            self.pending = Some(received);
+            self.pending = Some(Box::new(received));
             Ok(None)
         } else {
             Ok(Some(received))
@@ -414,7 +416,7 @@ impl Decoder {
         pending.attachments.push(bytes);
         if pending.attachments.len() == pending.packet.attachments {
             self.pending_bytes = 0;
-            Ok(self.pending.take())
+            Ok(self.pending.take().map(|received| *received))
         } else {
             Ok(None)
         }

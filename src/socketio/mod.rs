@@ -9,7 +9,7 @@
 //! does. A connection that joins no namespace within the connect timeout is
 //! closed too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use actix::{Addr, SpawnHandle};
@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::engineio::session::Session;
 use crate::engineio::{CloseReason, EngineHandler, Link, Message, Sid};
+use crate::list_map::ListMap;
 use crate::protocol::engineio::Frame;
 use crate::protocol::socketio::{Decoder, Packet, PacketKind, Received};
 
@@ -157,7 +158,7 @@ pub struct SocketIoConfig {
 /// with them.
 pub struct Socket<'l, 'c, A: SocketHandler> {
     link: &'l mut Link<'c, SocketIo<A>>,
-    namespaces: &'l mut HashMap<String, Sid>,
+    namespaces: &'l mut ListMap<Sid>,
     connecting: &'l mut HashSet<String>,
     next_ack_id: &'l mut u64,
     connect_timer: &'l mut Option<SpawnHandle>,
@@ -324,8 +325,9 @@ pub struct SocketIo<A: SocketHandler> {
     config: SocketIoConfig,
     /// Reassembles binary packets; dies with the connection.
     decoder: Decoder,
-    /// Connected namespaces and their socket ids.
-    namespaces: HashMap<String, Sid>,
+    /// Connected namespaces and their socket ids (a list: the handler
+    /// accepts few namespaces).
+    namespaces: ListMap<Sid>,
     /// Namespaces whose CONNECT the handler will answer later.
     connecting: HashSet<String>,
     /// The next id for server-initiated acks.
@@ -341,7 +343,7 @@ impl<A: SocketHandler> SocketIo<A> {
             app,
             decoder: Decoder::with_limit(config.max_attachment_bytes),
             config,
-            namespaces: HashMap::new(),
+            namespaces: ListMap::default(),
             connecting: HashSet::new(),
             next_ack_id: 0,
             connect_timer: None,
@@ -459,7 +461,7 @@ impl<A: SocketHandler> SocketIo<A> {
 /// answer: `{"sid": …}`, and `"pid"` when given.
 fn answer_connect<A: SocketHandler>(
     link: &mut Link<'_, SocketIo<A>>,
-    namespaces: &mut HashMap<String, Sid>,
+    namespaces: &mut ListMap<Sid>,
     namespace: &str,
     sid: Sid,
     pid: Option<&str>,

@@ -15,6 +15,7 @@ backend_tests!(
     policies_are_created_listed_and_dropped,
     a_bad_condition_is_400_with_the_database_words,
     a_condition_cannot_smuggle_a_second_statement,
+    a_condition_with_bind_parameters_is_400,
     policies_decide_who_subscribes_and_publishes,
 );
 
@@ -161,6 +162,23 @@ async fn a_condition_cannot_smuggle_a_second_statement(backend: Backend) {
     assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
     let (_, listed) = server.admin("GET", "/api/realtime/permissions", None).await;
     assert_eq!(listed["subscribe"]["policies"], json!([]));
+}
+
+/// Found by schemathesis: a condition with a bind parameter of its own
+/// (`:a`) failed inside SQLite's driver and came back as a 503, as if the
+/// database were down. It is the caller's mistake: 400, nothing created.
+async fn a_condition_with_bind_parameters_is_400(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for condition in [":a", "role = ?", "$1 = 1", "@who = 1"] {
+        let answer = create_policy(
+            &server,
+            json!({ "name": "bound", "action": "publish", "roles": ["anon"], "condition": condition }),
+        )
+        .await;
+        assert_eq!(answer.0, 400, "{condition}: {}", answer.1);
+    }
+    let (_, listed) = server.admin("GET", "/api/realtime/permissions", None).await;
+    assert_eq!(listed["publish"]["policies"], json!([]));
 }
 
 async fn subscribe(client: &mut SioClient, channel: &str) -> bool {

@@ -359,7 +359,10 @@ pub async fn evaluate_sqlite<C: ConnectionTrait>(
 }
 
 /// An SQLite condition must be one expression: no `;` outside quotes
-/// (SQLite would run what follows as another statement).
+/// (SQLite would run what follows as another statement), and no bind
+/// parameter (`?`, `:name`, `@name`, `$name`): the condition is given the
+/// request's values as the `request` table, and a parameter of its own
+/// would fail inside the driver as if the database were down.
 fn check_sqlite_condition(condition: &str) -> Result<(), PolicyError> {
     let mut quote: Option<char> = None;
     for c in condition.chars() {
@@ -372,6 +375,11 @@ fn check_sqlite_condition(condition: &str) -> Result<(), PolicyError> {
                 return Err(PolicyError::Invalid(
                     "condition: one expression only (no ';')".into(),
                 ))
+            }
+            None if matches!(c, '?' | ':' | '@' | '$') => {
+                return Err(PolicyError::Invalid(format!(
+                    "condition: no bind parameters ('{c}' outside quotes); use the request table's columns"
+                )))
             }
             None => {}
         }
@@ -390,6 +398,28 @@ mod tests {
         assert!(check_sqlite_condition("\"odd;name\" = 1").is_ok());
         assert!(check_sqlite_condition("1); DROP TABLE messages; --").is_err());
         assert!(check_sqlite_condition("'it''s'; DELETE FROM x").is_err());
+    }
+
+    #[test]
+    fn bind_parameters_outside_quotes_are_refused() {
+        for condition in [
+            "role = ?",
+            "role = ?1",
+            ":a",
+            "@who = 1",
+            "$x = 1",
+            ":\u{a6}",
+        ] {
+            assert!(
+                matches!(
+                    check_sqlite_condition(condition),
+                    Err(PolicyError::Invalid(_))
+                ),
+                "{condition}"
+            );
+        }
+        assert!(check_sqlite_condition("json_extract(claims, '$.sub') = 'a:b?'").is_ok());
+        assert!(check_sqlite_condition("\"odd:name\" = 1").is_ok());
     }
 
     #[test]

@@ -18,8 +18,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use foldhash::fast::RandomState;
-
 use serde::{Deserialize, Serialize};
 
 use crate::persistence::recovery::Missed;
@@ -33,12 +31,11 @@ const MAX_EXTRA: usize = 1000;
 #[derive(Debug)]
 pub struct DeliveryLog {
     max_unconfirmed: usize,
-    /// Looked up for every delivery: hashed with foldhash, not SipHash
-    /// (SipHash was 8% of the server's CPU in the fan-out benchmark); the
-    /// keys are the socket's own few channels.
-    channels: HashMap<Arc<str>, Mark, RandomState>,
-    /// Slot → channel, for the subscribed channels.
-    names: HashMap<u32, Arc<str>, RandomState>,
+    /// The subscribed channels, in the order they were joined. A list,
+    /// searched: a socket has a few (`limits.max_channels_per_socket` at
+    /// most), it is looked up once per delivered batch, and two hash maps
+    /// were about 320 bytes of every idle socket's memory.
+    channels: Vec<Mark>,
     next_slot: u32,
     /// `(seq, slot)` of each delivery not yet confirmed, in sending order.
     unconfirmed: VecDeque<(i64, u32)>,
@@ -56,6 +53,9 @@ pub struct DeliveryLog {
 
 #[derive(Debug)]
 struct Mark {
+    name: Arc<str>,
+    /// Names the channel in `unconfirmed`; never reused, so entries of a
+    /// channel left are not taken for a later one's.
     slot: u32,
     floor: i64,
     /// The highest `seq` of this channel dropped for room and not yet
@@ -93,8 +93,7 @@ impl DeliveryLog {
     pub fn new(max_unconfirmed: usize) -> Self {
         DeliveryLog {
             max_unconfirmed,
-            channels: HashMap::default(),
-            names: HashMap::default(),
+            channels: Vec::new(),
             next_slot: 0,
             unconfirmed: VecDeque::new(),
             n_logged: 0,
@@ -119,37 +118,45 @@ impl DeliveryLog {
     /// The socket joined `name`, whose deliveries to it start after
     /// `after_seq`. Joining again (for a fresh snapshot) changes nothing.
     pub fn subscribed(&mut self, name: &Arc<str>, after_seq: i64) {
-        if self.channels.contains_key(name) {
+        if self.has_channel(name) {
             return;
         }
         let slot = self.next_slot;
         self.next_slot += 1;
-        self.names.insert(slot, name.clone());
-        self.channels.insert(
-            name.clone(),
-            Mark {
-                slot,
-                floor: after_seq,
-                provisional: None,
-            },
-        );
+        if self.channels.capacity() == 0 {
+            // Room for exactly the first: most sockets join one channel.
+            self.channels.reserve_exact(1);
+        }
+        self.channels.push(Mark {
+            name: name.clone(),
+            slot,
+            floor: after_seq,
+            provisional: None,
+        });
     }
 
     /// The socket left `name`: nothing of it is recovered.
     pub fn unsubscribed(&mut self, name: &str) {
-        if let Some(mark) = self.channels.remove(name) {
-            self.names.remove(&mark.slot);
-        }
+        self.channels.retain(|mark| *mark.name != *name);
     }
 
     /// Whether `name` is logged (subscribed).
     pub fn has_channel(&self, name: &str) -> bool {
-        self.channels.contains_key(name)
+        self.channels.iter().any(|mark| *mark.name == *name)
+    }
+
+    fn mark_of_slot(&mut self, slot: u32) -> Option<&mut Mark> {
+        self.channels.iter_mut().find(|mark| mark.slot == slot)
     }
 
     /// Messages of `channel` were sent to the client, in this order.
     pub fn delivered(&mut self, channel: &str, seqs: impl IntoIterator<Item = i64>) {
-        let Some(slot) = self.channels.get(channel).map(|mark| mark.slot) else {
+        let Some(slot) = self
+            .channels
+            .iter()
+            .find(|mark| *mark.name == *channel)
+            .map(|mark| mark.slot)
+        else {
             return;
         };
         for seq in seqs {
@@ -180,7 +187,7 @@ impl DeliveryLog {
 
     /// Messages of the channel in `slot` up to `seq` were dropped for room.
     fn raise_provisional(&mut self, slot: u32, seq: i64) {
-        if let Some(mark) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
+        if let Some(mark) = self.mark_of_slot(slot) {
             mark.provisional = Some(mark.provisional.map_or(seq, |p| p.max(seq)));
         }
     }
@@ -198,7 +205,7 @@ impl DeliveryLog {
         };
         let confirmed_before = self.last_confirmed;
         if mark >= self.dropped_through && self.dropped_through > 0 {
-            for channel in self.channels.values_mut() {
+            for channel in &mut self.channels {
                 if let Some(provisional) = channel.provisional.take() {
                     channel.floor = channel.floor.max(provisional);
                 }
@@ -214,7 +221,7 @@ impl DeliveryLog {
             };
             front += 1;
             self.last_confirmed = Some(seq);
-            if let Some(channel) = self.names.get(&slot).and_then(|n| self.channels.get_mut(n)) {
+            if let Some(channel) = self.mark_of_slot(slot) {
                 channel.floor = channel.floor.max(seq);
             }
         }
@@ -229,10 +236,10 @@ impl DeliveryLog {
     pub fn state(&self) -> LogState {
         let mut channels = Vec::with_capacity(self.channels.len());
         let mut index_of_slot = HashMap::with_capacity(self.channels.len());
-        for (name, mark) in &self.channels {
+        for mark in &self.channels {
             index_of_slot.insert(mark.slot, channels.len() as u32);
             channels.push(ChannelMark {
-                name: name.to_string(),
+                name: mark.name.to_string(),
                 floor: mark.floor,
                 provisional: mark.provisional,
             });

@@ -298,6 +298,28 @@ async fn framing_errors_close_the_connection() {
     }
 }
 
+/// A WebSocket that breaks the framing rules while upgrading a polling
+/// session fails the upgrade: the session stays on polling, and the server
+/// closes that WebSocket rather than keep it open with nothing to send.
+#[actix_rt::test]
+async fn a_websocket_whose_upgrade_fails_is_closed_and_polling_goes_on() {
+    let server = ConformanceServer::start();
+    let (polling, _) = common::wire::Polling::open(&server, "/engine.io/").await;
+    let (head, mut ws) = RawWs::open(
+        &server,
+        &format!("/engine.io/?EIO=4&transport=websocket&sid={}", polling.sid),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.send(&client_frame_with(true, TEXT, b"2probe", false))
+        .await;
+    ws.expect_closed().await;
+    // The session still answers on polling: an echo goes through.
+    polling.send("4after").await;
+    assert_eq!(polling.receive().await, "4after");
+}
+
 #[actix_rt::test]
 async fn a_message_over_max_payload_in_fragments_closes() {
     let server = ConformanceServer::start();

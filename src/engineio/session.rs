@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::admission::AddressTicket;
-use super::websocket::{PushError, WsLink, WsMessage};
+use super::websocket::{MessageTaken, PushError, WsLink, WsMessage};
 use super::{CloseReason, EngineConfig, EngineHandler, Link, Message, Registry, SessionEvent, Sid};
 use crate::protocol::engineio::{self, Frame, Packet};
 use crate::rate_limit::TokenBucket;
@@ -657,6 +657,9 @@ pub struct WsIncoming {
     pub link_id: u64,
     /// The message.
     pub message: WsMessage,
+    /// Dropped once the message is handled: the connection then reads the
+    /// next.
+    pub taken: MessageTaken,
 }
 
 impl<H: EngineHandler> Handler<WsIncoming> for Session<H> {

@@ -2,19 +2,24 @@
 //!
 //! The connection leaves the HTTP server's dispatcher at the upgrade (see
 //! [`super::upgrade`]), so it no longer carries the dispatcher's two 8 KiB
-//! buffers nor its extra queue. Two small tasks serve it:
-//! - the writer takes whatever the session has put in the [`Outbox`] —
-//!   frames already encoded back to back — and writes it in one call, so a
-//!   burst of deliveries costs one system call, not one per frame;
-//! - the reader decodes client frames (actix-http's RFC 6455 parser) and
-//!   hands each message to the session, waiting for it to be taken, so a
-//!   flooding client is slowed down by TCP instead of buffered.
+//! buffers nor its extra queue. One small task ([`Connection`]) serves
+//! both directions:
+//! - it takes whatever the session has put in the [`Outbox`] — frames
+//!   already encoded back to back — and writes it in one call, so a burst
+//!   of deliveries costs one system call, not one per frame;
+//! - it decodes client frames (actix-http's RFC 6455 parser) and hands
+//!   each message to the session, reading the next only once the session
+//!   took it, so a flooding client is slowed down by TCP instead of
+//!   buffered.
 //!
-//! An idle socket holds no buffers: the outbox and the read buffer are
-//! released whenever they run empty.
+//! One task rather than a reader and a writer: each task is a separate
+//! allocation of its whole state, and at thousands of idle sockets the two
+//! were a sixth of the server's memory. An idle socket holds no buffers:
+//! the outbox and the read buffer are released whenever they run empty.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -26,10 +31,8 @@ use actix_http::ws::{Codec, Frame as WsFrame, Item};
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::Sleep;
 
 use super::session::{Session, WsGone, WsIncoming};
 use super::EngineHandler;
@@ -87,25 +90,40 @@ pub enum PushError {
     Gone,
 }
 
-/// What the session has queued and the writer not yet taken.
+/// What the session has queued and the connection not yet taken.
 #[derive(Default)]
 struct OutboxState {
     /// Encoded frames, back to back.
     bytes: BytesMut,
     /// How many frames `bytes` holds.
     frames: usize,
-    /// An empty buffer the writer gave back, to fill next instead of
+    /// An empty buffer the connection gave back, to fill next instead of
     /// growing a new one from nothing (only while the socket is busy).
     spare: BytesMut,
     /// The session asked to close: write what is queued, then a close frame.
     closing: bool,
-    /// The writer has ended; nothing more will be written.
+    /// Writing has ended; nothing more will be written.
     finished: bool,
-    writer: Option<Waker>,
-    reader: Option<Waker>,
+    /// A message read from the client is on its way to the session.
+    message_in_flight: bool,
+    /// The connection's task, waiting for any of the above.
+    task: Option<Waker>,
 }
 
-/// The queue between a session and the task writing its WebSocket.
+impl OutboxState {
+    /// Wakes the connection's task when this state changes.
+    fn wait(&mut self, cx: &TaskContext<'_>) {
+        if !self
+            .task
+            .as_ref()
+            .is_some_and(|task| task.will_wake(cx.waker()))
+        {
+            self.task = Some(cx.waker().clone());
+        }
+    }
+}
+
+/// The queue between a session and the task serving its WebSocket.
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
@@ -117,7 +135,7 @@ impl Outbox {
     fn poll_take(&self, cx: &mut TaskContext<'_>) -> Poll<(BytesMut, bool)> {
         let mut state = self.state.lock();
         if state.bytes.is_empty() && !state.closing {
-            state.writer = Some(cx.waker().clone());
+            state.wait(cx);
             return Poll::Pending;
         }
         state.frames = 0;
@@ -142,31 +160,26 @@ impl Outbox {
         if state.closing {
             return Poll::Ready(());
         }
-        state.writer = Some(cx.waker().clone());
+        state.wait(cx);
         Poll::Pending
     }
 
-    /// Ready once the writer has ended, so the reader stops too.
-    fn poll_finished(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+    /// Ready once no message is on its way to the session.
+    fn poll_message_taken(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
         let mut state = self.state.lock();
-        if state.finished {
+        if !state.message_in_flight {
             return Poll::Ready(());
         }
-        state.reader = Some(cx.waker().clone());
+        state.wait(cx);
         Poll::Pending
     }
 
+    /// Writing has ended: queued bytes are dropped, and further pushes fail.
     fn finish(&self) {
-        let reader = {
-            let mut state = self.state.lock();
-            state.finished = true;
-            state.bytes = BytesMut::new();
-            state.spare = BytesMut::new();
-            state.reader.take()
-        };
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        let mut state = self.state.lock();
+        state.finished = true;
+        state.bytes = BytesMut::new();
+        state.spare = BytesMut::new();
     }
 
     /// Queues a control frame (a pong) outside the frame count.
@@ -177,11 +190,42 @@ impl Outbox {
                 return;
             }
             encode_frame(&mut state.bytes, opcode, payload);
-            state.writer.take()
+            state.task.take()
         };
         if let Some(writer) = writer {
             writer.wake();
         }
+    }
+}
+
+/// Travels with a client's message to the session ([`WsIncoming`]): once
+/// dropped (the session handled the message, or its mailbox is gone), the
+/// connection reads the next one.
+pub struct MessageTaken(Arc<Outbox>);
+
+impl MessageTaken {
+    fn new(outbox: &Arc<Outbox>) -> Self {
+        outbox.state.lock().message_in_flight = true;
+        MessageTaken(outbox.clone())
+    }
+}
+
+impl Drop for MessageTaken {
+    fn drop(&mut self) {
+        let task = {
+            let mut state = self.0.state.lock();
+            state.message_in_flight = false;
+            state.task.take()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for MessageTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageTaken")
     }
 }
 
@@ -245,7 +289,7 @@ impl WsLink {
                 }
             }
             state.frames += frames.len();
-            state.writer.take()
+            state.task.take()
         };
         if let Some(writer) = writer {
             writer.wake();
@@ -258,12 +302,13 @@ impl WsLink {
         self.outbox.state.lock().frames
     }
 
-    /// Asks the writer to send what is queued, then close the WebSocket.
+    /// Asks the connection to send what is queued, then close the
+    /// WebSocket.
     pub fn close(&self) {
         let writer = {
             let mut state = self.outbox.state.lock();
             state.closing = true;
-            state.writer.take()
+            state.task.take()
         };
         if let Some(writer) = writer {
             writer.wake();
@@ -271,9 +316,17 @@ impl WsLink {
     }
 }
 
-/// Serves an upgraded connection for the session at `addr` with a writer
-/// and a reader. `leftover` holds bytes the client sent right after its
-/// request.
+/// A session that lets go of its link will write no more: the connection
+/// closes (else a WebSocket whose upgrade failed would stay open, its task
+/// waiting for frames that never come).
+impl Drop for WsLink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Serves an upgraded connection for the session at `addr`. `leftover`
+/// holds bytes the client sent right after its request.
 pub(crate) fn run<H: EngineHandler>(
     io: TcpStream,
     leftover: BytesMut,
@@ -282,115 +335,241 @@ pub(crate) fn run<H: EngineHandler>(
     outbox: Arc<Outbox>,
     max_payload: usize,
 ) {
-    let (read_half, write_half) = io.into_split();
-    actix_rt::spawn(write_loop(write_half, outbox.clone()));
-    actix_rt::spawn(read_loop(
-        read_half,
+    actix_rt::spawn(Connection {
+        io,
         outbox,
-        addr,
+        session: addr,
         link_id,
-        leftover,
-        max_payload,
-    ));
+        reader: FrameReader::new(max_payload),
+        read_buf: leftover,
+        reading: true,
+        write_buf: BytesMut::new(),
+        written: 0,
+        closing: false,
+        writing: true,
+        deadline: None,
+    });
 }
 
-/// Writes whatever the session queues, until it asks to close or the
-/// connection fails.
-async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>) {
-    let mut written = Ok(());
-    while written.is_ok() {
-        let (bytes, closing) = poll_fn(|cx| outbox.poll_take(cx)).await;
-        if !bytes.is_empty() {
-            // A client that stopped reading fills the socket and the write
-            // waits; once the session gives up on it (a slow client), the
-            // write gets CLOSE_LINGER more, then the connection is dropped.
-            written = tokio::select! {
-                written = io.write_all(&bytes) => written,
-                () = async {
-                    poll_fn(|cx| outbox.poll_closing(cx)).await;
-                    tokio::time::sleep(CLOSE_LINGER).await;
-                } => Err(io::ErrorKind::TimedOut.into()),
-            };
-        }
-        outbox.recycle(bytes);
-        if closing {
-            if written.is_ok() {
-                let _ = tokio::time::timeout(CLOSE_LINGER, io.write_all(&CLOSE_FRAME)).await;
+/// One upgraded connection, both directions, as one future (so one task):
+/// it writes what the session queues until the session asks to close (then
+/// the close frame) or writing fails, and reads until the client closes or
+/// breaks the framing rules. Once writing has ended it keeps reading for
+/// [`CLOSE_LINGER`], discarding messages, so the client can finish its
+/// close handshake instead of writing into a reset connection; dropping
+/// the stream then closes it (the server closes first, as RFC 6455 §7.1.1
+/// asks).
+struct Connection<H: EngineHandler> {
+    io: TcpStream,
+    outbox: Arc<Outbox>,
+    session: Addr<Session<H>>,
+    link_id: u64,
+    reader: FrameReader,
+    /// Bytes read and not yet decoded.
+    read_buf: BytesMut,
+    /// Until the client closed, broke the framing rules, or the lingering
+    /// ended; the session is told when it stops ([`WsGone`]).
+    reading: bool,
+    /// Bytes taken from the outbox and not all written yet (the close
+    /// frame last, once the session asked to close), and how many were.
+    write_buf: BytesMut,
+    written: usize,
+    /// `write_buf` ends with the close frame.
+    closing: bool,
+    /// Until everything is written or writing failed.
+    writing: bool,
+    /// While writing: set once the session asked to close, when writing
+    /// gives up on a client that does not read. After: when reading stops.
+    /// (Boxed: only closing connections have one.)
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<H: EngineHandler> Future for Connection<H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let wrote = this.writing && this.poll_write(cx);
+            let read = this.reading && this.poll_read(cx);
+            let timed_out = this
+                .deadline
+                .as_mut()
+                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+            if timed_out {
+                if this.writing {
+                    this.stop_writing();
+                } else {
+                    this.stop_reading();
+                }
             }
-            break;
+            if !this.writing && !this.reading {
+                return Poll::Ready(());
+            }
+            if !wrote && !read && !timed_out {
+                return Poll::Pending;
+            }
         }
     }
-    // The reader stops too; dropping both halves closes the connection
-    // (the server closes first, as RFC 6455 §7.1.1 asks).
-    outbox.finish();
+}
+
+impl<H: EngineHandler> Connection<H> {
+    /// Writes what is queued; returns whether anything changed.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            if self.written == self.write_buf.len() {
+                if self.closing {
+                    self.stop_writing();
+                    return true;
+                }
+                let written = std::mem::take(&mut self.write_buf);
+                if written.capacity() > 0 {
+                    self.outbox.recycle(written);
+                }
+                self.written = 0;
+                let Poll::Ready((bytes, closing)) = self.outbox.poll_take(cx) else {
+                    return progress;
+                };
+                self.write_buf = bytes;
+                if closing {
+                    self.write_buf.extend_from_slice(&CLOSE_FRAME);
+                    self.closing = true;
+                    self.set_deadline();
+                }
+                progress = true;
+            }
+            match self.io.try_write(&self.write_buf[self.written..]) {
+                Ok(n) => {
+                    self.written += n;
+                    progress = true;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    match self.io.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(_)) => {
+                            self.stop_writing();
+                            return true;
+                        }
+                        Poll::Pending => {}
+                    }
+                    // A client that stopped reading fills the socket and the
+                    // write waits; once the session gives up on it (a slow
+                    // client), the write gets CLOSE_LINGER more.
+                    if self.deadline.is_none() && self.outbox.poll_closing(cx).is_ready() {
+                        self.set_deadline();
+                        return true;
+                    }
+                    return progress;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.stop_writing();
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Reads and hands on what the client sent; returns whether anything
+    /// changed.
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            // The session takes one message at a time (while lingering,
+            // messages are dropped, so there is nothing to wait for).
+            if self.writing && self.outbox.poll_message_taken(cx).is_pending() {
+                return progress;
+            }
+            match self.reader.next(&mut self.read_buf) {
+                Some(ReadEvent::Message(message)) => {
+                    if self.writing {
+                        self.session.do_send(WsIncoming {
+                            link_id: self.link_id,
+                            message,
+                            taken: MessageTaken::new(&self.outbox),
+                        });
+                    }
+                    progress = true;
+                    continue;
+                }
+                Some(ReadEvent::Ping(bytes)) => {
+                    self.outbox.push_control(OP_PONG, &bytes);
+                    progress = true;
+                    continue;
+                }
+                Some(ReadEvent::End) => {
+                    self.stop_reading();
+                    return true;
+                }
+                None => {}
+            }
+            if self.read_buf.is_empty() {
+                // Idle sockets keep no read buffer.
+                self.read_buf = BytesMut::new();
+            }
+            match self.io.poll_read_ready(cx) {
+                Poll::Pending => return progress,
+                Poll::Ready(Err(_)) => {
+                    self.stop_reading();
+                    return true;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match read_some(&self.io, &mut self.read_buf) {
+                Ok(0) => {
+                    self.stop_reading();
+                    return true;
+                }
+                Ok(_) => progress = true,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.stop_reading();
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Nothing more is written; reading lingers, if it still runs.
+    fn stop_writing(&mut self) {
+        self.writing = false;
+        self.write_buf = BytesMut::new();
+        self.outbox.finish();
+        self.deadline = None;
+        if self.reading {
+            self.set_deadline();
+        }
+    }
+
+    /// Nothing more is read; the session hears of it.
+    fn stop_reading(&mut self) {
+        self.reading = false;
+        self.read_buf = BytesMut::new();
+        self.session.do_send(WsGone {
+            link_id: self.link_id,
+        });
+    }
+
+    /// [`CLOSE_LINGER`] from now.
+    fn set_deadline(&mut self) {
+        self.deadline = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+    }
+}
+
+/// Reads what the socket has (up to one chunk) onto the end of `buf`,
+/// which grows only by what arrived.
+fn read_some(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = io.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// A fragmented message being reassembled.
 struct Partial {
     text: bool,
     bytes: BytesMut,
-}
-
-/// Reads frames until the client closes or breaks the framing rules. Each
-/// message waits until the session has taken it. Once the writer has sent
-/// its close frame, the reader lingers a little, discarding data, so the
-/// client can finish its close handshake instead of writing into a reset
-/// connection.
-async fn read_loop<H: EngineHandler>(
-    io: OwnedReadHalf,
-    outbox: Arc<Outbox>,
-    addr: Addr<Session<H>>,
-    link_id: u64,
-    mut buf: BytesMut,
-    max_payload: usize,
-) {
-    let mut reader = FrameReader::new(max_payload);
-    // Set when the session is over: the reader ends by then at the latest.
-    let mut linger_until: Option<Instant> = None;
-    'connection: loop {
-        while let Some(event) = reader.next(&mut buf) {
-            match event {
-                ReadEvent::Message(message) if linger_until.is_none() => {
-                    if addr.send(WsIncoming { link_id, message }).await.is_err() {
-                        linger_until = Some(Instant::now() + CLOSE_LINGER);
-                    }
-                }
-                ReadEvent::Message(_) => {}
-                ReadEvent::Ping(bytes) => outbox.push_control(OP_PONG, &bytes),
-                ReadEvent::End => break 'connection,
-            }
-        }
-        if buf.is_empty() {
-            // Idle sockets keep no read buffer.
-            buf = BytesMut::new();
-        }
-        let deadline = linger_until.unwrap_or_else(Instant::now);
-        tokio::select! {
-            biased;
-            () = poll_fn(|cx| outbox.poll_finished(cx)), if linger_until.is_none() => {
-                linger_until = Some(Instant::now() + CLOSE_LINGER);
-                continue;
-            }
-            () = tokio::time::sleep_until(deadline), if linger_until.is_some() => break,
-            ready = io.readable() => if ready.is_err() { break },
-        }
-        match read_some(&io, &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => break,
-        }
-    }
-    addr.do_send(WsGone { link_id });
-}
-
-/// Reads what the socket has (up to one chunk) onto the end of `buf`,
-/// which grows only by what arrived.
-fn read_some(io: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let n = io.try_read(&mut chunk)?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
 }
 
 /// What the client's bytes mean for the connection, frame by frame.

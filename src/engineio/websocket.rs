@@ -435,11 +435,18 @@ impl<H: EngineHandler> Connection<H> {
                 if closing {
                     self.write_buf.extend_from_slice(&CLOSE_FRAME);
                     self.closing = true;
-                    self.set_deadline();
+                    if self.deadline.is_none() {
+                        self.set_deadline();
+                    }
                 }
                 progress = true;
             }
             match self.io.try_write(&self.write_buf[self.written..]) {
+                // Nothing taken of a non-empty buffer: the socket is done.
+                Ok(0) => {
+                    self.stop_writing();
+                    return true;
+                }
                 Ok(n) => {
                     self.written += n;
                     progress = true;

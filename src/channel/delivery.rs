@@ -102,15 +102,21 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
 /// the member's JSON text (a channel keeps its members encoded, not as
 /// values).
 pub fn presence_event(event: &str, member: &str, meta: &Meta<'_>) -> Frame {
-    let mut body = Vec::with_capacity(member.len() + 160);
-    body.extend_from_slice(b"{\"member\":");
-    body.extend_from_slice(member.as_bytes());
-    body.extend_from_slice(b",\"meta\":");
-    meta.write_json(&mut body);
-    body.push(b'}');
-    // Both halves are UTF-8: the member's text and JSON written here.
-    let body = String::from_utf8(body).unwrap_or_default();
-    event_frame(event, &[&body])
+    let mut out = Vec::with_capacity(event.len() + member.len() + 200);
+    out.extend_from_slice(b"42[");
+    write_json_str(&mut out, event);
+    out.extend_from_slice(b",{\"member\":");
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(b",\"meta\":");
+    meta.write_json(&mut out);
+    out.extend_from_slice(b"}]");
+    Frame::Text(into_text(out).into())
+}
+
+/// Text written as JSON parts (and the member's text), so UTF-8.
+fn into_text(out: Vec<u8>) -> String {
+    String::from_utf8(out)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
 }
 
 /// Encodes an event once, as the Engine.IO message every subscriber gets:
@@ -168,11 +174,7 @@ pub fn open_delivery(event: &str, payload: &Map<String, Value>, meta: &Meta<'_>)
     out.extend_from_slice(b"\"meta\":");
     meta.write_json(&mut out);
     out.push(b'}');
-    // Every part is JSON text, so UTF-8.
-    OpenFrame(
-        String::from_utf8(out)
-            .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()),
-    )
+    OpenFrame(into_text(out))
 }
 
 /// `meta` of a stored row: its channel, id, sender and time.

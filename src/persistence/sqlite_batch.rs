@@ -138,13 +138,14 @@ async fn update(
                 vec!["?"; size].join(", ")
             );
             let mut args = SqliteArguments::default();
-            let bound = value
-                .map_or(Ok(()), |value| args.add(value))
-                .and_then(|()| {
-                    ids.iter()
-                        .try_for_each(|id| args.add(id.as_bytes().as_slice()))
-                });
-            bound.map_err(|err| {
+            let mut bind = || {
+                if let Some(value) = value {
+                    args.add(value)?;
+                }
+                ids.iter()
+                    .try_for_each(|id| args.add(id.as_bytes().as_slice()))
+            };
+            bind().map_err(|err| {
                 PersistenceError::Database(DbErr::Custom(format!("cannot bind an update: {err}")))
             })?;
             sqlx::query_with::<Sqlite, _>(&sql, args)

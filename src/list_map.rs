@@ -1,21 +1,24 @@
 //! [`ListMap`]: a map by string key kept as a list, for the per-connection
-//! tables that hold one or two entries (a socket's namespaces and
-//! subscriptions). A hash map's smallest table has room for three and
+//! tables that hold one or two entries (a socket's namespaces,
+//! subscriptions and recovery log). A hash map's smallest table has room for three and
 //! cost a few hundred bytes for one; across thousands of idle sockets
 //! that was a large share of their memory. Lookups search the list, so
 //! use it only where a limit keeps it short.
 
-/// Entries by key, in no particular order.
-#[derive(Debug)]
-pub struct ListMap<V>(Vec<(String, V)>);
+use std::borrow::Borrow;
 
-impl<V> Default for ListMap<V> {
+/// Entries by key (`String`, or `Arc<str>` to share the name), in no
+/// particular order.
+#[derive(Debug)]
+pub struct ListMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for ListMap<K, V> {
     fn default() -> Self {
         ListMap(Vec::new())
     }
 }
 
-impl<V> ListMap<V> {
+impl<K: Borrow<str>, V> ListMap<K, V> {
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -31,20 +34,20 @@ impl<V> ListMap<V> {
     pub fn get(&self, key: &str) -> Option<&V> {
         self.0
             .iter()
-            .find(|(held, _)| held == key)
+            .find(|(held, _)| held.borrow() == key)
             .map(|(_, value)| value)
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         self.0
             .iter_mut()
-            .find(|(held, _)| held == key)
+            .find(|(held, _)| held.borrow() == key)
             .map(|(_, value)| value)
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
-    pub fn insert(&mut self, key: String, value: V) -> Option<V> {
-        if let Some(held) = self.get_mut(&key) {
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        if let Some(held) = self.get_mut(key.borrow()) {
             return Some(std::mem::replace(held, value));
         }
         if self.0.capacity() == 0 {
@@ -56,7 +59,7 @@ impl<V> ListMap<V> {
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        let index = self.0.iter().position(|(held, _)| held == key)?;
+        let index = self.0.iter().position(|(held, _)| held.borrow() == key)?;
         let (_, value) = self.0.swap_remove(index);
         if self.0.is_empty() {
             // An emptied list keeps no memory.
@@ -65,12 +68,16 @@ impl<V> ListMap<V> {
         Some(value)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.0.iter().map(|(key, value)| (key, value))
     }
 
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().map(|(_, value)| value)
+    }
+
     /// Takes every entry, leaving the map empty.
-    pub fn drain(&mut self) -> impl Iterator<Item = (String, V)> {
+    pub fn drain(&mut self) -> impl Iterator<Item = (K, V)> {
         std::mem::take(&mut self.0).into_iter()
     }
 }
@@ -81,7 +88,7 @@ mod tests {
 
     #[test]
     fn behaves_as_a_map() {
-        let mut map = ListMap::default();
+        let mut map: ListMap<String, i32> = ListMap::default();
         assert!(map.is_empty());
         assert_eq!(map.insert("a".to_owned(), 1), None);
         assert_eq!(map.insert("b".to_owned(), 2), None);
@@ -99,8 +106,8 @@ mod tests {
 
     #[test]
     fn one_entry_takes_room_for_one() {
-        let mut map = ListMap::default();
-        map.insert("only".to_owned(), 0u64);
+        let mut map: ListMap<std::sync::Arc<str>, u64> = ListMap::default();
+        map.insert("only".into(), 0);
         assert_eq!(map.0.capacity(), 1);
         map.remove("only");
         assert_eq!(map.0.capacity(), 0);

@@ -43,7 +43,7 @@ pub(super) struct PublishGate {
 
 /// A socket's subscriptions by channel name (a list: most sockets hold
 /// one or two, and `limits.max_channels_per_socket` bounds it).
-pub(super) type Subscriptions = crate::list_map::ListMap<Subscription>;
+pub(super) type Subscriptions = crate::list_map::ListMap<String, Subscription>;
 
 impl Subscription {
     /// Whether the socket is in the channel now.

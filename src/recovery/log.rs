@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::list_map::ListMap;
 use crate::persistence::recovery::Missed;
 
 /// Most single messages a recovery re-sends below their channel's floor
@@ -31,11 +32,11 @@ const MAX_EXTRA: usize = 1000;
 #[derive(Debug)]
 pub struct DeliveryLog {
     max_unconfirmed: usize,
-    /// The subscribed channels, in the order they were joined. A list,
-    /// searched: a socket has a few (`limits.max_channels_per_socket` at
-    /// most), it is looked up once per delivered batch, and two hash maps
-    /// were about 320 bytes of every idle socket's memory.
-    channels: Vec<Mark>,
+    /// The subscribed channels. A list, searched: a socket has a few
+    /// (`limits.max_channels_per_socket` at most), it is looked up once
+    /// per delivered batch, and the two hash maps it replaced (by name and
+    /// by slot) were about 320 bytes of every idle socket's memory.
+    channels: ListMap<Arc<str>, Mark>,
     next_slot: u32,
     /// `(seq, slot)` of each delivery not yet confirmed, in sending order.
     unconfirmed: VecDeque<(i64, u32)>,
@@ -53,7 +54,6 @@ pub struct DeliveryLog {
 
 #[derive(Debug)]
 struct Mark {
-    name: Arc<str>,
     /// Names the channel in `unconfirmed`; never reused, so entries of a
     /// channel left are not taken for a later one's.
     slot: u32,
@@ -93,7 +93,7 @@ impl DeliveryLog {
     pub fn new(max_unconfirmed: usize) -> Self {
         DeliveryLog {
             max_unconfirmed,
-            channels: Vec::new(),
+            channels: ListMap::default(),
             next_slot: 0,
             unconfirmed: VecDeque::new(),
             n_logged: 0,
@@ -118,45 +118,38 @@ impl DeliveryLog {
     /// The socket joined `name`, whose deliveries to it start after
     /// `after_seq`. Joining again (for a fresh snapshot) changes nothing.
     pub fn subscribed(&mut self, name: &Arc<str>, after_seq: i64) {
-        if self.has_channel(name) {
+        if self.channels.contains_key(name) {
             return;
         }
         let slot = self.next_slot;
         self.next_slot += 1;
-        if self.channels.capacity() == 0 {
-            // Room for exactly the first: most sockets join one channel.
-            self.channels.reserve_exact(1);
-        }
-        self.channels.push(Mark {
-            name: name.clone(),
-            slot,
-            floor: after_seq,
-            provisional: None,
-        });
+        self.channels.insert(
+            name.clone(),
+            Mark {
+                slot,
+                floor: after_seq,
+                provisional: None,
+            },
+        );
     }
 
     /// The socket left `name`: nothing of it is recovered.
     pub fn unsubscribed(&mut self, name: &str) {
-        self.channels.retain(|mark| *mark.name != *name);
+        self.channels.remove(name);
     }
 
     /// Whether `name` is logged (subscribed).
     pub fn has_channel(&self, name: &str) -> bool {
-        self.channels.iter().any(|mark| *mark.name == *name)
+        self.channels.contains_key(name)
     }
 
     fn mark_of_slot(&mut self, slot: u32) -> Option<&mut Mark> {
-        self.channels.iter_mut().find(|mark| mark.slot == slot)
+        self.channels.values_mut().find(|mark| mark.slot == slot)
     }
 
     /// Messages of `channel` were sent to the client, in this order.
     pub fn delivered(&mut self, channel: &str, seqs: impl IntoIterator<Item = i64>) {
-        let Some(slot) = self
-            .channels
-            .iter()
-            .find(|mark| *mark.name == *channel)
-            .map(|mark| mark.slot)
-        else {
+        let Some(slot) = self.channels.get(channel).map(|mark| mark.slot) else {
             return;
         };
         for seq in seqs {
@@ -205,7 +198,7 @@ impl DeliveryLog {
         };
         let confirmed_before = self.last_confirmed;
         if mark >= self.dropped_through && self.dropped_through > 0 {
-            for channel in &mut self.channels {
+            for channel in self.channels.values_mut() {
                 if let Some(provisional) = channel.provisional.take() {
                     channel.floor = channel.floor.max(provisional);
                 }
@@ -236,10 +229,10 @@ impl DeliveryLog {
     pub fn state(&self) -> LogState {
         let mut channels = Vec::with_capacity(self.channels.len());
         let mut index_of_slot = HashMap::with_capacity(self.channels.len());
-        for mark in &self.channels {
+        for (name, mark) in self.channels.iter() {
             index_of_slot.insert(mark.slot, channels.len() as u32);
             channels.push(ChannelMark {
-                name: mark.name.to_string(),
+                name: name.to_string(),
                 floor: mark.floor,
                 provisional: mark.provisional,
             });

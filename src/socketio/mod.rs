@@ -158,7 +158,7 @@ pub struct SocketIoConfig {
 /// with them.
 pub struct Socket<'l, 'c, A: SocketHandler> {
     link: &'l mut Link<'c, SocketIo<A>>,
-    namespaces: &'l mut ListMap<Sid>,
+    namespaces: &'l mut ListMap<String, Sid>,
     connecting: &'l mut HashSet<String>,
     next_ack_id: &'l mut u64,
     connect_timer: &'l mut Option<SpawnHandle>,
@@ -327,7 +327,7 @@ pub struct SocketIo<A: SocketHandler> {
     decoder: Decoder,
     /// Connected namespaces and their socket ids (a list: the handler
     /// accepts few namespaces).
-    namespaces: ListMap<Sid>,
+    namespaces: ListMap<String, Sid>,
     /// Namespaces whose CONNECT the handler will answer later.
     connecting: HashSet<String>,
     /// The next id for server-initiated acks.
@@ -461,7 +461,7 @@ impl<A: SocketHandler> SocketIo<A> {
 /// answer: `{"sid": …}`, and `"pid"` when given.
 fn answer_connect<A: SocketHandler>(
     link: &mut Link<'_, SocketIo<A>>,
-    namespaces: &mut ListMap<Sid>,
+    namespaces: &mut ListMap<String, Sid>,
     namespace: &str,
     sid: Sid,
     pid: Option<&str>,

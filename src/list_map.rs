@@ -82,6 +82,15 @@ impl<K: Borrow<str>, V> ListMap<K, V> {
     }
 }
 
+impl<K: Borrow<str>, V> FromIterator<(K, V)> for ListMap<K, V> {
+    /// Keys are taken as distinct (collect from a map).
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let mut list: Vec<(K, V)> = entries.into_iter().collect();
+        list.shrink_to_fit();
+        ListMap(list)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ListMap;

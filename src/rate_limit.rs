@@ -7,9 +7,9 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     /// Tokens added per second; 0 means no limit.
-    rate: f64,
+    rate: u32,
     /// Most tokens the bucket holds.
-    burst: f64,
+    burst: u32,
     tokens: f64,
     counted_at: Instant,
 }
@@ -18,8 +18,8 @@ impl TokenBucket {
     /// A full bucket. A `rate` of 0 never runs out.
     pub fn new(rate: u32, burst: u32) -> Self {
         TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
+            rate,
+            burst: burst.max(1),
             tokens: f64::from(burst.max(1)),
             counted_at: Instant::now(),
         }
@@ -31,11 +31,11 @@ impl TokenBucket {
     }
 
     fn try_take_at(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
+        if self.rate == 0 {
             return true;
         }
-        let refill = now.duration_since(self.counted_at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        let refill = now.duration_since(self.counted_at).as_secs_f64() * f64::from(self.rate);
+        self.tokens = (self.tokens + refill).min(f64::from(self.burst));
         self.counted_at = now;
         if self.tokens < 1.0 {
             return false;

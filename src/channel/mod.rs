@@ -164,7 +164,7 @@ impl Handler<Inspect> for Channel {
                 .map(|subscriber| subscriber.socket_id.clone())
                 .collect();
             sockets.sort_unstable();
-            (sockets, self.members_json().clone())
+            (sockets, self.members_json())
         });
         actix::MessageResult(ActorView {
             name: self.name.clone(),
@@ -270,12 +270,9 @@ pub struct Channel {
     /// Subscribed sockets by subscriber id; changed by Join and Leave, and
     /// when a subscriber is found too slow or gone.
     subscribers: HashMap<u64, Subscriber>,
-    /// Present members by presence id, with how many sockets hold each.
-    presence: HashMap<String, PresenceEntry>,
-    /// The JSON array of `presence` members for subscribe acks; rebuilt
-    /// only after presence changed, so a burst of joins into a big channel
-    /// costs one copy of each member per join, not one encoding.
-    members_json: Option<Arc<str>>,
+    /// Present members by presence id (shared with the subscribers'
+    /// `Member`), with how many sockets hold each.
+    presence: HashMap<Arc<str>, PresenceEntry>,
     /// Accepted messages in channel order, until delivered or failed.
     pending: VecDeque<Pending>,
     /// Most messages `pending` may hold (`limits.max_pending_per_channel`).
@@ -285,8 +282,10 @@ pub struct Channel {
     presence_outbox: Vec<PresenceEvent>,
     /// Sequence number of the last presence event.
     presence_seq: u64,
-    /// For each subscriber, the presence sequence number when it joined:
-    /// it gets only the events after that (its snapshot has the rest).
+    /// For each subscriber that joined while presence events wait, the
+    /// presence sequence number when it joined: it gets only the events
+    /// after that (its snapshot has the rest). Emptied by each flush, as
+    /// everyone then has every event.
     subscribed_since: HashMap<u64, u64>,
     /// Joins and messages received through the registry; it compares
     /// this with what it forwarded before retiring the channel.
@@ -385,7 +384,6 @@ impl Channel {
             webhooks,
             subscribers: HashMap::new(),
             presence: HashMap::new(),
-            members_json: None,
             pending: VecDeque::new(),
             max_pending: settings.max_pending,
             presence_outbox: Vec::new(),
@@ -406,36 +404,36 @@ impl Channel {
         }
     }
 
-    /// Everyone present, on this node and the others, as a JSON array.
-    fn members_json(&mut self) -> &Arc<str> {
-        let presence = &self.presence;
-        let remote = &self.remote;
-        self.members_json.get_or_insert_with(|| {
-            let mut json = String::with_capacity(
-                2 + presence
-                    .values()
-                    .map(|entry| entry.encoded.len() + 1)
-                    .sum::<usize>(),
-            );
-            json.push('[');
-            for entry in presence.values() {
-                json.push_str(&entry.encoded);
+    /// Everyone present, on this node and the others, as a JSON array:
+    /// made for each join (copying the members' kept text), not cached, as
+    /// a cache would hold a second copy of every member.
+    fn members_json(&self) -> Arc<str> {
+        let mut json = String::with_capacity(
+            2 + self
+                .presence
+                .values()
+                .map(|entry| entry.encoded.len() + 1)
+                .sum::<usize>(),
+        );
+        json.push('[');
+        for entry in self.presence.values() {
+            json.push_str(&entry.encoded);
+            json.push(',');
+        }
+        for (presence_id, nodes) in &self.remote {
+            if let (false, Some(member)) = (
+                self.presence.contains_key(presence_id.as_str()),
+                nodes.values().next(),
+            ) {
+                json.push_str(&member.to_string());
                 json.push(',');
             }
-            for (presence_id, nodes) in remote {
-                if let (false, Some(member)) =
-                    (presence.contains_key(presence_id), nodes.values().next())
-                {
-                    json.push_str(&member.to_string());
-                    json.push(',');
-                }
-            }
-            if json.ends_with(',') {
-                json.pop();
-            }
-            json.push(']');
-            json.into()
-        })
+        }
+        if json.ends_with(',') {
+            json.pop();
+        }
+        json.push(']');
+        json.into()
     }
 
     /// How many members are present, on this node and the others.
@@ -447,7 +445,7 @@ impl Channel {
             + self
                 .remote
                 .keys()
-                .filter(|presence_id| !self.presence.contains_key(*presence_id))
+                .filter(|presence_id| !self.presence.contains_key(presence_id.as_str()))
                 .count()
     }
 
@@ -591,7 +589,6 @@ impl Channel {
         let Some(entry) = self.presence.remove(presence_id) else {
             return;
         };
-        self.members_json = None;
         if let Some(timer) = entry.leave_timer {
             ctx.cancel_future(timer);
         }
@@ -890,7 +887,7 @@ impl Channel {
         }
         let new_member = !self.subscribers.contains_key(&id)
             && !self.presence.contains_key(&subscriber.member.presence_id)
-            && !self.remote.contains_key(&subscriber.member.presence_id);
+            && !self.remote.contains_key(&*subscriber.member.presence_id);
         if new_member && self.n_members() >= self.max_members {
             METRICS.refused(crate::metrics::Limit::PresenceMembers);
             subscriber.events.do_send(SubscriberEvent::JoinRefused {
@@ -903,7 +900,8 @@ impl Channel {
             self.report_if_idle();
             return;
         }
-        if !self.subscribers.contains_key(&id) {
+        let new_subscriber = !self.subscribers.contains_key(&id);
+        if new_subscriber {
             let presence_id = subscriber.member.presence_id.clone();
             match self.presence.get_mut(&presence_id) {
                 Some(entry) => {
@@ -925,10 +923,9 @@ impl Channel {
                         cluster.announce(&self.name, &presence_id, Some(member));
                     }
                     // Present on another node already: nobody sees it join.
-                    if !self.remote.contains_key(&presence_id) {
+                    if !self.remote.contains_key(&*presence_id) {
                         self.tell_presence("presence:join", &encoded, Some(id), ctx);
                     }
-                    self.members_json = None;
                     self.presence.insert(
                         presence_id,
                         PresenceEntry {
@@ -939,17 +936,22 @@ impl Channel {
                     );
                 }
             }
-            self.subscribers.insert(id, subscriber.clone());
             METRICS.subscriptions.inc();
-            self.subscribed_since.insert(id, self.presence_seq);
+            if !self.presence_outbox.is_empty() {
+                self.subscribed_since.insert(id, self.presence_seq);
+            }
         }
-        let members = self.members_json().clone();
+        let members = self.members_json();
         subscriber.events.do_send(SubscriberEvent::Joined(Joined {
             name: self.name.clone(),
             channel: ctx.address(),
             members,
             after_seq: self.last_seq,
         }));
+        if new_subscriber {
+            // Moved, not cloned: a clone of its recipient costs allocations.
+            self.subscribers.insert(id, subscriber);
+        }
     }
 }
 
@@ -990,12 +992,8 @@ impl Channel {
             },
             ctx,
         );
-        // Removals during the push took their entries out of `since`'s copy
-        // only; keep the live subscribers'.
-        self.subscribed_since = since
-            .into_iter()
-            .filter(|(id, _)| self.subscribers.contains_key(id))
-            .collect();
+        // Everyone has every event now: `subscribed_since` stays empty (its
+        // table freed) until the next burst.
     }
 }
 

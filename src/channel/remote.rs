@@ -72,9 +72,10 @@ impl Channel {
     /// tells subscribers who appeared and who went.
     fn replace_remote(&mut self, members: RemoteMembers, ctx: &mut Context<Self>) {
         let old = std::mem::replace(&mut self.remote, members);
-        self.members_json = None;
         for (presence_id, nodes) in &old {
-            if self.presence.contains_key(presence_id) || self.remote.contains_key(presence_id) {
+            if self.presence.contains_key(presence_id.as_str())
+                || self.remote.contains_key(presence_id)
+            {
                 continue;
             }
             if let Some(member) = nodes.values().next() {
@@ -85,7 +86,7 @@ impl Channel {
             .remote
             .iter()
             .filter(|(presence_id, _)| {
-                !self.presence.contains_key(*presence_id) && !old.contains_key(*presence_id)
+                !self.presence.contains_key(presence_id.as_str()) && !old.contains_key(*presence_id)
             })
             .filter_map(|(_, nodes)| nodes.values().next().cloned())
             .collect();
@@ -101,13 +102,12 @@ impl Channel {
         ctx: &mut Context<Self>,
     ) {
         for (presence_id, member) in changes {
-            let here = self.presence.contains_key(&presence_id);
+            let here = self.presence.contains_key(presence_id.as_str());
             match member {
                 Some(member) => {
                     let nodes = self.remote.entry(presence_id).or_default();
                     let new = nodes.is_empty();
                     nodes.insert(node.to_string(), member.clone());
-                    self.members_json = None;
                     if new && !here {
                         self.tell_presence("presence:join", &member.to_string(), None, ctx);
                     }
@@ -119,7 +119,6 @@ impl Channel {
                     let Some(member) = nodes.remove(&*node) else {
                         continue;
                     };
-                    self.members_json = None;
                     if nodes.is_empty() {
                         self.remote.remove(&presence_id);
                         if !here {

@@ -35,8 +35,9 @@ impl MemberKind {
 /// A presence member: shown as `{"presenceId", "type", "joinedAt"}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    /// User id (`user`) or socket id (`anonymous`).
-    pub presence_id: String,
+    /// User id (`user`) or socket id (`anonymous`); shared by the
+    /// socket's subscriptions and the channels' presence tables.
+    pub presence_id: Arc<str>,
     /// User or anonymous.
     pub kind: MemberKind,
 }

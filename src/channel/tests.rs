@@ -240,7 +240,7 @@ impl Setup {
             rx,
             addr,
             member: Member {
-                presence_id: presence_id.to_owned(),
+                presence_id: presence_id.into(),
                 kind: subscriber::MemberKind::Anonymous,
             },
         }

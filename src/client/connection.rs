@@ -2,6 +2,7 @@
 //! object counts, and who the socket then is: its principal, its presence
 //! identity (its sender is `publish::Sender::of`).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -69,7 +70,7 @@ pub struct UserSockets {
 /// One open socket of a user; dropping it (the connection's end) gives its
 /// place back.
 pub(super) struct UserSocket {
-    sockets: std::sync::Arc<UserSockets>,
+    sockets: Arc<UserSockets>,
     user: String,
 }
 
@@ -80,7 +81,7 @@ impl UserSockets {
     /// # Errors
     /// The [`Refusal`] the client gets when the user has `max` already.
     pub(super) fn admit(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         principal: &Principal,
         max: usize,
     ) -> Result<Option<UserSocket>, Refusal> {
@@ -139,14 +140,14 @@ pub(super) fn expiry_delay(principal: &Principal) -> Option<Duration> {
 
 /// Who a socket counts as in presence: a signed-in user is one member
 /// however many sockets it has; anyone else is its socket.
-pub(super) fn member(principal: &Principal, socket_id: &str) -> Member {
+pub(super) fn member(principal: &Principal, socket_id: &Arc<str>) -> Member {
     match principal {
         Principal::Jwt { sub, role, .. } if *role != Role::Anon => Member {
-            presence_id: sub.clone(),
+            presence_id: sub.as_str().into(),
             kind: MemberKind::User,
         },
         _ => Member {
-            presence_id: socket_id.to_owned(),
+            presence_id: socket_id.clone(),
             kind: MemberKind::Anonymous,
         },
     }
@@ -204,15 +205,16 @@ mod tests {
         let authenticator = authenticator();
         let token = authenticator.mint(Role::Authenticated, &user.to_string(), None, 60);
         let principal = authenticator.verify(&token).unwrap();
+        let sock: Arc<str> = "sock".into();
         assert_eq!(
-            member(&principal, "sock"),
+            member(&principal, &sock),
             Member {
-                presence_id: user.to_string(),
+                presence_id: user.to_string().into(),
                 kind: MemberKind::User
             }
         );
         assert_eq!(Sender::of(&principal).sender_id, Some(user));
-        assert_eq!(member(&Principal::AnonKey, "sock").presence_id, "sock");
+        assert_eq!(&*member(&Principal::AnonKey, &sock).presence_id, "sock");
         assert_eq!(
             Sender::of(&Principal::AnonKey).sender_type,
             SenderType::User

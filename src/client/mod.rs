@@ -16,7 +16,6 @@ mod publish;
 mod recover;
 mod subscribe;
 
-use std::collections::HashMap;
 use std::net::SocketAddr as PeerAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +27,8 @@ use serde_json::{json, Map, Value};
 use crate::auth::Principal;
 use crate::channel::{Member, SubscriberEvent};
 use crate::engineio::session::Session;
-use crate::engineio::{CloseReason, SessionEvent};
+use crate::engineio::{CloseReason, SessionEvent, Sid};
+use crate::list_map::ListMap;
 use crate::permissions::Decision;
 use crate::publish::Sender;
 use crate::rate_limit::TokenBucket;
@@ -115,9 +115,6 @@ pub struct Client {
     hub: Arc<Realtime>,
     /// Set once CONNECT is accepted.
     principal: Option<Principal>,
-    /// What the socket's messages carry as `senderType`/`senderId`; set
-    /// with the principal.
-    sender: Sender,
     /// Unique per connection; the channels key their subscribers by it.
     subscriber_id: u64,
     /// The presence identity, known once the socket id is.
@@ -132,7 +129,7 @@ pub struct Client {
     connected_at: DateTime<Utc>,
     remote_address: Option<PeerAddr>,
     /// The private session id, when recovery is on.
-    pid: Option<String>,
+    pid: Option<Arc<str>>,
     /// What was delivered and confirmed, when recovery is on.
     log: Option<DeliveryLog>,
     /// A recovery's replay, while it runs (boxed: most sockets never have
@@ -142,7 +139,7 @@ pub struct Client {
     /// floor, or the last message replayed): a live message at or below it
     /// reached the client already (a node can hear of another node's row
     /// after the replay read it), until the live flow passes it.
-    replayed_through: HashMap<Arc<str>, i64>,
+    replayed_through: ListMap<Arc<str>, i64>,
     /// The session's state went to a connection that recovered it.
     handed_over: bool,
     /// `realtime:history` requests being answered.
@@ -160,7 +157,6 @@ impl Client {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Client {
             principal: None,
-            sender: Sender::SYSTEM,
             subscriber_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             member: None,
             socket_id: "".into(),
@@ -172,12 +168,19 @@ impl Client {
             pid: None,
             log: None,
             replay: None,
-            replayed_through: HashMap::new(),
+            replayed_through: ListMap::default(),
             handed_over: false,
             history_in_flight: 0,
             _user_socket: None,
             reply_to: None,
         }
+    }
+
+    /// What the socket's messages carry as `senderType`/`senderId`
+    /// (worked out per publish rather than kept: it is cheap, and every
+    /// byte of an idle socket counts).
+    fn sender(&self) -> Sender {
+        self.principal.as_ref().map_or(Sender::SYSTEM, Sender::of)
     }
 
     /// Emits `realtime:error {channel?, code, message}`.
@@ -223,7 +226,6 @@ impl SocketHandler for Client {
             .hub
             .user_sockets
             .admit(&principal, self.hub.limits.max_sockets_per_user)?;
-        self.sender = Sender::of(&principal);
         self.principal = Some(principal);
         if self.hub.recovery.is_none() {
             return Ok(Admission::Now { pid: None });
@@ -233,7 +235,7 @@ impl SocketHandler for Client {
             return Ok(Admission::Later);
         }
         let pid = recover::new_pid();
-        self.pid = Some(pid.clone());
+        self.pid = Some(pid.as_str().into());
         Ok(Admission::Now { pid: Some(pid) })
     }
 
@@ -371,21 +373,20 @@ impl Client {
     /// store by its private id, when recovery is on), and, with
     /// `auth.disconnect_on_expiry`, closed when its token expires.
     fn start_session(&mut self, socket: &mut Socket<'_, '_, Self>) {
-        let socket_id = socket
+        let socket_id: Arc<str> = socket
             .socket_id(NAMESPACE)
-            .map(|sid| sid.to_string())
-            .unwrap_or_default();
+            .map_or_else(|| "".into(), Sid::shared);
         self.member = self
             .principal
             .as_ref()
             .map(|principal| connection::member(principal, &socket_id));
-        self.socket_id = socket_id.into();
+        self.socket_id = socket_id;
         if let (Some(store), Some(pid)) = (&self.hub.recovery, &self.pid) {
             self.log = Some(DeliveryLog::new(self.hub.recovery_settings.max_unconfirmed));
             store.register(
-                pid,
+                pid.clone(),
                 self.subscriber_id,
-                socket.address().recipient::<HandOver>(),
+                socket.address().recipient::<HandOver>().downgrade(),
             );
         }
         if self.hub.disconnect_on_expiry {

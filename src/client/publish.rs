@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use actix::Recipient;
 
+use super::subscribe::Subscription;
 use super::{Client, ClientEvent, NAMESPACE};
 use crate::channel::catalog::ChannelDef;
 use crate::channel::{Publish, Published, Reply, SubscriberEvent};
@@ -57,7 +58,11 @@ impl Client {
             )));
         }
         let request = PublishRequest::parse(body, &self.hub.limits.payload())?;
-        if self.joined(&request.channel).is_none() {
+        let live = self
+            .subscriptions
+            .get(&request.channel)
+            .is_some_and(Subscription::is_live);
+        if !live {
             return Err(PublishError::NotSubscribed(format!(
                 "subscribe to {:?} before publishing to it",
                 request.channel
@@ -71,7 +76,7 @@ impl Client {
             Outgoing {
                 event: request.event,
                 payload: request.payload,
-                sender: self.sender,
+                sender: self.sender(),
                 channel: definition,
             },
         ))
@@ -177,7 +182,6 @@ impl Client {
             // Unsubscribed meanwhile: its waiting publishes were answered.
             return;
         };
-        let channel = channel.clone();
         if decision != Decision::Unavailable {
             gate.decided = Some((decision == Decision::Allow, Instant::now(), generation));
         }

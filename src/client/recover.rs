@@ -221,7 +221,7 @@ impl Client {
             METRICS.recoveries[1].inc();
             let pid = new_pid();
             if socket.accept(NAMESPACE, None, Some(&pid)).is_some() {
-                self.pid = Some(pid);
+                self.pid = Some(pid.into());
                 self.start_session(socket);
             }
             return;
@@ -232,7 +232,7 @@ impl Client {
             return;
         };
         let max_unconfirmed = self.hub.recovery_settings.max_unconfirmed;
-        self.pid = Some(plan.pid);
+        self.pid = Some(plan.pid.into());
         self.start_session(socket);
         self.log = Some(DeliveryLog::resume(
             max_unconfirmed,

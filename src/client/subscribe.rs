@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use actix::Addr;
+use actix::{Addr, WeakAddr};
 use serde_json::{json, Value};
 
 use super::{channel_arg, Client, ClientEvent, NAMESPACE};
@@ -24,9 +24,11 @@ pub(super) enum Subscription {
     /// Waiting for the channel to add us; `cancelled` if the client
     /// unsubscribed meanwhile.
     Joining { acks: Vec<u64>, cancelled: bool },
-    /// Live.
+    /// Live. The channel's address is weak: the registry keeps the
+    /// channel alive while anyone subscribes, and a strong address costs
+    /// two allocations of its own per subscription.
     Joined {
-        channel: Addr<Channel>,
+        channel: WeakAddr<Channel>,
         publish: PublishGate,
     },
 }
@@ -300,7 +302,7 @@ impl Client {
             self.subscriptions.insert(
                 name.to_string(),
                 Subscription::Joined {
-                    channel,
+                    channel: channel.downgrade(),
                     publish: PublishGate::default(),
                 },
             );
@@ -337,10 +339,12 @@ impl Client {
         };
         match self.subscriptions.get_mut(name) {
             Some(Subscription::Joined { channel, publish }) => {
-                channel.do_send(Leave {
-                    subscriber_id: self.subscriber_id,
-                    dropped: false,
-                });
+                if let Some(channel) = channel.upgrade() {
+                    channel.do_send(Leave {
+                        subscriber_id: self.subscriber_id,
+                        dropped: false,
+                    });
+                }
                 if let Some(log) = &mut self.log {
                     log.unsubscribed(name);
                 }
@@ -378,7 +382,11 @@ impl Client {
         };
         for (name, subscription) in self.subscriptions.drain() {
             match subscription {
-                Subscription::Joined { channel, .. } => channel.do_send(leave),
+                Subscription::Joined { channel, .. } => {
+                    if let Some(channel) = channel.upgrade() {
+                        channel.do_send(leave);
+                    }
+                }
                 // The join may have reached the channel after the socket was
                 // last seen there: leave through the registry, behind it.
                 Subscription::Joining { .. } => {
@@ -389,10 +397,11 @@ impl Client {
         }
     }
 
-    /// The live channel and publish gate of `name`, if subscribed.
-    pub(super) fn joined(&mut self, name: &str) -> Option<(&Addr<Channel>, &mut PublishGate)> {
+    /// The live channel and publish gate of `name`, if subscribed (and the
+    /// channel still runs, as it does while anyone subscribes).
+    pub(super) fn joined(&mut self, name: &str) -> Option<(Addr<Channel>, &mut PublishGate)> {
         match self.subscriptions.get_mut(name)? {
-            Subscription::Joined { channel, publish } => Some((channel, publish)),
+            Subscription::Joined { channel, publish } => Some((channel.upgrade()?, publish)),
             _ => None,
         }
     }

@@ -24,7 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, AsyncContext, Context, SpawnHandle};
+use actix::{Addr, AsyncContext, Context, SpawnHandle, WeakAddr};
 use actix_web::dev::RequestHead;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -49,6 +49,11 @@ impl Sid {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id's text itself, for holders that keep it (no copy).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 
     /// An id given before (a recovered socket keeps its id).
@@ -271,9 +276,11 @@ impl<H: EngineHandler> Link<'_, H> {
 }
 
 /// Every open session of one endpoint by id, shared by all HTTP workers.
-/// Polling requests and upgrades find their session here.
+/// Polling requests and upgrades find their session here. It holds weak
+/// addresses: a session removes itself when it stops, and a strong
+/// address costs two allocations of its own per idle socket.
 pub struct Registry<H: EngineHandler> {
-    sessions: RwLock<HashMap<Sid, Addr<Session<H>>>>,
+    sessions: RwLock<HashMap<Sid, WeakAddr<Session<H>>>>,
 }
 
 impl<H: EngineHandler> Default for Registry<H> {
@@ -287,10 +294,10 @@ impl<H: EngineHandler> Default for Registry<H> {
 impl<H: EngineHandler> Registry<H> {
     /// The session with this id, if it is open.
     pub fn get(&self, sid: &str) -> Option<Addr<Session<H>>> {
-        self.sessions.read().get(sid).cloned()
+        self.sessions.read().get(sid).and_then(WeakAddr::upgrade)
     }
 
-    pub(crate) fn insert(&self, sid: Sid, addr: Addr<Session<H>>) {
+    pub(crate) fn insert(&self, sid: Sid, addr: WeakAddr<Session<H>>) {
         self.sessions.write().insert(sid, addr);
     }
 
@@ -314,7 +321,7 @@ impl<H: EngineHandler> Registry<H> {
     /// Closes every open session (server shutdown): clients see their
     /// transport close and reconnect elsewhere or later.
     pub fn close_all(&self, reason: CloseReason) {
-        for addr in self.sessions.read().values() {
+        for addr in self.sessions.read().values().filter_map(WeakAddr::upgrade) {
             addr.do_send(session::Close(reason));
         }
     }
@@ -324,7 +331,7 @@ impl<H: EngineHandler> Registry<H> {
         self.sessions
             .read()
             .iter()
-            .map(|(sid, addr)| (sid.clone(), addr.clone()))
+            .filter_map(|(sid, addr)| Some((sid.clone(), addr.upgrade()?)))
             .collect()
     }
 

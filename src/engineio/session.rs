@@ -107,10 +107,18 @@ pub struct Core {
     transport: Transport,
     /// Set once the session starts closing; nothing is sent after.
     closing: Option<CloseReason>,
-    /// The next ping, while no pong is awaited.
-    ping_timer: Option<SpawnHandle>,
-    /// The close that a pong would cancel.
-    pong_deadline: Option<SpawnHandle>,
+    /// The heartbeat's one timer (one field: every byte of an idle
+    /// session counts).
+    heartbeat: Option<(Heartbeat, SpawnHandle)>,
+}
+
+/// What the heartbeat timer does when it fires.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// Sends the next ping.
+    NextPing,
+    /// Closes the session: the pong it would cancel did not come.
+    PongDue,
 }
 
 const PING: &str = "2";
@@ -218,10 +226,7 @@ impl Core {
                 ws.close();
             }
         }
-        for timer in [self.ping_timer.take(), self.pong_deadline.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some((_, timer)) = self.heartbeat.take() {
             ctx.cancel_future(timer);
         }
         ctx.stop();
@@ -294,14 +299,13 @@ impl<H: EngineHandler> Session<H> {
                 config,
                 transport,
                 closing: None,
-                ping_timer: None,
-                pong_deadline: None,
+                heartbeat: None,
             },
             handler,
             registry: registry.clone(),
         };
         let addr = session.start();
-        registry.insert(sid, addr.clone());
+        registry.insert(sid, addr.downgrade());
         addr
     }
 
@@ -331,22 +335,25 @@ impl<H: EngineHandler> Session<H> {
 
     fn schedule_ping(&mut self, ctx: &mut Context<Self>) {
         let delay = self.core.config.ping_delay();
-        self.core.ping_timer = Some(ctx.run_later(delay, |session, ctx| {
-            session.core.ping_timer = None;
+        let next_ping = ctx.run_later(delay, |session, ctx| {
+            session.core.heartbeat = None;
             let timeout = session.core.config.ping_timeout;
             session
                 .core
                 .send(Frame::Text(ByteString::from_static(PING)), ctx);
             session.handler.on_ping_sent();
-            session.core.pong_deadline = Some(ctx.run_later(timeout, |session, ctx| {
-                session.core.pong_deadline = None;
+            let pong_due = ctx.run_later(timeout, |session, ctx| {
+                session.core.heartbeat = None;
                 session.core.begin_close(CloseReason::PingTimeout, ctx);
-            }));
-        }));
+            });
+            session.core.heartbeat = Some((Heartbeat::PongDue, pong_due));
+        });
+        self.core.heartbeat = Some((Heartbeat::NextPing, next_ping));
     }
 
     fn on_pong(&mut self, ctx: &mut Context<Self>) {
-        if let Some(deadline) = self.core.pong_deadline.take() {
+        if let Some((Heartbeat::PongDue, deadline)) = self.core.heartbeat {
+            self.core.heartbeat = None;
             ctx.cancel_future(deadline);
             self.handler.on_pong();
             self.schedule_ping(ctx);

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Recipient;
+use actix::WeakRecipient;
 use parking_lot::Mutex;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use serde::{Deserialize, Serialize};
@@ -91,9 +91,11 @@ pub struct RecoveryStore {
 }
 
 struct Inner {
-    /// Live sessions by private id, with their subscriber id (a session
-    /// that ends only removes its own entry).
-    live: HashMap<String, (u64, Recipient<HandOver>)>,
+    /// Live sessions by private id (the session's own copy of it), with
+    /// their subscriber id (a session that ends only removes its own
+    /// entry). Weak: a strong recipient costs allocations per idle socket,
+    /// and a session that ends removes its entry anyway.
+    live: HashMap<Arc<str>, (u64, WeakRecipient<HandOver>)>,
     /// Dropped sessions by private id (shared: those not written yet).
     dropped: HashMap<String, SessionState>,
     /// Shared: sessions that ended for good, whose saved state (if any)
@@ -281,11 +283,8 @@ impl RecoveryStore {
     }
 
     /// A session with private id `pid` is live.
-    pub fn register(&self, pid: &str, subscriber_id: u64, session: Recipient<HandOver>) {
-        self.inner
-            .lock()
-            .live
-            .insert(pid.to_owned(), (subscriber_id, session));
+    pub fn register(&self, pid: Arc<str>, subscriber_id: u64, session: WeakRecipient<HandOver>) {
+        self.inner.lock().live.insert(pid, (subscriber_id, session));
     }
 
     /// The session `subscriber_id` with private id `pid` ended after
@@ -311,9 +310,12 @@ impl RecoveryStore {
             return;
         };
         let (tx, rx) = oneshot::channel();
-        if session.try_send(HandOver(tx)).is_err() {
+        let Some(Ok(())) = session
+            .upgrade()
+            .map(|session| session.try_send(HandOver(tx)))
+        else {
             return;
-        }
+        };
         let Ok(Ok(state)) = tokio::time::timeout(HAND_OVER_TIMEOUT, rx).await else {
             return;
         };
@@ -422,7 +424,10 @@ impl RecoveryStore {
         }
         if let Some((_, session)) = live {
             let (tx, rx) = oneshot::channel();
-            if session.try_send(HandOver(tx)).is_ok() {
+            let handed = session
+                .upgrade()
+                .map(|session| session.try_send(HandOver(tx)));
+            if let Some(Ok(())) = handed {
                 if let Ok(Ok(state)) = tokio::time::timeout(HAND_OVER_TIMEOUT, rx).await {
                     return Ok(Some(state));
                 }

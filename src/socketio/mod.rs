@@ -9,7 +9,6 @@
 //! does. A connection that joins no namespace within the connect timeout is
 //! closed too.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use actix::{Addr, SpawnHandle};
@@ -159,7 +158,7 @@ pub struct SocketIoConfig {
 pub struct Socket<'l, 'c, A: SocketHandler> {
     link: &'l mut Link<'c, SocketIo<A>>,
     namespaces: &'l mut ListMap<String, Sid>,
-    connecting: &'l mut HashSet<String>,
+    connecting: &'l mut ListMap<String, ()>,
     next_ack_id: &'l mut u64,
     connect_timer: &'l mut Option<SpawnHandle>,
 }
@@ -208,7 +207,7 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
     /// gets `sid` (a new one if `None`) and the client `pid` if given.
     /// Returns the socket id, or `None` if no CONNECT to `namespace` waits.
     pub fn accept(&mut self, namespace: &str, sid: Option<Sid>, pid: Option<&str>) -> Option<Sid> {
-        if !self.connecting.remove(namespace) {
+        if self.connecting.remove(namespace).is_none() {
             return None;
         }
         if let Some(timer) = self.connect_timer.take() {
@@ -221,7 +220,7 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
 
     /// Refuses a CONNECT the handler took [`Admission::Later`].
     pub fn refuse(&mut self, namespace: &str, refusal: Refusal) {
-        if self.connecting.remove(namespace) {
+        if self.connecting.remove(namespace).is_some() {
             let packet = Packet::connect_error(namespace, &refusal.message, refusal.data);
             self.link.send(Frame::message(&packet.encode()));
         }
@@ -322,14 +321,15 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
 /// The Engine.IO handler that speaks Socket.IO and hands events to `A`.
 pub struct SocketIo<A: SocketHandler> {
     app: A,
-    config: SocketIoConfig,
+    /// How long a new connection may take to join a namespace.
+    connect_timeout: Duration,
     /// Reassembles binary packets; dies with the connection.
     decoder: Decoder,
     /// Connected namespaces and their socket ids (a list: the handler
     /// accepts few namespaces).
     namespaces: ListMap<String, Sid>,
     /// Namespaces whose CONNECT the handler will answer later.
-    connecting: HashSet<String>,
+    connecting: ListMap<String, ()>,
     /// The next id for server-initiated acks.
     next_ack_id: u64,
     /// Closes the connection if no namespace is joined in time.
@@ -342,9 +342,9 @@ impl<A: SocketHandler> SocketIo<A> {
         SocketIo {
             app,
             decoder: Decoder::with_limit(config.max_attachment_bytes),
-            config,
+            connect_timeout: config.connect_timeout,
             namespaces: ListMap::default(),
-            connecting: HashSet::new(),
+            connecting: ListMap::default(),
             next_ack_id: 0,
             connect_timer: None,
         }
@@ -383,7 +383,7 @@ impl<A: SocketHandler> SocketIo<A> {
         let namespace = packet.namespace.clone();
         let connected = self.namespaces.contains_key(&namespace);
         match packet.kind {
-            PacketKind::Connect if connected || self.connecting.contains(&namespace) => {
+            PacketKind::Connect if connected || self.connecting.contains_key(&namespace) => {
                 self.violation(link, "connect twice")
             }
             PacketKind::Connect => self.on_connect(link, &namespace, packet.data),
@@ -436,7 +436,7 @@ impl<A: SocketHandler> SocketIo<A> {
                 return;
             }
             Ok(Admission::Later) => {
-                self.connecting.insert(namespace.to_owned());
+                self.connecting.insert(namespace.to_owned(), ());
                 return;
             }
             Ok(Admission::Now { pid }) => pid,
@@ -484,7 +484,7 @@ impl<A: SocketHandler> EngineHandler for SocketIo<A> {
     }
 
     fn on_open(&mut self, link: &mut Link<'_, Self>) {
-        self.connect_timer = Some(link.run_later(self.config.connect_timeout, |sio, link| {
+        self.connect_timer = Some(link.run_later(self.connect_timeout, |sio, link| {
             sio.connect_timer = None;
             if sio.namespaces.is_empty() {
                 tracing::debug!(sid = %link.sid(), "no socket.io connect in time; closing");

@@ -14,6 +14,7 @@
 //!   the outbox between the session and the writer.
 
 pub mod admission;
+mod heartbeat;
 pub mod session;
 pub mod transport;
 pub mod upgrade;
@@ -281,12 +282,15 @@ impl<H: EngineHandler> Link<'_, H> {
 /// address costs two allocations of its own per idle socket.
 pub struct Registry<H: EngineHandler> {
     sessions: RwLock<HashMap<Sid, WeakAddr<Session<H>>>>,
+    /// When each session pings, and when its pong is overdue.
+    heartbeats: Arc<heartbeat::Heartbeats<H>>,
 }
 
 impl<H: EngineHandler> Default for Registry<H> {
     fn default() -> Self {
         Registry {
             sessions: RwLock::new(HashMap::new()),
+            heartbeats: Arc::default(),
         }
     }
 }

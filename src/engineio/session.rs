@@ -1,19 +1,22 @@
 //! The `Session` actor: one Engine.IO connection, whatever its transport.
 //!
 //! It owns the transport state (a polling queue with its waiting GET, a
-//! WebSocket outbox, or both during an upgrade), the heartbeat timers, and
+//! WebSocket outbox, or both during an upgrade), its heartbeat state (the
+//! deadlines wait in the endpoint's `heartbeat` queues), and
 //! the handler that gives the messages meaning. HTTP handlers and the
 //! WebSocket reader talk to it only through messages.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, SpawnHandle};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::admission::AddressTicket;
+use super::heartbeat::{Beat, Heartbeat};
 use super::websocket::{MessageTaken, PushError, WsLink, WsMessage};
 use super::{CloseReason, EngineConfig, EngineHandler, Link, Message, Registry, SessionEvent, Sid};
 use crate::protocol::engineio::{self, Frame, Packet};
@@ -107,18 +110,11 @@ pub struct Core {
     transport: Transport,
     /// Set once the session starts closing; nothing is sent after.
     closing: Option<CloseReason>,
-    /// The heartbeat's one timer (one field: every byte of an idle
-    /// session counts).
-    heartbeat: Option<(Heartbeat, SpawnHandle)>,
-}
-
-/// What the heartbeat timer does when it fires.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Heartbeat {
-    /// Sends the next ping.
-    NextPing,
-    /// Closes the session: the pong it would cancel did not come.
-    PongDue,
+    /// What the session waits for: the time of its next ping, or the
+    /// pong of the last one.
+    awaiting: Heartbeat,
+    /// Counts the session's heartbeat deadlines; only the latest counts.
+    beat: u32,
 }
 
 const PING: &str = "2";
@@ -226,9 +222,6 @@ impl Core {
                 ws.close();
             }
         }
-        if let Some((_, timer)) = self.heartbeat.take() {
-            ctx.cancel_future(timer);
-        }
         ctx.stop();
     }
 }
@@ -299,7 +292,8 @@ impl<H: EngineHandler> Session<H> {
                 config,
                 transport,
                 closing: None,
-                heartbeat: None,
+                awaiting: Heartbeat::NextPing,
+                beat: 0,
             },
             handler,
             registry: registry.clone(),
@@ -335,26 +329,21 @@ impl<H: EngineHandler> Session<H> {
 
     fn schedule_ping(&mut self, ctx: &mut Context<Self>) {
         let delay = self.core.config.ping_delay();
-        let next_ping = ctx.run_later(delay, |session, ctx| {
-            session.core.heartbeat = None;
-            let timeout = session.core.config.ping_timeout;
-            session
-                .core
-                .send(Frame::Text(ByteString::from_static(PING)), ctx);
-            session.handler.on_ping_sent();
-            let pong_due = ctx.run_later(timeout, |session, ctx| {
-                session.core.heartbeat = None;
-                session.core.begin_close(CloseReason::PingTimeout, ctx);
-            });
-            session.core.heartbeat = Some((Heartbeat::PongDue, pong_due));
-        });
-        self.core.heartbeat = Some((Heartbeat::NextPing, next_ping));
+        self.await_heartbeat(Heartbeat::NextPing, delay, ctx);
+    }
+
+    /// Waits `delay` for `kind` (from the endpoint's heartbeat queue).
+    fn await_heartbeat(&mut self, kind: Heartbeat, delay: Duration, ctx: &mut Context<Self>) {
+        self.core.beat = self.core.beat.wrapping_add(1);
+        self.core.awaiting = kind;
+        let session = ctx.address().downgrade();
+        self.registry
+            .heartbeats
+            .schedule(kind, delay, session, self.core.beat);
     }
 
     fn on_pong(&mut self, ctx: &mut Context<Self>) {
-        if let Some((Heartbeat::PongDue, deadline)) = self.core.heartbeat {
-            self.core.heartbeat = None;
-            ctx.cancel_future(deadline);
+        if self.core.awaiting == Heartbeat::PongDue {
             self.handler.on_pong();
             self.schedule_ping(ctx);
         }
@@ -441,6 +430,12 @@ impl<H: EngineHandler> Actor for Session<H> {
             let open = Self::open_packet(&self.core.sid, &self.core.config, &[]);
             self.core.send(Frame::Text(open.into()), ctx);
         }
+        // The session runs until it stops itself (it always does, on
+        // close): this never-ending future, which allocates nothing, keeps
+        // it running though nobody need hold a strong address to it.
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(
+            std::future::pending::<()>(),
+        ));
         self.schedule_ping(ctx);
         self.with_handler(ctx, |handler, link| handler.on_open(link));
     }
@@ -452,6 +447,27 @@ impl<H: EngineHandler> Actor for Session<H> {
         crate::metrics::METRICS.connections[self.core.transport_index()].sub(1);
         tracing::debug!(sid = %self.core.sid, reason = reason.as_str(), "session closed");
         self.with_handler(ctx, |handler, link| handler.on_close(link, reason));
+    }
+}
+
+impl<H: EngineHandler> Handler<Beat> for Session<H> {
+    type Result = ();
+
+    fn handle(&mut self, Beat { kind, beat }: Beat, ctx: &mut Context<Self>) {
+        if self.core.is_closed() || beat != self.core.beat || kind != self.core.awaiting {
+            // A deadline the session moved past.
+            return;
+        }
+        match kind {
+            Heartbeat::NextPing => {
+                self.core
+                    .send(Frame::Text(ByteString::from_static(PING)), ctx);
+                self.handler.on_ping_sent();
+                let timeout = self.core.config.ping_timeout;
+                self.await_heartbeat(Heartbeat::PongDue, timeout, ctx);
+            }
+            Heartbeat::PongDue => self.core.begin_close(CloseReason::PingTimeout, ctx),
+        }
     }
 }
 

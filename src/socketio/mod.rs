@@ -207,9 +207,8 @@ impl<A: SocketHandler> Socket<'_, '_, A> {
     /// gets `sid` (a new one if `None`) and the client `pid` if given.
     /// Returns the socket id, or `None` if no CONNECT to `namespace` waits.
     pub fn accept(&mut self, namespace: &str, sid: Option<Sid>, pid: Option<&str>) -> Option<Sid> {
-        if self.connecting.remove(namespace).is_none() {
-            return None;
-        }
+        // No CONNECT to `namespace` waits: nothing to accept.
+        self.connecting.remove(namespace)?;
         if let Some(timer) = self.connect_timer.take() {
             self.link.cancel(timer);
         }

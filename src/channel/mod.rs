@@ -253,10 +253,9 @@ struct PresenceEntry {
     /// as text (a `Value` of it cost about 350 bytes per member).
     encoded: Box<str>,
     /// 0 while the member lingers: its last socket dropped, and it leaves
-    /// when the grace ends unless a socket of it joins again.
-    n_sockets: usize,
-    /// Ends the grace of a lingering member.
-    leave_timer: Option<SpawnHandle>,
+    /// when the grace ends (`Channel::lingering`) unless a socket of it
+    /// joins again.
+    n_sockets: u32,
 }
 
 /// One channel name's live state.
@@ -273,6 +272,9 @@ pub struct Channel {
     /// Present members by presence id (shared with the subscribers'
     /// `Member`), with how many sockets hold each.
     presence: HashMap<Arc<str>, PresenceEntry>,
+    /// Members whose last socket dropped, with the timer that ends their
+    /// leave grace (apart from `presence`, whose entries it would grow).
+    lingering: HashMap<Arc<str>, SpawnHandle>,
     /// Accepted messages in channel order, until delivered or failed.
     pending: VecDeque<Pending>,
     /// Most messages `pending` may hold (`limits.max_pending_per_channel`).
@@ -384,6 +386,7 @@ impl Channel {
             webhooks,
             subscribers: HashMap::new(),
             presence: HashMap::new(),
+            lingering: HashMap::new(),
             pending: VecDeque::new(),
             max_pending: settings.max_pending,
             presence_outbox: Vec::new(),
@@ -564,9 +567,11 @@ impl Channel {
         }
         if dropped && !self.leave_grace.is_zero() {
             let grace = self.leave_grace;
-            entry.leave_timer = Some(ctx.run_later(grace, move |channel, ctx| {
-                channel.end_grace(&presence_id, ctx);
-            }));
+            let lingers = presence_id.clone();
+            let timer = ctx.run_later(grace, move |channel, ctx| {
+                channel.end_grace(&lingers, ctx);
+            });
+            self.lingering.insert(presence_id, timer);
             return;
         }
         self.member_left(&presence_id, ctx);
@@ -575,8 +580,8 @@ impl Channel {
     /// The leave grace of `presence_id` ended: it leaves unless it came
     /// back.
     fn end_grace(&mut self, presence_id: &str, ctx: &mut Context<Self>) {
-        if let Some(entry) = self.presence.get_mut(presence_id) {
-            entry.leave_timer = None;
+        self.lingering.remove(presence_id);
+        if let Some(entry) = self.presence.get(presence_id) {
             if entry.n_sockets == 0 {
                 self.member_left(presence_id, ctx);
             }
@@ -589,7 +594,7 @@ impl Channel {
         let Some(entry) = self.presence.remove(presence_id) else {
             return;
         };
-        if let Some(timer) = entry.leave_timer {
+        if let Some(timer) = self.lingering.remove(presence_id) {
             ctx.cancel_future(timer);
         }
         if let Some(cluster) = &self.cluster {
@@ -907,7 +912,7 @@ impl Channel {
                 Some(entry) => {
                     // A lingering member is back within its grace: nobody
                     // saw it leave, so nobody sees it join.
-                    if let Some(timer) = entry.leave_timer.take() {
+                    if let Some(timer) = self.lingering.remove(&presence_id) {
                         ctx.cancel_future(timer);
                     }
                     entry.n_sockets += 1;
@@ -931,7 +936,6 @@ impl Channel {
                         PresenceEntry {
                             encoded,
                             n_sockets: 1,
-                            leave_timer: None,
                         },
                     );
                 }

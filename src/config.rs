@@ -71,6 +71,9 @@ pub struct ServerSettings {
     pub idempotency_max_keys: usize,
     /// Largest REST request body. Defaults to 1 MiB.
     pub max_body_bytes: usize,
+    /// How often freed memory is given back to the operating system.
+    /// Defaults to 10000 ms; 0 never.
+    pub memory_trim_interval_ms: u64,
 }
 
 /// The `[database]` section.

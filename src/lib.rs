@@ -35,6 +35,7 @@ pub mod engineio;
 pub mod fuzzing;
 #[doc(hidden)]
 pub mod list_map;
+pub mod memory_trim;
 pub mod metrics;
 pub mod pattern;
 pub mod permissions;

@@ -69,6 +69,9 @@ impl AppState {
             )
         })
         .with_admission(Admission::new(addresses));
+        crate::memory_trim::start(Duration::from_millis(
+            settings.server.memory_trim_interval_ms,
+        ));
         RetentionSweeper::new(
             db.clone(),
             realtime.catalog.clone(),

@@ -105,8 +105,10 @@ measure() { # figure server round
     publish16) args=(publish --publishers 16 --window 32 --seconds 8) ;;
     connects) args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels 100 --sources 4
       --connect-concurrency 200 --settle-seconds 0) ;;
+    # Held 12 s before measuring, every server alike: an idle server's
+    # steady state (ours gives freed pages back every 10 s).
     memory) args=(conns --connections 15000 --channels 100 --sources 4 --connect-concurrency 200
-      --server-pid "$pid") ;;
+      --settle-seconds 12 --server-pid "$pid") ;;
   esac
   local before after line
   before=$(cpu_ticks)

@@ -3,7 +3,7 @@
 //!
 //! Deadlines wait in one queue per kind, in due order. Each kind has one
 //! delay for the whole endpoint (`ping_delay`, `ping_timeout`), so a new
-//! deadline goes last and a push costs nothing to sort. One thread sleeps
+//! deadline goes last (its binary search ends at the back). One thread sleeps
 //! until the earliest deadline and tells the sessions whose time came
 //! ([`Beat`]). A timer per session instead cost each idle socket about
 //! 140 bytes (actix's boxed timer around a tokio `Sleep`); a deadline here

@@ -156,6 +156,25 @@ async fn leaves_no_transaction_open(
     Ok(false)
 }
 
+/// SQLite: a pool of one connection of its own over `db`'s file, for the
+/// writer's batches; `db` itself on PostgreSQL. SQLite drops a
+/// connection's page cache whenever another connection wrote since its
+/// last transaction, and the shared pool hands out its idle connections in
+/// turn, so every batch read the tables' last pages back from the file
+/// (docs/benchmarks.md, "The writer's own connection").
+pub fn batch_connection(db: &DatabaseConnection) -> DatabaseConnection {
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return db.clone();
+    }
+    let shared = db.get_sqlite_connection_pool();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(shared.options().get_acquire_timeout())
+        .after_release(|conn, _| Box::pin(leaves_no_transaction_open(conn)))
+        .connect_lazy_with(shared.connect_options().as_ref().clone());
+    SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+}
+
 /// SQLite: takes the write lock as `txn`'s first step, waiting for it as
 /// for any write (the busy timeout). A transaction that reads first and
 /// writes later would instead fail at once with `database is locked` if
@@ -394,5 +413,53 @@ mod tests {
             1,
             "only row 3 stays"
         );
+    }
+
+    /// The writer's batches keep one connection apart from the pool, so
+    /// its page cache outlives the batch (a temporary table lives as long
+    /// as its connection and is seen by no other), and what they write is
+    /// seen through the pool.
+    #[actix_rt::test]
+    async fn batches_keep_one_connection_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = DatabaseSettings {
+            pool_size: 4,
+            ..sqlite_settings(dir.path())
+        };
+        let db = connect(&settings).await.unwrap();
+        migrate(&db).await.unwrap();
+        let batches = batch_connection(&db);
+        let run = |db: &DatabaseConnection, sql: &str| {
+            let statement = Statement::from_string(DbBackend::Sqlite, sql);
+            let db = db.clone();
+            async move { db.execute(statement).await }
+        };
+        run(&batches, "CREATE TEMP TABLE mark (n INTEGER)")
+            .await
+            .unwrap();
+        run(&batches, "CREATE TABLE written (n INTEGER)")
+            .await
+            .unwrap();
+        for n in 0..3 {
+            run(&batches, &format!("INSERT INTO mark VALUES ({n})"))
+                .await
+                .expect("the same connection, so its temporary table, every time");
+            run(&batches, &format!("INSERT INTO written VALUES ({n})"))
+                .await
+                .unwrap();
+        }
+        assert!(
+            run(&db, "INSERT INTO mark VALUES (9)").await.is_err(),
+            "the pool's connections are others"
+        );
+        let rows = db
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT COUNT(*) FROM written",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.try_get_by_index::<i64>(0).unwrap(), 3);
     }
 }

@@ -182,6 +182,8 @@ impl WriterHealth {
 /// The group-commit writer.
 pub struct MessageWriter {
     db: DatabaseConnection,
+    /// Where batches are written ([`super::batch_connection`]).
+    batches: DatabaseConnection,
     batch_size: usize,
     batch_window: Duration,
     /// How long a message may wait to be stored.
@@ -252,6 +254,7 @@ impl MessageWriter {
     ) -> Self {
         MessageWriter {
             counts_apart: db.get_database_backend() != DbBackend::Sqlite,
+            batches: super::batch_connection(&db),
             db,
             batch_size: batch_size.clamp(1, MAX_ROWS_PER_INSERT),
             batch_window,
@@ -373,7 +376,7 @@ impl MessageWriter {
             return;
         }
         self.flushing = true;
-        let db = self.db.clone();
+        let db = self.batches.clone();
         let counts_apart = self.counts_apart;
         let mut next_seq = self.next_seq;
         let started = Instant::now();

@@ -74,6 +74,9 @@ pub struct ServerSettings {
     /// How often freed memory is given back to the operating system.
     /// Defaults to 10000 ms; 0 never.
     pub memory_trim_interval_ms: u64,
+    /// Linux: run the server's threads under `SCHED_BATCH`
+    /// ([`crate::scheduling`]). Defaults to true.
+    pub batch_scheduling: bool,
 }
 
 /// The `[database]` section.

@@ -45,6 +45,7 @@ pub mod publish;
 pub mod rate_limit;
 pub mod realtime;
 pub mod recovery;
+pub mod scheduling;
 pub mod server;
 pub mod socketio;
 pub mod webhooks;

@@ -137,6 +137,8 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     init_tracing(&settings);
+    // Before any other thread starts: they inherit the policy.
+    realtime::scheduling::apply(settings.server.batch_scheduling);
     if settings.uses_development_secrets() {
         tracing::warn!("running with the development jwt_secret or API key from config/default.toml; set your own before exposing this server");
     }

@@ -211,6 +211,26 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// POSTs `body` as JSON with the shipped development API key.
+fn http_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         x-api-key: ik_dev_only_insecure_change_me\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Starts the binary on `db` and waits until it is healthy.
 fn start_server(
     dir: &std::path::Path,
@@ -365,4 +385,56 @@ async fn sigterm_closes_sockets_in_batches_over_the_drain_time() {
         "the last close after {last:?}: spread over the drain time"
     );
     let _ = child.wait();
+}
+
+/// The scheduling policy of each of `pid`'s threads (`/proc`'s `stat`,
+/// field 41: 0 the default, 3 `SCHED_BATCH`), by thread name.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let name = head.split_once(" (").unwrap().1.to_string();
+        // `rest` starts at field 3.
+        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        policies.push((name, policy));
+    }
+    policies
+}
+
+/// Every thread of a serving process runs as a batch thread, the ones its
+/// pools started after the policy was set included; with
+/// `server.batch_scheduling = false` none does.
+#[cfg(target_os = "linux")]
+#[test]
+fn server_threads_run_as_batch_threads_unless_turned_off() {
+    for (setting, expected) in [("true", 3), ("false", 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let mut child = start_server(
+            dir.path(),
+            port,
+            &[("REALTIME__SERVER__BATCH_SCHEDULING", setting)],
+        );
+        // A publish, so the writer's SQLite connection and its thread exist.
+        let created = http_post(port, "/api/realtime/channels", r#"{"pattern":"sched:%"}"#);
+        let published = http_post(
+            port,
+            "/api/realtime/messages",
+            r#"{"channel":"sched:1","event":"e","payload":{}}"#,
+        );
+        let policies = thread_policies(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+        assert!(published.starts_with("HTTP/1.1 201"), "{published}");
+        assert!(policies.len() > 4, "{policies:?}");
+        assert!(
+            policies.iter().all(|(_, policy)| *policy == expected),
+            "batch_scheduling = {setting}: {policies:?}"
+        );
+    }
 }

@@ -6,8 +6,6 @@
 //! known only once the message is durable, so a message is encoded open
 //! ([`OpenFrame`]) and sealed with it then.
 
-use std::io::Write;
-
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -74,22 +72,45 @@ impl Meta<'_> {
             out.push(b'"');
         }
         out.extend_from_slice(b",\"timestamp\":\"");
-        // What `to_rfc3339_opts(Millis, true)` writes for years 0 to 9999
-        // (chrono's `format` parses its pattern on every call).
-        let (date, time) = (self.timestamp.date_naive(), self.timestamp.time());
-        let _ = write!(
-            out,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            date.year(),
-            date.month(),
-            date.day(),
-            time.hour(),
-            time.minute(),
-            time.second(),
-            time.nanosecond() / 1_000_000,
-        );
+        write_timestamp(out, &self.timestamp);
         out.extend_from_slice(b"\"}");
     }
+}
+
+/// Appends what `to_rfc3339_opts(Millis, true)` writes for years 0 to 9999,
+/// digit by digit (chrono's `format` parses its pattern on every call, and
+/// `write!` alone was 1% of an acked publish's server time).
+fn write_timestamp(out: &mut Vec<u8>, timestamp: &DateTime<Utc>) {
+    fn digits(out: &mut Vec<u8>, value: u32, width: usize) {
+        let mut buffer = [b'0'; 4];
+        let mut rest = value;
+        for place in buffer[..width].iter_mut().rev() {
+            *place = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.extend_from_slice(&buffer[..width]);
+    }
+    let (date, time) = (timestamp.date_naive(), timestamp.time());
+    digits(out, date.year().clamp(0, 9999) as u32, 4);
+    out.push(b'-');
+    digits(out, date.month(), 2);
+    out.push(b'-');
+    digits(out, date.day(), 2);
+    out.push(b'T');
+    digits(out, time.hour(), 2);
+    out.push(b':');
+    digits(out, time.minute(), 2);
+    out.push(b':');
+    // chrono keeps a leap second as nanoseconds past 10^9, and writes it
+    // as second 60.
+    let (second, nanos) = match time.nanosecond().checked_sub(1_000_000_000) {
+        Some(nanos) => (60, nanos),
+        None => (time.second(), time.nanosecond()),
+    };
+    digits(out, second, 2);
+    out.push(b'.');
+    digits(out, nanos / 1_000_000, 3);
+    out.push(b'Z');
 }
 
 /// Appends `text` as a JSON string.
@@ -259,6 +280,28 @@ mod tests {
             panic!()
         };
         assert_eq!(spliced, plain);
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|day| day.and_hms_milli_opt(23, 59, 59, 1_500))
+            .unwrap()
+            .and_utc();
+        for timestamp in [
+            leap,
+            Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.timestamp_micros(1_780_000_000_999_999).unwrap(),
+            Utc::now(),
+        ] {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, &timestamp);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
     }
 
     #[test]

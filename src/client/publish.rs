@@ -249,8 +249,15 @@ impl Client {
         match published.result {
             Ok(message_id) => {
                 if let Some(ack_id) = published.ack_id {
-                    // Written as text: every acked publish answers this.
-                    let answer = format!(r#"[{{"ok":true,"messageId":"{message_id}"}}]"#);
+                    // Written as text, without `format!`: every acked
+                    // publish answers this.
+                    let mut id = uuid::Uuid::encode_buffer();
+                    let answer = [
+                        r#"[{"ok":true,"messageId":""#,
+                        message_id.hyphenated().encode_lower(&mut id),
+                        r#""}]"#,
+                    ]
+                    .concat();
                     socket.ack_encoded(NAMESPACE, ack_id, &answer);
                 }
             }

@@ -77,6 +77,9 @@ pub struct ServerSettings {
     /// Linux: run the server's threads under `SCHED_BATCH`
     /// ([`crate::scheduling`]). Defaults to true.
     pub batch_scheduling: bool,
+    /// Connections the kernel holds for the server before it accepts them
+    /// (the kernel caps it at `net.core.somaxconn`). Defaults to 2048.
+    pub listen_backlog: u32,
 }
 
 /// The `[database]` section.
@@ -500,6 +503,12 @@ impl Settings {
         self.limits.addresses(&self.server.trusted_proxies)?;
         if self.server.host.trim().is_empty() {
             return Err(ConfigError::new("server.host", "must not be empty"));
+        }
+        if !(1..=65535).contains(&self.server.listen_backlog) {
+            return Err(ConfigError::new(
+                "server.listen_backlog",
+                "must be between 1 and 65535",
+            ));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError::new(

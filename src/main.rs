@@ -1,6 +1,5 @@
 //! The `realtime` command: `serve` (the default), `migrate`, `token`, `keys`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -145,7 +144,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = format!("{}:{}", settings.server.host, settings.server.port);
     let database = redact(&settings.database.url);
     // Bind first: a taken port fails before any actor has started.
-    let listener = TcpListener::bind(&address)
+    let listener = server::listen(&address, settings.server.listen_backlog)
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     let state = AppState::open(settings).await?;
     tracing::info!(%address, %database, "realtime server listening");

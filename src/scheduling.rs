@@ -9,8 +9,9 @@
 //! thread does not preempt: it runs once the running thread blocks or its
 //! time slice ends, and then takes every message queued meanwhile. On an
 //! idle core a woken thread still runs at once, and the tick still shares
-//! the core. Measured with the server on one core: acked publishes +14–17%
-//! (docs/benchmarks.md, "Batch scheduling").
+//! the core. Measured with the server on one core: acked publishes +15–23%
+//! at 4 × 32 in flight, +1–14% at 16 × 32 (docs/benchmarks.md, "The
+//! writer's own connection, batch threads").
 //!
 //! The policy is set on the calling thread; threads it starts afterwards
 //! inherit it, so [`apply`] runs before the server starts any.

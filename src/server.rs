@@ -102,6 +102,39 @@ pub struct Running {
     pub sessions: Arc<engineio::Registry<SocketIo<Client>>>,
 }
 
+/// Binds `address` (`host:port`; a name binds the first of its addresses
+/// that can be bound) and listens with room for `backlog` connections not
+/// yet accepted. std's `TcpListener::bind` listens with 128: a burst of
+/// clients (a restart's reconnects) overflowed it, and a client whose
+/// connection attempt is dropped retries only a second later.
+///
+/// # Errors
+/// The address does not resolve, or none of its addresses can be bound.
+pub fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut failure = None;
+    for addr in address.to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                // As std does on Unix: a restarted server binds while its
+                // old connections linger in TIME_WAIT.
+                #[cfg(unix)]
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+                Ok(TcpListener::from(socket))
+            });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(err) => failure = Some(err),
+        }
+    }
+    Err(failure.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 /// Where the other nodes reach this one (`cluster.advertise_url`, or made
 /// from the listening address).
 fn advertised_url(settings: &Settings, listener: &TcpListener) -> Option<String> {
@@ -191,4 +224,29 @@ pub async fn shutdown(
     // Any that opened meanwhile (the listener was paused).
     sessions.close_all(engineio::CloseReason::ServerClose);
     handle.stop(true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::listen;
+
+    /// 300 connections wait for the server to accept them, past std's
+    /// 128: each connects at once rather than after a dropped attempt's
+    /// one-second retry. Loopback only.
+    #[test]
+    fn connections_wait_in_the_backlog_it_was_given() {
+        let listener = listen("127.0.0.1:0", 512).unwrap();
+        let address = listener.local_addr().unwrap();
+        let waiting: Vec<TcpStream> = (0..300)
+            .map(|n| {
+                TcpStream::connect_timeout(&address, Duration::from_millis(500))
+                    .unwrap_or_else(|err| panic!("connection {n} not taken: {err}"))
+            })
+            .collect();
+        assert_eq!(waiting.len(), 300);
+        assert!(listen("127.0.0.1:no-port", 16).is_err());
+    }
 }

@@ -161,7 +161,7 @@ async fn leaves_no_transaction_open(
 /// connection's page cache whenever another connection wrote since its
 /// last transaction, and the shared pool hands out its idle connections in
 /// turn, so every batch read the tables' last pages back from the file
-/// (docs/benchmarks.md, "The writer's own connection").
+/// (docs/benchmarks.md, "The writer's own connection, batch threads").
 pub fn batch_connection(db: &DatabaseConnection) -> DatabaseConnection {
     if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
         return db.clone();

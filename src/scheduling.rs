@@ -20,7 +20,7 @@
 /// set. Lowering a thread's own priority needs no privilege; elsewhere
 /// than Linux it does nothing.
 pub fn apply(batch: bool) -> bool {
-    if !batch {
+    if !batch || !cfg!(target_os = "linux") {
         return false;
     }
     let set = set_batch();

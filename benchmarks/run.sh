@@ -6,11 +6,15 @@
 # runs each server in turn on a fresh process (and a fresh database),
 # ROUNDS times, alternated; the summary prints medians and our ratio to
 # each peer. Server on core 0, realtime-bench on core 1; loopback only;
-# every run bounded.
+# every run bounded. Server `ephemeral` (not run unless named in SERVERS)
+# is ours on SQLite with the bench channel ephemeral: in memory, the
+# peers' contract, which tells the cost of our durability from the cost of
+# the rest.
 #
 #   benchmarks/run.sh [ROUNDS]                                # default 3
 #   scripts/with-postgres benchmarks/run.sh [ROUNDS]          # PostgreSQL too
 #   SERVERS="sqlite socketioxide" FIGURES="fanout publish4" benchmarks/run.sh 5
+#   SERVERS="sqlite ephemeral socketioxide" FIGURES="publish4 publish16" benchmarks/run.sh 3
 #
 # Figures: fanout (1,000 subscribers x 2,000 messages x 100 B; deliveries
 # per second, and per second of server CPU from the first publish to the
@@ -57,7 +61,7 @@ wait_healthy() { # port
 start_server() { # server
   scratch=$(mktemp -d)
   case $1 in
-    sqlite|postgres)
+    sqlite|postgres|ephemeral)
       local url="sqlite://$scratch/realtime.db"
       if [ "$1" = postgres ]; then
         database="bench_$(date +%s%N)"
@@ -70,7 +74,11 @@ start_server() { # server
         REALTIME__LIMITS__MAX_SOCKETS_PER_ADDRESS=0 REALTIME__LIMITS__CONNECT_RATE_PER_ADDRESS=0 \
         REALTIME__AUTH__JWT_SECRET=$jwt_secret \
         taskset -c "$server_core" target/release/realtime >/dev/null &
-      extra=() ;;
+      extra=()
+      # The same server, its bench channel ephemeral: delivered live and
+      # never stored, the contract the in-memory peers keep.
+      [ "$1" = ephemeral ] && extra=(--ephemeral)
+      ;;
     socketioxide)
       port=7132
       taskset -c "$server_core" benchmarks/socketioxide-peer/target/release/socketioxide-peer $port >/dev/null &
@@ -132,7 +140,7 @@ python3 - "$out" "$servers" <<'PY'
 import json, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
 servers = sys.argv[2].split()
-ours = [s for s in servers if s in ("sqlite", "postgres")]
+ours = [s for s in servers if s in ("sqlite", "postgres", "ephemeral")]
 peers = [s for s in servers if s not in ours]
 
 def value(run, figure):

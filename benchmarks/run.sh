@@ -21,8 +21,9 @@
 # last delivery), latency (the same at a fixed
 # 200,000 deliveries/s: p50/p99), publish4 and publish16 (acked publishes,
 # 4 and 16 publishers x 32 in flight, 8 s), connects (5,000 clients of
-# distinct users over 100 channels: connects + subscribes per second),
-# memory (RSS per idle subscribed WebSocket, 15,000 of them).
+# distinct users over 100 channels: connects + subscribes per second, and
+# the server's CPU per connect), connects-alone (the same into 5,000
+# one-member channels; not run unless named in FIGURES), memory (RSS per idle subscribed WebSocket, 15,000 of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -113,6 +114,10 @@ measure() { # figure server round
     publish16) args=(publish --publishers 16 --window 32 --seconds 8) ;;
     connects) args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels 100 --sources 4
       --connect-concurrency 200 --settle-seconds 0) ;;
+    # The same clients each in a channel of its own: no member to tell of
+    # a join, so what a connect costs without presence frames.
+    connects-alone) args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels 5000 --sources 4
+      --connect-concurrency 200 --settle-seconds 0) ;;
     # Held 12 s before measuring, every server alike: an idle server's
     # steady state (ours gives freed pages back every 10 s).
     memory) args=(conns --connections 15000 --channels 100 --sources 4 --connect-concurrency 200
@@ -127,7 +132,7 @@ measure() { # figure server round
   cpu=$(python3 -c "print(($after - $before) / $(getconf CLK_TCK))")
   echo "{\"figure\":\"$figure\",\"server\":\"$server\",\"round\":$3,\"server_cpu_seconds\":$cpu,\"result\":$line}" | tee -a "$out"
   # Let the sockets of a connection-heavy run leave TIME_WAIT behind.
-  if [ "$figure" = memory ] || [ "$figure" = connects ]; then sleep 3; fi
+  if [ "$figure" = memory ] || [[ "$figure" = connects* ]]; then sleep 3; fi
 }
 
 for round in $(seq "$rounds"); do
@@ -163,8 +168,10 @@ def value(run, figure):
         return r["acked_per_second"]
     if figure.startswith("ack p99 ms"):
         return r["ack_latency_us"]["p99"] / 1000
-    if figure == "connects/s":
+    if figure.startswith("connects/s"):
         return r["connects_per_second"]
+    if figure.startswith("connect cpu us"):
+        return 1e6 * run["server_cpu_seconds"] / r["connections"] if r.get("connections") else None
     if figure == "bytes/socket":
         return r["server_bytes_per_connection"]
 
@@ -172,7 +179,9 @@ rows = [("fanout/s", "fanout", True), ("fanout per cpu s", "fanout", True), ("fa
         ("p50 ms @200k/s", "latency", False), ("p99 ms @200k/s", "latency", False),
         ("acked/s 4x32", "publish4", True), ("ack p99 ms 4x32", "publish4", False),
         ("acked/s 16x32", "publish16", True), ("ack p99 ms 16x32", "publish16", False),
-        ("connects/s", "connects", True), ("bytes/socket", "memory", False)]
+        ("connects/s", "connects", True), ("connect cpu us", "connects", False),
+        ("connects/s alone", "connects-alone", True), ("connect cpu us alone", "connects-alone", False),
+        ("bytes/socket", "memory", False)]
 header = ["figure"] + servers + [f"{o}/{p}" for o in ours for p in peers]
 print("| " + " | ".join(header) + " |")
 print("|" + "---|" * len(header))

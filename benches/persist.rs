@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use entity::messages;
-use realtime::config::DatabaseSettings;
+use realtime::config::{DatabaseSettings, Settings};
 use realtime::persistence::channels::{self, NewChannel};
 use realtime::persistence::{connect, migrate, now, sqlite_batch};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -35,16 +35,13 @@ impl Database {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         rt.block_on(async {
-            // One connection, as the writer's own pool has.
+            // The server's defaults, on one connection as the writer's own
+            // pool has.
+            let defaults = Settings::from_toml_overlay("").expect("the defaults load");
             let db = connect(&DatabaseSettings {
                 url,
                 pool_size: 1,
-                acquire_timeout_ms: 5000,
-                batch_size: 256,
-                batch_window_ms: 2,
-                publish_timeout_ms: 5000,
-                sql_publish: false,
-                sql_publish_poll_ms: 1000,
+                ..defaults.database
             })
             .await
             .expect("the database opens");
@@ -99,19 +96,16 @@ impl Database {
         for i in 1..=iters {
             let rows = self.rows(size);
             let batch: Vec<&messages::Model> = rows.iter().collect();
+            let log_due = i % CHECKPOINT_EVERY == 0;
             let started = Instant::now();
             rt.block_on(sqlite_batch::write(&self.db, &batch, &[], &[]))
                 .expect("the batch is written");
-            if i % CHECKPOINT_EVERY == 0 {
-                if copy_log {
-                    self.checkpoint(rt, "PASSIVE");
-                    spent += started.elapsed();
-                } else {
-                    spent += started.elapsed();
-                    self.checkpoint(rt, "TRUNCATE");
-                }
-            } else {
-                spent += started.elapsed();
+            if log_due && copy_log {
+                self.checkpoint(rt, "PASSIVE");
+            }
+            spent += started.elapsed();
+            if log_due && !copy_log {
+                self.checkpoint(rt, "TRUNCATE");
             }
         }
         // The log starts over between samples, untimed.

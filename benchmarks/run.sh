@@ -23,7 +23,8 @@
 # 4 and 16 publishers x 32 in flight, 8 s), connects (5,000 clients of
 # distinct users over 100 channels: connects + subscribes per second, and
 # the server's CPU per connect), connects-alone (the same into 5,000
-# one-member channels; not run unless named in FIGURES), memory (RSS per idle subscribed WebSocket, 15,000 of them).
+# one-member channels; not run unless named in FIGURES), memory (RSS per
+# idle subscribed WebSocket, 15,000 of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -112,12 +113,14 @@ measure() { # figure server round
     latency) args=(fanout --subscribers 1000 --messages 2000 --payload 100 --rate 200) ;;
     publish4) args=(publish --publishers 4 --window 32 --seconds 8) ;;
     publish16) args=(publish --publishers 16 --window 32 --seconds 8) ;;
-    connects) args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels 100 --sources 4
-      --connect-concurrency 200 --settle-seconds 0) ;;
-    # The same clients each in a channel of its own: no member to tell of
-    # a join, so what a connect costs without presence frames.
-    connects-alone) args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels 5000 --sources 4
-      --connect-concurrency 200 --settle-seconds 0) ;;
+    # connects-alone: the same clients each in a channel of its own, no
+    # member to tell of a join, so what a connect costs without presence
+    # frames.
+    connects|connects-alone)
+      local channels=100
+      [ "$figure" = connects-alone ] && channels=5000
+      args=(--users-jwt-secret "$jwt_secret" conns --connections 5000 --channels "$channels" --sources 4
+        --connect-concurrency 200 --settle-seconds 0) ;;
     # Held 12 s before measuring, every server alike: an idle server's
     # steady state (ours gives freed pages back every 10 s).
     memory) args=(conns --connections 15000 --channels 100 --sources 4 --connect-concurrency 200
